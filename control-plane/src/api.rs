@@ -1,0 +1,79 @@
+//! Wire types of the control-plane API (see docs/control-plane-api.md),
+//! shared by the server, the proxy's identity client and palisadectl.
+
+use serde::{Deserialize, Serialize};
+
+/// The SPIFFE ID the control plane presents on its workload API.
+pub const CONTROL_PLANE_PATH: &str = "/palisade/control-plane";
+/// Largest request body the APIs accept.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attestation {
+    JoinToken(String),
+    K8sSaToken(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SvidRequest {
+    /// PKCS#10 CSR, PEM.
+    pub csr: String,
+    pub attestation: Attestation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SvidResponse {
+    pub spiffe_id: String,
+    /// Leaf first, then intermediates, PEM.
+    pub svid_chain: String,
+    /// Every CA certificate in the trust bundle, PEM.
+    pub bundle: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `ip:port` or a bare `ip` (any port).
+    pub address: String,
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndpointsResponse {
+    pub version: u64,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenRequest {
+    pub spiffe_id: String,
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    pub token: String,
+    pub spiffe_id: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateResponse {
+    pub active_ca_serial: String,
+    pub bundle_size: usize,
+}

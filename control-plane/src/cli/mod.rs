@@ -1,0 +1,4 @@
+//! `palisadectl` subcommands, one module each.
+
+pub mod policy;
+pub mod up;

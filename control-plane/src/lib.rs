@@ -1,0 +1,6 @@
+//! Palisade's control plane: who is who. The CA, attestation, the issuance
+//! API, and the operator CLI's building blocks.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("palisade-proxy: not built yet");
+    std::process::exit(2);
+}
