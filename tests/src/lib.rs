@@ -2,6 +2,8 @@
 //! real binaries. Add further shared helpers as modules here (a test CA, a
 //! network-namespace pod builder), never copied across test files.
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
