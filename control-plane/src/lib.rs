@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod cli;
+pub mod config;
 pub mod svid;
