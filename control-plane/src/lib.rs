@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod attest;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod svid;
