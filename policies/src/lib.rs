@@ -1,7 +1,30 @@
 //! Palisade's policy model: SPIFFE identity types, the segmentation policy
-//! language, its compiler and the pure `decide()` engine. This crate does no I/O.
+//! language, its compiler and the pure `decide()` engine. This crate does no I/O
+//! (the optional `fs` feature adds a small file loader for the CLI and proxy).
 #![forbid(unsafe_code)]
 
+mod compile;
+mod decide;
+mod decision;
+pub mod diag;
+#[cfg(feature = "fs")]
+pub mod fs;
+mod http;
+mod index;
+pub mod model;
+mod parse;
+mod shadow;
 pub mod spiffe;
+mod values;
+mod yaml;
 
+pub use compile::{compile, docs_selecting, CompiledPolicy, Defaults, PolicySet};
+pub use decide::decide;
+pub use decision::{
+    Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, UnknownDefaultPolicy, Verdict,
+};
+pub use diag::{Diagnostic, Severity};
+pub use model::{Direction, Mode, PolicyDoc};
+pub use parse::parse_documents;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use yaml::Pos;

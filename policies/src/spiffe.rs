@@ -21,7 +21,9 @@ pub enum SpiffeIdError {
     MissingTrustDomain,
     #[error("trust domain is {0} bytes; the maximum is 255")]
     TrustDomainTooLong(usize),
-    #[error("trust domain may hold only lowercase letters, digits, `.`, `-` and `_` (found {0:?})")]
+    #[error(
+        "trust domain may hold only lowercase letters, digits, `.`, `-` and `_` (found {0:?})"
+    )]
     BadTrustDomainChar(char),
     #[error("a port is not allowed in a SPIFFE ID")]
     Port,
@@ -65,7 +67,11 @@ impl TrustDomain {
     }
 
     /// `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
-    pub fn workload(&self, namespace: &str, service_account: &str) -> Result<SpiffeId, SpiffeIdError> {
+    pub fn workload(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<SpiffeId, SpiffeIdError> {
         self.id(&format!("/ns/{namespace}/sa/{service_account}"))
     }
 }
@@ -190,7 +196,8 @@ impl serde::Serialize for SpiffeId {
 impl<'de> serde::Deserialize<'de> for SpiffeId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        SpiffeId::parse(&s).map_err(|e| serde::de::Error::custom(format!("bad SPIFFE ID {s:?}: {e}")))
+        SpiffeId::parse(&s)
+            .map_err(|e| serde::de::Error::custom(format!("bad SPIFFE ID {s:?}: {e}")))
     }
 }
 
@@ -203,7 +210,8 @@ impl serde::Serialize for TrustDomain {
 impl<'de> serde::Deserialize<'de> for TrustDomain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        TrustDomain::new(&s).map_err(|e| serde::de::Error::custom(format!("bad trust domain {s:?}: {e}")))
+        TrustDomain::new(&s)
+            .map_err(|e| serde::de::Error::custom(format!("bad trust domain {s:?}: {e}")))
     }
 }
 
@@ -265,7 +273,10 @@ mod tests {
         let id = SpiffeId::parse("spiffe://example.org").unwrap();
         assert_eq!(id.path(), "");
         assert_eq!(id.ns_sa(), None);
-        assert_eq!(TrustDomain::new("example.org").unwrap().id_string(), "spiffe://example.org");
+        assert_eq!(
+            TrustDomain::new("example.org").unwrap().id_string(),
+            "spiffe://example.org"
+        );
     }
 
     #[test]
@@ -315,7 +326,10 @@ mod tests {
         );
         assert!(SpiffeId::parse(&format!("spiffe://{}/x", "a".repeat(255))).is_ok());
         let long = format!("spiffe://td/{}", "p".repeat(2048));
-        assert!(matches!(SpiffeId::parse(&long).unwrap_err(), SpiffeIdError::TooLong(_)));
+        assert!(matches!(
+            SpiffeId::parse(&long).unwrap_err(),
+            SpiffeIdError::TooLong(_)
+        ));
         let max = format!("spiffe://td/{}", "p".repeat(2048 - "spiffe://td/".len()));
         assert!(SpiffeId::parse(&max).is_ok());
     }
@@ -333,6 +347,9 @@ mod tests {
             "spiffe://cluster.local/ns/shop/sa/api"
         );
         assert!(td.workload("bad ns", "api").is_err());
-        assert_eq!(TrustDomain::new("spiffe://cluster.local").unwrap().as_str(), "cluster.local");
+        assert_eq!(
+            TrustDomain::new("spiffe://cluster.local").unwrap().as_str(),
+            "cluster.local"
+        );
     }
 }

@@ -1,0 +1,107 @@
+//! Reading policy files from disk (feature `fs`): one file, a multi-document
+//! file, or a directory of `*.yaml`/`*.yml`. Shared by the CLI and the proxy
+//! so both see exactly the same files.
+
+use std::path::{Path, PathBuf};
+
+use crate::compile::{compile, CompiledPolicy, Defaults};
+use crate::diag::Diagnostic;
+use crate::model::PolicyDoc;
+use crate::parse::parse_documents;
+
+/// The documents read from a path, and which files they came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub docs: Vec<PolicyDoc>,
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates every policy document under `path`. A directory is
+/// read non-recursively, in name order; hidden entries (such as a
+/// Kubernetes ConfigMap's `..data`) are skipped, symlinks are followed.
+pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
+    load_paths(&[path])
+}
+
+/// Like `load_path`, merging several paths. All files are validated before
+/// reporting, so one run shows every mistake.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, LoadError> {
+    let mut files = Vec::new();
+    for p in paths {
+        files.extend(policy_files(p.as_ref())?);
+    }
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        match parse_documents(&file.display().to_string(), &text) {
+            Ok(d) => docs.extend(d),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Loaded { docs, files })
+    } else {
+        Err(LoadError::Invalid(errors))
+    }
+}
+
+/// Loads and compiles in one step: what a reload does.
+pub fn load_and_compile(
+    path: &Path,
+    defaults: Defaults,
+) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
+    let loaded = load_path(path)?;
+    compile(loaded.docs, defaults).map_err(LoadError::Invalid)
+}
+
+/// The policy files a path names: itself, or a directory's YAML files.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if name.starts_with('.') || !yaml {
+            continue;
+        }
+        // Follows symlinks, as ConfigMap mounts are symlinks into `..data`.
+        if std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
