@@ -46,7 +46,7 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// `ip:port` or a bare `ip` (any port).
     pub address: String,

@@ -96,12 +96,10 @@ pub struct Config {
     /// Most concurrent connections on the API port; further ones are closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    /// Time a client gets to finish the TLS handshake and to send request headers.
+    /// Time a client gets to finish the TLS handshake, to send each request's
+    /// headers (so also the longest idle keep-alive) and to send a body.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
-    /// Connections idle this long between requests are closed.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
 }
 
 impl Config {

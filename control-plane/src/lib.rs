@@ -4,8 +4,11 @@
 
 pub mod api;
 pub mod attest;
+pub mod bundle;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod endpoints;
 pub mod metrics;
+pub mod server;
 pub mod svid;

@@ -1,0 +1,100 @@
+//! The endpoint map served at GET /v1/endpoints: which SPIFFE ID each meshed
+//! destination must present. Loaded from a YAML file and reloaded when it
+//! changes; a bad file keeps the last good map.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use palisade_policy::SpiffeId;
+
+use crate::api::{Endpoint, EndpointsResponse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Yaml(String, String),
+    #[error("{file}: entry {index}: address {address:?} is neither `ip:port` nor `ip`")]
+    BadAddress { file: String, index: usize, address: String },
+    #[error("{file}: entry {index}: identity: {error}")]
+    BadIdentity { file: String, index: usize, error: String },
+    #[error("cannot watch {0}: {1}")]
+    Watch(String, notify::Error),
+}
+
+/// Reads and validates an endpoints file.
+pub fn load(path: &Path) -> Result<Vec<Endpoint>, EndpointsError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| EndpointsError::Io(file.clone(), e))?;
+    let list: Vec<Endpoint> = if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| EndpointsError::Yaml(file.clone(), e.to_string()))?
+    };
+    for (index, ep) in list.iter().enumerate() {
+        if ep.address.parse::<SocketAddr>().is_err() && ep.address.parse::<IpAddr>().is_err() {
+            return Err(EndpointsError::BadAddress { file, index, address: ep.address.clone() });
+        }
+        if let Err(e) = SpiffeId::parse(&ep.identity) {
+            return Err(EndpointsError::BadIdentity { file, index, error: e.to_string() });
+        }
+    }
+    Ok(list)
+}
+
+/// The live endpoint map, versioned: each successful reload bumps `version`.
+pub struct EndpointMap {
+    current: ArcSwap<EndpointsResponse>,
+}
+
+impl Default for EndpointMap {
+    fn default() -> Self {
+        EndpointMap { current: ArcSwap::from_pointee(EndpointsResponse::default()) }
+    }
+}
+
+impl EndpointMap {
+    pub fn load(&self) -> Arc<EndpointsResponse> {
+        self.current.load_full()
+    }
+
+    /// Reloads from `path`; on error the previous map stays in force.
+    pub fn reload(&self, path: &Path) -> Result<u64, EndpointsError> {
+        let endpoints = load(path)?;
+        let old = self.current.load();
+        if old.version > 0 && old.endpoints == endpoints {
+            return Ok(old.version);
+        }
+        let version = old.version + 1;
+        self.current.store(Arc::new(EndpointsResponse { version, endpoints }));
+        Ok(version)
+    }
+
+    /// Loads `path` now and reloads it whenever it changes. The parent
+    /// directory is watched, so a Kubernetes ConfigMap symlink swap is seen.
+    /// The returned watcher must be kept alive.
+    pub fn watch(self: &Arc<Self>, path: PathBuf) -> Result<notify::RecommendedWatcher, EndpointsError> {
+        self.reload(&path)?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        let map = Arc::clone(self);
+        let file = path.clone();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_err() {
+                return;
+            }
+            match map.reload(&file) {
+                Ok(v) => tracing::info!(endpoints.version = v, file = %file.display(), "endpoints reloaded"),
+                Err(e) => tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map"),
+            }
+        })
+        .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
+        Ok(watcher)
+    }
+}

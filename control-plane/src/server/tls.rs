@@ -1,0 +1,78 @@
+//! The workload API's TLS: the control plane's own SVID (issued by its own CA,
+//! key in memory only), TLS 1.3, and an optional client certificate verified
+//! against the current bundle (renewal and /v1/endpoints need one).
+
+use std::sync::Arc;
+
+use palisade_policy::SpiffeId;
+use rcgen::KeyPair;
+use rustls::crypto::ring;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use crate::api::CONTROL_PLANE_PATH;
+use crate::ca::{Authority, CaError};
+
+/// DNS SAN on the control plane's serving certificate, for clients that
+/// verify a hostname rather than the SPIFFE ID.
+pub const SERVER_NAME: &str = "palisade-control-plane";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("building TLS config: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("building client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// A serving config and what it was built from, to know when to rebuild.
+pub struct ServingTls {
+    pub config: Arc<ServerConfig>,
+    pub bundle_sequence: u64,
+    pub not_before: i64,
+    pub expires_at: i64,
+}
+
+impl ServingTls {
+    /// Rebuild once the bundle changed or the serving SVID passed half-life.
+    pub fn is_stale(&self, bundle_sequence: u64, now: i64) -> bool {
+        bundle_sequence != self.bundle_sequence || now >= self.not_before + (self.expires_at - self.not_before) / 2
+    }
+}
+
+/// The control plane's own SPIFFE ID.
+pub fn control_plane_id(auth: &Authority) -> SpiffeId {
+    auth.trust_domain().id(CONTROL_PLANE_PATH).expect("constant path is a valid SPIFFE path")
+}
+
+/// Issues a fresh serving SVID and builds the server config around it.
+pub fn build(auth: &Authority) -> Result<ServingTls, TlsError> {
+    let set = auth.snapshot();
+    let key = KeyPair::generate().map_err(CaError::from)?;
+    let issued = auth.issue(&key, &control_plane_id(auth), &[SERVER_NAME])?;
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+    let mut roots = RootCertStore::empty();
+    for ca in set.bundle() {
+        roots.add(ca.clone())?;
+    }
+    let provider = Arc::new(ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(issued.chain, private)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(ServingTls {
+        config: Arc::new(config),
+        bundle_sequence: set.bundle_sequence,
+        not_before: now,
+        expires_at: issued.expires_at,
+    })
+}
