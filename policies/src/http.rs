@@ -25,11 +25,16 @@ fn path_matches(paths: &[PathMatch], raw: &str) -> bool {
     }
     paths.iter().any(|p| match p {
         PathMatch::Exact(e) => e == path,
-        PathMatch::Prefix(pre) => {
-            path.starts_with(pre.as_str())
-                && (path.len() == pre.len() || path.as_bytes()[pre.len()] == b'/' || pre.is_empty())
-        }
+        PathMatch::Prefix(pre) => under_prefix(pre, path),
     })
+}
+
+/// `path` is `prefix` itself or below it (`/v1/refunds/*` stored as `/v1/refunds`).
+pub(crate) fn under_prefix(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.is_empty()
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 /// Dot segments, encoded separators or dots, and backslashes.

@@ -1,0 +1,667 @@
+//! The policy semantics, table-driven: deny precedence, namespace and glob
+//! matches, CIDRs and port ranges, every default, audit mode, ingress and egress.
+
+use palisade_policy::{
+    compile, decide, parse_documents, CompiledPolicy, Decision, DefaultPolicy, Defaults, Direction,
+    HttpInfo, Matched, Mode, Peer, Request, SpiffeId, Verdict,
+};
+
+const POLICIES: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: payments, namespace: shop}
+spec:
+  targets:
+    - identity: spiffe://cluster.local/ns/shop/sa/payments
+  ingress:
+    - name: frontend-charges
+      action: allow
+      from:
+        - identity: spiffe://cluster.local/ns/shop/sa/frontend
+        - namespace: checkout
+        - cidr: 10.1.0.0/16
+      ports: [8080, "9000-9010"]
+    - name: shop-debug
+      action: allow
+      from: [{namespace: shop}]
+      ports: [9999]
+    - name: no-debug-from-frontend
+      action: deny
+      from: [{identity: spiffe://cluster.local/ns/shop/sa/frontend}]
+      ports: [9999]
+    - name: refunds-api
+      action: allow
+      from: [{identity: spiffe://cluster.local/ns/shop/sa/api}]
+      ports: [8080]
+      http:
+        - methods: [POST]
+          paths: ["/v1/refunds/*"]
+    - name: no-admin
+      action: deny
+      ports: [8080]
+      http:
+        - paths: ["/admin/*"]
+  egress:
+    - name: to-db
+      action: allow
+      to:
+        - identity: spiffe://cluster.local/ns/shop/sa/db
+        - cidr: 10.9.0.0/24
+      ports: [5432]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: batch-jobs, namespace: batch}
+spec:
+  targets:
+    - identity: spiffe://cluster.local/ns/batch/*
+  ingress:
+    - name: ops-only
+      action: allow
+      from: [{identity: spiffe://cluster.local/ns/ops/*}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: trial, namespace: monitoring}
+spec:
+  targets: [{namespace: monitoring}]
+  mode: audit
+  ingress:
+    - name: prometheus-scrape
+      action: allow
+      from: [{identity: spiffe://cluster.local/ns/monitoring/sa/prometheus}]
+      ports: [9090]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: lockdown, namespace: vault}
+spec:
+  targets: [{namespace: vault}]
+  ingress: []
+"#;
+
+fn id(s: &str) -> SpiffeId {
+    let full = if s.starts_with("spiffe://") {
+        s.to_owned()
+    } else {
+        format!("spiffe://cluster.local/{s}")
+    };
+    SpiffeId::parse(&full).unwrap()
+}
+
+fn policy(default: DefaultPolicy) -> CompiledPolicy {
+    let docs = parse_documents("semantics.yaml", POLICIES).unwrap();
+    compile(docs, Defaults::new(default)).unwrap().0
+}
+
+/// `peer` is a SPIFFE ID path (`ns/x/sa/y`), a full `spiffe://` ID, or an IP.
+fn ask(
+    p: &CompiledPolicy,
+    direction: Direction,
+    local: &str,
+    peer: &str,
+    port: u16,
+    http: Option<(&str, &str)>,
+) -> Decision {
+    let local = id(local);
+    let peer_id;
+    let peer = match peer.parse() {
+        Ok(ip) => Peer::Address(ip),
+        Err(_) => {
+            peer_id = id(peer);
+            Peer::Identity(&peer_id)
+        }
+    };
+    let http = http.map(|(method, path)| HttpInfo {
+        method,
+        path,
+        host: None,
+    });
+    decide(
+        p,
+        &Request {
+            direction,
+            local: &local,
+            peer,
+            port,
+            http,
+        },
+    )
+}
+
+struct Case {
+    name: &'static str,
+    direction: Direction,
+    local: &'static str,
+    peer: &'static str,
+    port: u16,
+    http: Option<(&'static str, &'static str)>,
+    verdict: Verdict,
+    label: &'static str,
+}
+
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
+const ALLOW: Verdict = Verdict::Allow;
+const DENY: Verdict = Verdict::Deny;
+const PAYMENTS: &str = "ns/shop/sa/payments";
+
+fn run(cases: &[Case], default: DefaultPolicy) {
+    let p = policy(default);
+    for c in cases {
+        let d = ask(&p, c.direction, c.local, c.peer, c.port, c.http);
+        assert_eq!(
+            (d.verdict, d.label().as_str()),
+            (c.verdict, c.label),
+            "{}: {d}",
+            c.name
+        );
+        assert!(
+            !d.would_deny,
+            "{}: no audit policy is involved: {d}",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn deny_rule_wins_over_matching_allow() {
+    run(
+        &[
+            Case {
+                name: "namespace allow, specific deny",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/frontend",
+                port: 9999,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments/no-debug-from-frontend",
+            },
+            Case {
+                name: "other shop workload",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/api",
+                port: 9999,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/shop-debug",
+            },
+        ],
+        DefaultPolicy::Deny,
+    );
+}
+
+#[test]
+fn selected_workload_is_default_deny_when_no_rule_matches() {
+    run(
+        &[
+            Case {
+                name: "unlisted port",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/frontend",
+                port: 22,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "unlisted peer",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "ns/other/sa/x",
+                port: 8080,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "empty ingress list",
+                direction: IN,
+                local: "ns/vault/sa/vault",
+                peer: "ns/shop/sa/api",
+                port: 8200,
+                http: None,
+                verdict: DENY,
+                label: "vault/lockdown",
+            },
+        ],
+        DefaultPolicy::AllUnauthenticated,
+    );
+}
+
+#[test]
+fn namespace_and_glob_matches() {
+    run(
+        &[
+            Case {
+                name: "peer namespace",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "ns/checkout/sa/cart",
+                port: 8080,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/frontend-charges",
+            },
+            Case {
+                name: "peer namespace in another trust domain",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "spiffe://other.org/ns/checkout/sa/cart",
+                port: 8080,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "target glob and peer glob",
+                direction: IN,
+                local: "ns/batch/sa/nightly",
+                peer: "ns/ops/sa/oncall",
+                port: 1234,
+                http: None,
+                verdict: ALLOW,
+                label: "batch/batch-jobs/ops-only",
+            },
+            Case {
+                name: "peer glob does not match a sibling prefix",
+                direction: IN,
+                local: "ns/batch/sa/nightly",
+                peer: "ns/opsx/sa/oncall",
+                port: 1234,
+                http: None,
+                verdict: DENY,
+                label: "batch/batch-jobs",
+            },
+            Case {
+                name: "target glob does not match its parent",
+                direction: IN,
+                local: "ns/batchx/sa/nightly",
+                peer: "ns/ops/sa/oncall",
+                port: 1234,
+                http: None,
+                verdict: DENY,
+                label: "default/deny",
+            },
+            Case {
+                name: "target namespace",
+                direction: IN,
+                local: "ns/vault/sa/other",
+                peer: "ns/ops/sa/oncall",
+                port: 1,
+                http: None,
+                verdict: DENY,
+                label: "vault/lockdown",
+            },
+        ],
+        DefaultPolicy::Deny,
+    );
+}
+
+#[test]
+fn cidrs_and_port_ranges() {
+    run(
+        &[
+            Case {
+                name: "in cidr, range start",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "10.1.0.1",
+                port: 9000,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/frontend-charges",
+            },
+            Case {
+                name: "in cidr, range end",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "10.1.255.254",
+                port: 9010,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/frontend-charges",
+            },
+            Case {
+                name: "ipv4-mapped ipv6 source",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "::ffff:10.1.2.3",
+                port: 8080,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/frontend-charges",
+            },
+            Case {
+                name: "past range end",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "10.1.0.1",
+                port: 9011,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "before range start",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "10.1.0.1",
+                port: 8999,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "outside cidr",
+                direction: IN,
+                local: PAYMENTS,
+                peer: "10.2.0.1",
+                port: 8080,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            Case {
+                name: "an identity never matches a cidr",
+                direction: OUT,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/cache",
+                port: 5432,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+        ],
+        DefaultPolicy::AllUnauthenticated,
+    );
+}
+
+#[test]
+fn ingress_and_egress_are_selected_separately() {
+    run(
+        &[
+            Case {
+                name: "egress to db identity",
+                direction: OUT,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/db",
+                port: 5432,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/to-db",
+            },
+            Case {
+                name: "egress to db cidr",
+                direction: OUT,
+                local: PAYMENTS,
+                peer: "10.9.0.200",
+                port: 5432,
+                http: None,
+                verdict: ALLOW,
+                label: "shop/payments/to-db",
+            },
+            Case {
+                name: "egress elsewhere",
+                direction: OUT,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/api",
+                port: 8080,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+            // batch-jobs has no egress key: its targets fall back to the default.
+            Case {
+                name: "no egress section",
+                direction: OUT,
+                local: "ns/batch/sa/nightly",
+                peer: "ns/shop/sa/api",
+                port: 8080,
+                http: None,
+                verdict: ALLOW,
+                label: "default/all-authenticated",
+            },
+            Case {
+                name: "ingress rule is not an egress rule",
+                direction: OUT,
+                local: PAYMENTS,
+                peer: "ns/shop/sa/frontend",
+                port: 8080,
+                http: None,
+                verdict: DENY,
+                label: "shop/payments",
+            },
+        ],
+        DefaultPolicy::AllAuthenticated,
+    );
+}
+
+#[test]
+fn http_rules_allow_at_l4_pending_each_request() {
+    let p = policy(DefaultPolicy::Deny);
+    let l4 = ask(&p, IN, PAYMENTS, "ns/shop/sa/api", 8080, None);
+    assert_eq!(
+        (l4.verdict, l4.label().as_str()),
+        (ALLOW, "shop/payments/refunds-api")
+    );
+    assert!(
+        l4.http_required,
+        "an allow restricted to HTTP must require per-request checks: {l4}"
+    );
+
+    let ok = ask(
+        &p,
+        IN,
+        PAYMENTS,
+        "ns/shop/sa/api",
+        8080,
+        Some(("POST", "/v1/refunds/7")),
+    );
+    assert_eq!(
+        (ok.verdict, ok.label().as_str()),
+        (ALLOW, "shop/payments/refunds-api")
+    );
+    let wrong_method = ask(
+        &p,
+        IN,
+        PAYMENTS,
+        "ns/shop/sa/api",
+        8080,
+        Some(("DELETE", "/v1/refunds/7")),
+    );
+    assert_eq!(
+        (wrong_method.verdict, wrong_method.label().as_str()),
+        (DENY, "shop/payments")
+    );
+
+    // An HTTP-restricted deny does not block the connection, only matching requests.
+    let plain = ask(&p, IN, PAYMENTS, "ns/shop/sa/frontend", 8080, None);
+    assert_eq!((plain.verdict, plain.http_required), (ALLOW, false));
+    let admin = ask(
+        &p,
+        IN,
+        PAYMENTS,
+        "ns/shop/sa/frontend",
+        8080,
+        Some(("GET", "/admin/users")),
+    );
+    assert_eq!(
+        (admin.verdict, admin.label().as_str()),
+        (DENY, "shop/payments/no-admin")
+    );
+    let charge = ask(
+        &p,
+        IN,
+        PAYMENTS,
+        "ns/shop/sa/frontend",
+        8080,
+        Some(("POST", "/v1/charge")),
+    );
+    assert_eq!(
+        (charge.verdict, charge.label().as_str()),
+        (ALLOW, "shop/payments/frontend-charges")
+    );
+}
+
+#[test]
+fn every_default_policy_applies_to_unselected_workloads() {
+    let unselected = "ns/shop/sa/frontend";
+    let table = [
+        (DefaultPolicy::Deny, "ns/shop/sa/api", DENY, false),
+        (DefaultPolicy::Deny, "10.0.0.1", DENY, false),
+        (
+            DefaultPolicy::AllAuthenticated,
+            "ns/shop/sa/api",
+            ALLOW,
+            false,
+        ),
+        (DefaultPolicy::AllAuthenticated, "10.0.0.1", DENY, false),
+        (
+            DefaultPolicy::AllUnauthenticated,
+            "ns/shop/sa/api",
+            ALLOW,
+            false,
+        ),
+        (DefaultPolicy::AllUnauthenticated, "10.0.0.1", ALLOW, false),
+        (DefaultPolicy::Audit, "ns/shop/sa/api", ALLOW, true),
+        (DefaultPolicy::Audit, "10.0.0.1", ALLOW, true),
+    ];
+    for (default, peer, verdict, would_deny) in table {
+        let d = ask(&policy(default), IN, unselected, peer, 80, None);
+        assert_eq!(d.verdict, verdict, "{default} {peer}: {d}");
+        assert_eq!(d.would_deny, would_deny, "{default} {peer}: {d}");
+        assert_eq!(d.matched, Matched::Default(default), "{default} {peer}");
+        let mode = if default == DefaultPolicy::Audit {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        };
+        assert_eq!(d.mode, mode, "{default} {peer}");
+    }
+}
+
+#[test]
+fn audit_mode_never_blocks_and_reports_what_it_would_deny() {
+    let p = policy(DefaultPolicy::AllAuthenticated);
+    let scrape = ask(
+        &p,
+        IN,
+        "ns/monitoring/sa/grafana",
+        "ns/monitoring/sa/prometheus",
+        9090,
+        None,
+    );
+    assert_eq!(
+        (scrape.verdict, scrape.would_deny, scrape.mode),
+        (ALLOW, false, Mode::Audit)
+    );
+    assert_eq!(scrape.label(), "monitoring/trial/prometheus-scrape");
+
+    let other = ask(
+        &p,
+        IN,
+        "ns/monitoring/sa/grafana",
+        "ns/shop/sa/api",
+        3000,
+        None,
+    );
+    assert_eq!(
+        (other.verdict, other.would_deny, other.mode),
+        (ALLOW, true, Mode::Audit),
+        "{other}"
+    );
+    assert_eq!(
+        other.matched,
+        Matched::NoRule {
+            policy: "monitoring/trial".into()
+        }
+    );
+
+    // The default still decides for an audited workload: audit never allows more.
+    let p = policy(DefaultPolicy::Deny);
+    let denied = ask(
+        &p,
+        IN,
+        "ns/monitoring/sa/grafana",
+        "ns/monitoring/sa/prometheus",
+        9090,
+        None,
+    );
+    assert_eq!(
+        (denied.verdict, denied.matched),
+        (DENY, Matched::Default(DefaultPolicy::Deny))
+    );
+}
+
+#[test]
+fn audit_deny_alongside_enforce_allow_reports_would_deny() {
+    let text = format!(
+        "{POLICIES}---\n{}",
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: SegmentationPolicy
+metadata: {name: tighten, namespace: shop}
+spec:
+  targets: [{identity: spiffe://cluster.local/ns/shop/sa/payments}]
+  mode: audit
+  ingress:
+    - name: no-checkout
+      action: deny
+      from: [{namespace: checkout}]
+"#
+    );
+    let docs = parse_documents("x.yaml", &text).unwrap();
+    let p = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap().0;
+    let d = ask(&p, IN, PAYMENTS, "ns/checkout/sa/cart", 8080, None);
+    assert_eq!(
+        (d.verdict, d.would_deny, d.mode),
+        (ALLOW, true, Mode::Audit),
+        "{d}"
+    );
+    assert_eq!(d.label(), "shop/tighten/no-checkout");
+    let unaffected = ask(&p, IN, PAYMENTS, "ns/shop/sa/frontend", 8080, None);
+    assert_eq!(
+        (unaffected.verdict, unaffected.would_deny, unaffected.mode),
+        (ALLOW, false, Mode::Enforce)
+    );
+}
+
+#[test]
+fn files_and_documents_merge_and_duplicate_names_are_rejected() {
+    let a = parse_documents("a.yaml", POLICIES).unwrap();
+    let b = parse_documents("b.yaml", POLICIES.split("---").next().unwrap()).unwrap();
+    let errors = compile(
+        a.into_iter().chain(b).collect(),
+        Defaults::new(DefaultPolicy::Deny),
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "b.yaml:2:1: error: duplicate policy `shop/payments`: already defined at a.yaml:2:1"
+    );
+}
+
+#[test]
+fn version_depends_on_content_not_layout() {
+    let docs = parse_documents("a.yaml", POLICIES).unwrap();
+    let mut reversed = parse_documents("b.yaml", POLICIES).unwrap();
+    reversed.reverse();
+    let defaults = Defaults::new(DefaultPolicy::Deny);
+    let v1 = compile(docs.clone(), defaults).unwrap().0;
+    let v2 = compile(reversed, defaults).unwrap().0;
+    assert_eq!(v1.version(), v2.version());
+    let changed = POLICIES.replace("9999", "9998");
+    let v3 = compile(parse_documents("a.yaml", &changed).unwrap(), defaults)
+        .unwrap()
+        .0;
+    assert_ne!(v1.version(), v3.version());
+    assert_ne!(
+        v1.version(),
+        CompiledPolicy::empty(DefaultPolicy::Deny).version()
+    );
+}
