@@ -1,4 +1,7 @@
 //! `palisadectl` subcommands, one module each.
 
+pub mod ca;
+pub mod cert;
 pub mod policy;
+pub mod token;
 pub mod up;
