@@ -7,6 +7,7 @@ pub mod attest;
 pub mod bundle;
 pub mod ca;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod endpoints;
 pub mod metrics;

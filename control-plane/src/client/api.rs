@@ -1,0 +1,190 @@
+//! Client of the HTTPS workload API: TLS 1.3, the server verified against a
+//! trust bundle *and* required to present the control plane's SPIFFE ID,
+//! optionally authenticating with the caller's current SVID (renewal).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use palisade_policy::{SpiffeId, TrustDomain};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::ring;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::admin::decode;
+use super::ClientError;
+use crate::api::{EndpointsResponse, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH};
+use crate::bundle::SpiffeBundle;
+use crate::server::tls::SERVER_NAME;
+use crate::svid::spiffe_id_of;
+
+/// Verifies the chain with webpki, then insists on one exact SPIFFE ID.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: SpiffeId,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(bundle: &[CertificateDer<'static>], expected: SpiffeId) -> Result<Arc<Self>, ClientError> {
+        let mut roots = RootCertStore::empty();
+        for ca in bundle {
+            roots.add(ca.clone()).map_err(ClientError::Tls)?;
+        }
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(ring::default_provider()))
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Arc::new(SpiffeServerVerifier { inner, expected }))
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The chain and validity are checked against the DNS SAN every
+        // control-plane certificate carries; identity comes from the URI SAN.
+        let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
+        self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
+        match spiffe_id_of(end_entity) {
+            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Ok(id) => Err(rustls::Error::General(format!("server is {id}, expected {}", self.expected))),
+            Err(e) => Err(rustls::Error::General(format!("server certificate: {e}"))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A workload API client bound to one control plane and one trust bundle.
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: String,
+    connector: TlsConnector,
+}
+
+/// The caller's SVID (chain, leaf first) and key, for mTLS.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+impl ApiClient {
+    /// `addr` is `host:port`. The server must chain to `bundle` and present
+    /// `spiffe://<td>/palisade/control-plane`.
+    pub fn new(
+        addr: &str,
+        td: &TrustDomain,
+        bundle: &[CertificateDer<'static>],
+        identity: Option<ClientIdentity>,
+    ) -> Result<ApiClient, ClientError> {
+        let expected = td.id(CONTROL_PLANE_PATH).expect("constant path is valid");
+        let verifier = SpiffeServerVerifier::new(bundle, expected)?;
+        let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(ClientError::Tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(ClientError::Tls)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ApiClient { addr: addr.to_owned(), connector: TlsConnector::from(Arc::new(config)) })
+    }
+
+    /// Opens one keep-alive connection for several requests.
+    pub async fn connect(&self) -> Result<ApiConnection, ClientError> {
+        let tcp = TcpStream::connect(&self.addr).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
+        let tls = self.connector.connect(name, tcp).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(ApiConnection { sender })
+    }
+
+    pub async fn issue(&self, req: &SvidRequest) -> Result<SvidResponse, ClientError> {
+        self.connect().await?.issue(req).await
+    }
+
+    pub async fn renew(&self, csr_pem: &str) -> Result<SvidResponse, ClientError> {
+        self.connect().await?.renew(csr_pem).await
+    }
+
+    pub async fn bundle(&self) -> Result<SpiffeBundle, ClientError> {
+        self.connect().await?.get_json("/v1/bundle").await
+    }
+
+    pub async fn endpoints(&self) -> Result<EndpointsResponse, ClientError> {
+        self.connect().await?.get_json("/v1/endpoints").await
+    }
+}
+
+pub struct ApiConnection {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl ApiConnection {
+    /// One raw request: status and body.
+    pub async fn request(&mut self, method: Method, path: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes), ClientError> {
+        self.sender.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, SERVER_NAME)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
+    }
+
+    pub async fn issue(&mut self, req: &SvidRequest) -> Result<SvidResponse, ClientError> {
+        let body = serde_json::to_vec(req).expect("API types serialize");
+        let (status, bytes) = self.request(Method::POST, "/v1/svid", body).await?;
+        decode(status, &bytes)
+    }
+
+    pub async fn renew(&mut self, csr_pem: &str) -> Result<SvidResponse, ClientError> {
+        let body = serde_json::to_vec(&RenewRequest { csr: csr_pem.to_owned() }).expect("API types serialize");
+        let (status, bytes) = self.request(Method::POST, "/v1/svid/renew", body).await?;
+        decode(status, &bytes)
+    }
+
+    pub async fn get_json<R: DeserializeOwned>(&mut self, path: &str) -> Result<R, ClientError> {
+        let (status, bytes) = self.request(Method::GET, path, Vec::new()).await?;
+        decode(status, &bytes)
+    }
+}
