@@ -1,0 +1,440 @@
+//! Property test: on random policies and requests, the compiled, indexed
+//! `decide()` agrees with a naive evaluator that scans every rule.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use palisade_policy::model::{
+    Action, HostMatch, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange, Rule, Target,
+};
+use palisade_policy::{
+    compile, decide, DefaultPolicy, Defaults, Direction, HttpInfo, Mode, Peer, PolicyDoc, Pos,
+    Request, SpiffeId, Verdict,
+};
+use proptest::prelude::*;
+
+const IDS: &[&str] = &[
+    "spiffe://cluster.local/ns/a/sa/x",
+    "spiffe://cluster.local/ns/a/sa/y",
+    "spiffe://cluster.local/ns/b/sa/x",
+    "spiffe://cluster.local/ns/c/sa/z",
+    "spiffe://cluster.local/svc/q",
+    "spiffe://other.org/ns/a/sa/x",
+    "spiffe://other.org/ns/b/sa/y",
+];
+const GLOBS: &[&str] = &[
+    "spiffe://cluster.local/ns/a/",
+    "spiffe://cluster.local/ns/a/sa/",
+    "spiffe://cluster.local/",
+    "spiffe://other.org/ns/b/",
+];
+const NAMESPACES: &[&str] = &["a", "b", "c"];
+const CIDRS: &[&str] = &[
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "10.1.2.0/24",
+    "10.1.2.3/32",
+    "0.0.0.0/0",
+    "192.168.0.0/16",
+    "fd00::/8",
+    "::/0",
+];
+const ADDRS: &[&str] = &[
+    "10.1.2.3",
+    "10.1.9.9",
+    "10.200.0.1",
+    "192.168.1.1",
+    "8.8.8.8",
+    "fd00::1",
+    "2001:db8::1",
+    "::ffff:10.1.2.3",
+];
+const PATHS: &[&str] = &["/a", "/a/b", "/c", "/a/../c", "/a?x=1"];
+const HOSTS: &[Option<&str>] = &[None, Some("h.x"), Some("z.h.x:80"), Some("other")];
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn id_match() -> impl Strategy<Value = IdMatch> {
+    prop_oneof![
+        prop::sample::select(IDS).prop_map(|s| IdMatch::Exact(id(s))),
+        prop::sample::select(GLOBS).prop_map(|s| IdMatch::Prefix(s.to_owned())),
+    ]
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        3 => id_match().prop_map(Target::Identity),
+        1 => prop::sample::select(NAMESPACES).prop_map(|s| Target::Namespace(s.to_owned())),
+    ]
+}
+
+fn peer_match() -> impl Strategy<Value = PeerMatch> {
+    prop_oneof![
+        3 => id_match().prop_map(PeerMatch::Identity),
+        1 => prop::sample::select(NAMESPACES).prop_map(|s| PeerMatch::Namespace(s.to_owned())),
+        2 => prop::sample::select(CIDRS).prop_map(|s| PeerMatch::Cidr(s.parse().unwrap())),
+    ]
+}
+
+fn port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        (1u16..24, 0u16..6).prop_map(|(lo, len)| PortRange { lo, hi: lo + len }),
+        Just(PortRange {
+            lo: 65530,
+            hi: 65535
+        }),
+    ]
+}
+
+fn http_match() -> impl Strategy<Value = HttpMatch> {
+    let path = prop::sample::select(vec![
+        PathMatch::Exact("/a".into()),
+        PathMatch::Exact("/a/b".into()),
+        PathMatch::Prefix("/a".into()),
+        PathMatch::Prefix(String::new()),
+    ]);
+    let host = prop::sample::select(vec![
+        HostMatch::Exact("h.x".into()),
+        HostMatch::Suffix(".h.x".into()),
+    ]);
+    (
+        prop::collection::vec(
+            prop::sample::select(vec!["GET".to_owned(), "POST".to_owned()]),
+            0..2,
+        ),
+        prop::collection::vec(path, 0..2),
+        prop::collection::vec(host, 0..2),
+    )
+        .prop_map(|(methods, paths, hosts)| HttpMatch {
+            methods,
+            paths,
+            hosts,
+        })
+}
+
+fn rules() -> impl Strategy<Value = Vec<Rule>> {
+    let rule = (
+        prop::bool::ANY,
+        prop::option::of(prop::collection::vec(peer_match(), 1..3)),
+        prop::option::of(prop::collection::vec(port_range(), 1..3)),
+        prop::option::weighted(0.3, prop::collection::vec(http_match(), 1..3)),
+    );
+    prop::collection::vec(rule, 0..4).prop_map(|rs| {
+        rs.into_iter()
+            .enumerate()
+            .map(|(i, (deny, peers, ports, http))| Rule {
+                pos: Pos::default(),
+                name: format!("r{i}"),
+                action: if deny { Action::Deny } else { Action::Allow },
+                peers,
+                ports,
+                http,
+            })
+            .collect()
+    })
+}
+
+fn docs() -> impl Strategy<Value = Vec<PolicyDoc>> {
+    let doc = (
+        prop::sample::select(NAMESPACES),
+        prop::collection::vec(target(), 1..3),
+        prop::bool::weighted(0.25),
+        prop::option::weighted(0.8, rules()),
+        prop::option::weighted(0.6, rules()),
+    );
+    prop::collection::vec(doc, 0..6).prop_map(|ds| {
+        ds.into_iter()
+            .enumerate()
+            .map(|(i, (ns, targets, audit, ingress, egress))| PolicyDoc {
+                source: Arc::from("gen.yaml"),
+                pos: Pos::default(),
+                namespace: ns.to_owned(),
+                name: format!("p{i}"),
+                targets,
+                mode: if audit { Mode::Audit } else { Mode::Enforce },
+                ingress,
+                egress,
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    direction: Direction,
+    local: &'static str,
+    peer: Result<&'static str, IpAddr>,
+    port: u16,
+    http: Option<(&'static str, &'static str, Option<&'static str>)>,
+}
+
+fn request() -> impl Strategy<Value = Req> {
+    let peer = prop_oneof![
+        2 => prop::sample::select(IDS).prop_map(Ok),
+        1 => prop::sample::select(ADDRS).prop_map(|a| Err(a.parse().unwrap())),
+    ];
+    let http = prop::option::weighted(
+        0.4,
+        (
+            prop::sample::select(vec!["GET", "POST", "PUT"]),
+            prop::sample::select(PATHS),
+            prop::sample::select(HOSTS),
+        ),
+    );
+    let port = prop_oneof![0u16..26, Just(65535u16)];
+    (prop::bool::ANY, prop::sample::select(IDS), peer, port, http).prop_map(
+        |(ingress, local, peer, port, http)| Req {
+            direction: if ingress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            local,
+            peer,
+            port,
+            http,
+        },
+    )
+}
+
+fn default_policy() -> impl Strategy<Value = DefaultPolicy> {
+    prop::sample::select(DefaultPolicy::ALL.to_vec())
+}
+
+/// What the reference computes, in the engine's terms.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    verdict: Verdict,
+    would_deny: bool,
+    label: String,
+    mode: Mode,
+    http_required: bool,
+}
+
+// ---- The naive reference: scan every rule of every document. ----
+
+fn namespace_of(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["ns", ns, "sa", _] => Some(ns),
+        _ => None,
+    }
+}
+
+fn trust_domain(id: &str) -> &str {
+    id.strip_prefix("spiffe://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+}
+
+fn ref_id_match(m: &IdMatch, id: &str) -> bool {
+    match m {
+        IdMatch::Exact(e) => e.as_str() == id,
+        IdMatch::Prefix(p) => id.starts_with(p.as_str()) && id.len() > p.len(),
+    }
+}
+
+fn ref_target(t: &Target, local: &str) -> bool {
+    match t {
+        Target::Identity(m) => ref_id_match(m, local),
+        Target::Namespace(ns) => namespace_of(local) == Some(ns),
+    }
+}
+
+fn ref_peer(p: &PeerMatch, local: &str, peer: &Result<&str, IpAddr>) -> bool {
+    match (p, peer) {
+        (PeerMatch::Identity(m), Ok(id)) => ref_id_match(m, id),
+        (PeerMatch::Namespace(ns), Ok(id)) => {
+            namespace_of(id) == Some(ns) && trust_domain(id) == trust_domain(local)
+        }
+        (PeerMatch::Cidr(net), Err(ip)) => net.contains(&ip.to_canonical()),
+        _ => false,
+    }
+}
+
+fn ref_http(entries: &[HttpMatch], (method, raw_path, host): (&str, &str, Option<&str>)) -> bool {
+    let path = raw_path.split('?').next().unwrap();
+    let clean = !path.split('/').any(|s| s == ".." || s == ".");
+    let host = host.map(|h| h.split(':').next().unwrap());
+    entries.iter().any(|e| {
+        let m = e.methods.is_empty() || e.methods.iter().any(|x| x == method);
+        let p = e.paths.is_empty()
+            || clean
+                && e.paths.iter().any(|p| match p {
+                    PathMatch::Exact(x) => x == path,
+                    PathMatch::Prefix(x) => path == x || path.starts_with(&format!("{x}/")),
+                });
+        let h = e.hosts.is_empty()
+            || host.is_some_and(|h| {
+                e.hosts.iter().any(|m| match m {
+                    HostMatch::Exact(x) => x == h,
+                    HostMatch::Suffix(s) => h.ends_with(s.as_str()) && h.len() > s.len(),
+                })
+            });
+        m && p && h
+    })
+}
+
+fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
+    let mut sorted: Vec<&PolicyDoc> = docs.iter().collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    // One pass per evaluation: enforce-only (`audit == false`) or all.
+    let evaluate = |include_audit: bool| -> Option<(Verdict, String, bool)> {
+        let mut selected = None;
+        let (mut deny, mut allow, mut http_allow) = (None, None, None);
+        for doc in sorted
+            .iter()
+            .filter(|d| include_audit || d.mode == Mode::Enforce)
+        {
+            let Some(rules) = doc.rules(req.direction) else {
+                continue;
+            };
+            if !doc.targets.iter().any(|t| ref_target(t, req.local)) {
+                continue;
+            }
+            selected.get_or_insert(doc.id());
+            for r in rules {
+                let peer_ok = r
+                    .peers
+                    .as_ref()
+                    .is_none_or(|ps| ps.iter().any(|p| ref_peer(p, req.local, &req.peer)));
+                let port_ok = r
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ps| ps.iter().any(|p| p.lo <= req.port && req.port <= p.hi));
+                if !peer_ok || !port_ok {
+                    continue;
+                }
+                let label = format!("{}/{}", doc.id(), r.name);
+                let (http_ok, l4_http_allow) = match (&r.http, req.http) {
+                    (None, _) => (true, false),
+                    (Some(_), None) => (false, r.action == Action::Allow),
+                    (Some(h), Some(info)) => (ref_http(h, info), false),
+                };
+                if l4_http_allow {
+                    http_allow.get_or_insert(label.clone());
+                }
+                if http_ok {
+                    match r.action {
+                        Action::Deny => deny.get_or_insert(label),
+                        Action::Allow => allow.get_or_insert(label),
+                    };
+                }
+            }
+        }
+        let selected = selected?;
+        Some(match (deny, allow, http_allow) {
+            (Some(d), _, _) => (Verdict::Deny, d, false),
+            (None, Some(a), _) => (Verdict::Allow, a, false),
+            (None, None, Some(h)) => (Verdict::Allow, h, true),
+            (None, None, None) => (Verdict::Deny, selected, false),
+        })
+    };
+    let authenticated = req.peer.is_ok();
+    let default_outcome = || {
+        let label = format!("default/{default}");
+        match default {
+            DefaultPolicy::Deny => Outcome {
+                verdict: Verdict::Deny,
+                would_deny: false,
+                label,
+                mode: Mode::Enforce,
+                http_required: false,
+            },
+            DefaultPolicy::AllAuthenticated => Outcome {
+                verdict: if authenticated {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                },
+                would_deny: false,
+                label,
+                mode: Mode::Enforce,
+                http_required: false,
+            },
+            DefaultPolicy::AllUnauthenticated => Outcome {
+                verdict: Verdict::Allow,
+                would_deny: false,
+                label,
+                mode: Mode::Enforce,
+                http_required: false,
+            },
+            DefaultPolicy::Audit => Outcome {
+                verdict: Verdict::Allow,
+                would_deny: true,
+                label,
+                mode: Mode::Audit,
+                http_required: false,
+            },
+        }
+    };
+    let all = evaluate(true);
+    match evaluate(false) {
+        None => {
+            let base = default_outcome();
+            match all {
+                Some((v, label, _)) if base.verdict == Verdict::Allow => Outcome {
+                    verdict: Verdict::Allow,
+                    would_deny: v == Verdict::Deny,
+                    label,
+                    mode: Mode::Audit,
+                    http_required: false,
+                },
+                _ => base,
+            }
+        }
+        Some((Verdict::Deny, label, _)) => Outcome {
+            verdict: Verdict::Deny,
+            would_deny: false,
+            label,
+            mode: Mode::Enforce,
+            http_required: false,
+        },
+        Some((Verdict::Allow, label, http_required)) => match all {
+            Some((Verdict::Deny, audit_label, _)) => Outcome {
+                verdict: Verdict::Allow,
+                would_deny: true,
+                label: audit_label,
+                mode: Mode::Audit,
+                http_required,
+            },
+            _ => Outcome {
+                verdict: Verdict::Allow,
+                would_deny: false,
+                label,
+                mode: Mode::Enforce,
+                http_required,
+            },
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_decide_agrees_with_naive_reference(
+        docs in docs(),
+        default in default_policy(),
+        reqs in prop::collection::vec(request(), 1..16),
+    ) {
+        let (policy, _) = compile(docs.clone(), Defaults::new(default)).unwrap();
+        for req in &reqs {
+            let local = id(req.local);
+            let peer_id = req.peer.ok().map(id);
+            let peer = match (&peer_id, req.peer) {
+                (Some(p), _) => Peer::Identity(p),
+                (None, Err(ip)) => Peer::Address(ip),
+                (None, Ok(_)) => unreachable!(),
+            };
+            let http = req.http.map(|(method, path, host)| HttpInfo { method, path, host });
+            let d = decide(&policy, &Request { direction: req.direction, local: &local, peer, port: req.port, http });
+            let got = Outcome { verdict: d.verdict, would_deny: d.would_deny, label: d.label(), mode: d.mode, http_required: d.http_required };
+            prop_assert_eq!(got, reference(&docs, default, req), "request {:?}", req);
+        }
+    }
+}
