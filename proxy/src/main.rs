@@ -1,4 +1,196 @@
-fn main() {
-    eprintln!("palisade-proxy: not built yet");
-    std::process::exit(2);
+//! palisade-proxy's entry point: load the configuration, bind every listener,
+//! start the identity client, serve until SIGTERM or `POST /shutdown`, drain.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use palisade_proxy::config::{Config, Mode};
+use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
+use palisade_proxy::metrics::Metrics;
+use palisade_proxy::outbound::{endpoints, EndpointMap};
+use palisade_proxy::tls::Bundle;
+use palisade_proxy::{admin, drain, inbound, outbound, Runtime};
+
+/// Palisade's sidecar: SPIFFE mTLS between workloads. Settings and their
+/// defaults: proxy/README.md.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// YAML configuration file; without it, defaults plus PALISADE_* variables.
+    #[arg(long, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "PALISADE_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "PALISADE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?;
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    let cfg = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    // Two worker threads: a sidecar shares its pod's CPU with the app.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(cfg))
+}
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let bundle_pem =
+        std::fs::read_to_string(&cfg.identity.bootstrap_bundle).with_context(|| {
+            format!(
+                "reading the bootstrap bundle {}",
+                cfg.identity.bootstrap_bundle.display()
+            )
+        })?;
+    let bootstrap = Bundle::from_pem(&bundle_pem).with_context(|| {
+        format!(
+            "parsing the bootstrap bundle {}",
+            cfg.identity.bootstrap_bundle.display()
+        )
+    })?;
+    let attestation = match (
+        &cfg.identity.join_token,
+        &cfg.identity.join_token_file,
+        &cfg.identity.k8s_sa_token_file,
+    ) {
+        (Some(t), _, _) => AttestationSource::JoinToken(t.clone()),
+        (_, Some(p), _) => AttestationSource::JoinTokenFile(p.clone()),
+        (_, _, Some(p)) => AttestationSource::K8sSaTokenFile(p.clone()),
+        _ => AttestationSource::None,
+    };
+    let cp = Arc::new(ControlPlane::new(
+        cfg.identity.control_plane.clone(),
+        cfg.control_plane_id().clone(),
+        bootstrap,
+        cfg.timeouts.handshake.max(Duration::from_secs(10)),
+    ));
+    let metrics = Arc::new(Metrics::new());
+    let creds = Arc::new(ArcSwapOption::empty());
+    let rt = Arc::new(Runtime {
+        timeouts: cfg.timeouts.clone(),
+        creds: creds.clone(),
+        metrics: metrics.clone(),
+        permits: Arc::new(Semaphore::new(cfg.max_connections)),
+        drain: drain::Drain::default(),
+    });
+    let background = CancellationToken::new();
+
+    // Bind everything first so a port clash fails at start, not later.
+    let admin_listener = bind("admin", cfg.admin.bind).await?;
+    let mut listeners = vec![("admin".to_owned(), admin_listener.local_addr()?)];
+    let mut endpoint_map = None;
+    match cfg.mode {
+        Mode::Transparent => {
+            let l = bind("inbound", cfg.inbound.bind).await?;
+            listeners.push(("inbound".into(), l.local_addr()?));
+            let target = inbound::Target::Transparent {
+                permissive_ports: cfg.inbound.permissive_ports.clone().into(),
+                forward_to: cfg.inbound.forward_to,
+            };
+            tokio::spawn(inbound::serve(rt.clone(), l, target));
+
+            let l = bind("outbound", cfg.outbound.bind).await?;
+            listeners.push(("outbound".into(), l.local_addr()?));
+            let map = Arc::new(ArcSwap::from_pointee(EndpointMap::default()));
+            endpoint_map = Some(map.clone());
+            tokio::spawn(endpoints::refresh_loop(
+                cp.clone(),
+                creds.clone(),
+                map.clone(),
+                metrics.clone(),
+                cfg.outbound.endpoints_refresh,
+                background.clone(),
+            ));
+            let target = outbound::Target::Transparent {
+                endpoints: map,
+                unmeshed: cfg.outbound.unmeshed,
+            };
+            tokio::spawn(outbound::serve(rt.clone(), l, target));
+        }
+        Mode::Explicit => {
+            for p in &cfg.inbound.ports {
+                let l = bind("inbound", p.listen).await?;
+                listeners.push((format!("inbound -> {}", p.app), l.local_addr()?));
+                let target = inbound::Target::Fixed {
+                    app: p.app,
+                    permissive: p.permissive,
+                };
+                tokio::spawn(inbound::serve(rt.clone(), l, target));
+            }
+            for r in &cfg.outbound.routes {
+                let l = bind("outbound", r.listen).await?;
+                listeners.push((
+                    format!("outbound -> {} ({})", r.destination, r.identity),
+                    l.local_addr()?,
+                ));
+                let target = outbound::Target::Route {
+                    destination: r.destination,
+                    identity: r.identity.clone(),
+                };
+                tokio::spawn(outbound::serve(rt.clone(), l, target));
+            }
+        }
+    }
+    for (name, addr) in &listeners {
+        tracing::info!(listener = %name, address = %addr, "listening");
+    }
+
+    let admin = Arc::new(admin::Admin::new(
+        rt.clone(),
+        &cfg,
+        &listeners,
+        endpoint_map,
+    ));
+    tokio::spawn(admin::serve(admin, admin_listener));
+
+    let manager = IdentityManager {
+        cp: ControlPlane::new(
+            cfg.identity.control_plane.clone(),
+            cfg.control_plane_id().clone(),
+            Bundle::from_pem(&bundle_pem)?,
+            cfg.timeouts.handshake.max(Duration::from_secs(10)),
+        ),
+        attestation,
+        accepted: cfg.identity.accepted_trust_domains.clone().into(),
+        cell: creds,
+        metrics,
+    };
+    tokio::spawn(manager.run(background.clone()));
+
+    tokio::select! {
+        r = drain::signal() => r.context("installing signal handlers")?,
+        _ = rt.drain.requested() => {}
+    }
+    let left = rt.drain.run(cfg.drain_grace_period).await;
+    background.cancel();
+    tracing::info!(closed_unfinished = left, "drained; exiting");
+    Ok(())
 }

@@ -1,0 +1,199 @@
+//! Inbound: accept, find the app port, detect TLS, terminate mTLS with the
+//! workload's SVID, identify the peer, authorize, forward to the local app.
+//! Plaintext is accepted only on permissive ports.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use palisade_policy::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::authz::{self, InboundCheck, Verdict};
+use crate::config::InboundTarget;
+use crate::forward::{forward, Ended};
+use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
+use crate::{accept_loop, tls, transparent, Runtime};
+
+const DIR: Direction = Direction::Inbound;
+
+/// Where a listener's connections go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Explicit mode: one listener, one app address.
+    Fixed { app: SocketAddr, permissive: bool },
+    /// Transparent mode: the app port is the original destination port.
+    Transparent {
+        permissive_ports: Arc<[u16]>,
+        forward_to: InboundTarget,
+    },
+}
+
+impl Target {
+    /// The app address and whether plaintext is allowed there.
+    fn resolve(&self, tcp: &TcpStream) -> Result<(SocketAddr, bool), &'static str> {
+        match self {
+            Target::Fixed { app, permissive } => Ok((*app, *permissive)),
+            Target::Transparent {
+                permissive_ports,
+                forward_to,
+            } => {
+                let orig = transparent::original_dst(tcp).map_err(|_| "no_original_dst")?;
+                if tcp.local_addr().ok() == Some(orig) {
+                    // Not redirected: someone dialled the proxy port itself.
+                    return Err("no_original_dst");
+                }
+                let app = match forward_to {
+                    InboundTarget::Localhost => {
+                        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), orig.port())
+                    }
+                    InboundTarget::Original => orig,
+                };
+                Ok((app, permissive_ports.contains(&orig.port())))
+            }
+        }
+    }
+}
+
+pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
+    let target = Arc::new(target);
+    let conn_rt = rt.clone();
+    accept_loop(rt, listener, DIR, move |tcp, client| {
+        handle(conn_rt.clone(), target.clone(), tcp, client)
+    })
+    .await
+}
+
+fn refuse(rt: &Runtime, client: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+    rt.metrics.handshake_failure(DIR, reason);
+    tracing::info!(client.addr = %client, reason, error = %detail, "inbound connection refused");
+}
+
+async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: SocketAddr) {
+    let t = &rt.timeouts;
+    let (app, permissive) = match target.resolve(&tcp) {
+        Ok(x) => x,
+        Err(reason) => return refuse(&rt, client, reason, &"cannot tell the original destination"),
+    };
+
+    // Detect: one byte is enough to tell a TLS handshake record from anything else.
+    let mut first = [0u8; 1];
+    let is_tls = match tokio::time::timeout(t.detect, tcp.peek(&mut first)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => return, // closed before saying anything
+        Ok(Ok(_)) => tls::looks_like_client_hello(first[0]),
+        // Server-speaks-first protocols send nothing; only plaintext can carry them.
+        Err(_) if permissive => false,
+        Err(_) => {
+            return refuse(
+                &rt,
+                client,
+                "timeout",
+                &"no bytes before the detect timeout",
+            )
+        }
+    };
+
+    if !is_tls {
+        if !permissive {
+            return refuse(
+                &rt,
+                client,
+                "plaintext_refused",
+                &format_args!("plaintext to {app}"),
+            );
+        }
+        if authz::inbound(&InboundCheck {
+            peer: None,
+            source: client,
+            port: app.port(),
+        }) == Verdict::Deny
+        {
+            return refuse(&rt, client, "denied", &"plaintext denied by policy");
+        }
+        let Some(upstream) = connect_app(&rt, app, client).await else {
+            return;
+        };
+        let m = rt.metrics.conn(DIR, UNAUTHENTICATED, false);
+        let open = OpenConn::new(m);
+        let ended = forward(tcp, upstream, &open.0, t.idle).await;
+        return log_end(client, UNAUTHENTICATED, ended);
+    }
+
+    // One load of the current credentials per connection.
+    let Some(creds) = rt.creds.load_full() else {
+        return refuse(&rt, client, "no_identity", &"no SVID yet");
+    };
+    let acceptor = TlsAcceptor::from(creds.server.clone());
+    let stream = match tokio::time::timeout(t.handshake, acceptor.accept(tcp)).await {
+        Err(_) => return refuse(&rt, client, "timeout", &"TLS handshake timed out"),
+        Ok(Err(e)) => return refuse(&rt, client, tls::failure_reason(&e), &e),
+        Ok(Ok(s)) => s,
+    };
+    drop(creds);
+    let peer: SpiffeId = match stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        // The verifier already accepted exactly this certificate.
+        Some(leaf) => match tls::spiffe_id_of(leaf) {
+            Ok(id) => id,
+            Err(e) => return refuse(&rt, client, tls::SvidRejection::from(e).reason(), &"peer SVID unreadable"),
+        },
+        None => return refuse(&rt, client, "no_client_cert", &"no client certificate"),
+    };
+    let check = InboundCheck {
+        peer: Some(&peer),
+        source: client,
+        port: app.port(),
+    };
+    if authz::inbound(&check) == Verdict::Deny {
+        return refuse(
+            &rt,
+            client,
+            "denied",
+            &format_args!("{peer} denied by policy"),
+        );
+    }
+    let Some(upstream) = connect_app(&rt, app, client).await else {
+        return;
+    };
+    let m = rt.metrics.conn(DIR, peer.as_str(), true);
+    let open = OpenConn::new(m);
+    tracing::debug!(client.addr = %client, client.id = %peer, app = %app, "inbound mTLS connection");
+    let ended = forward(stream, upstream, &open.0, t.idle).await;
+    log_end(client, peer.as_str(), ended);
+}
+
+async fn connect_app(rt: &Runtime, app: SocketAddr, client: SocketAddr) -> Option<TcpStream> {
+    match tokio::time::timeout(rt.timeouts.connect, TcpStream::connect(app)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Some(s)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(client.addr = %client, app = %app, error = %e, "local app refused the connection");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(client.addr = %client, app = %app, "connecting to the local app timed out");
+            None
+        }
+    }
+}
+
+pub(crate) fn log_end(client: SocketAddr, peer: &str, ended: Ended) {
+    match ended {
+        Ended::Closed {
+            from_downstream,
+            from_upstream,
+        } => {
+            tracing::debug!(client.addr = %client, peer, from_downstream, from_upstream, "connection closed")
+        }
+        Ended::IdleTimeout => tracing::info!(client.addr = %client, peer, "idle timeout; closed"),
+        Ended::Error(e) => {
+            tracing::debug!(client.addr = %client, peer, error = %e, "connection ended with an error")
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! palisade-proxy: the sidecar. It moves bytes between workloads over SPIFFE
+//! mTLS and asks `authz` before it does. One module per concern; the order of
+//! work on a connection reads top to bottom in `inbound` and `outbound`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod drain;
+pub mod forward;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tls;
+pub mod transparent;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::Timeouts;
+use crate::identity::CredentialsCell;
+use crate::metrics::{Direction, Metrics};
+
+/// State shared by every listener; read-only on the hot path except for
+/// atomics (credentials load, permit, counters).
+pub struct Runtime {
+    pub timeouts: Timeouts,
+    pub creds: CredentialsCell,
+    pub metrics: Arc<Metrics>,
+    /// One permit per open proxied connection (`max_connections`).
+    pub permits: Arc<Semaphore>,
+    pub drain: drain::Drain,
+}
+
+/// Accept on `listener` until drain, running `handle` for each connection
+/// under a connection permit. Over the limit, connections are closed at once
+/// and counted with reason `max_connections`.
+pub async fn accept_loop<F, Fut>(
+    rt: Arc<Runtime>,
+    listener: TcpListener,
+    direction: Direction,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stop = rt.drain.stop_accepting().clone();
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = rt.permits.clone().try_acquire_owned() else {
+            rt.metrics.handshake_failure(direction, "max_connections");
+            tracing::warn!(client.addr = %client, direction = direction.as_str(), "connection limit reached; refused");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = handle(tcp, client);
+        rt.drain.connections.spawn(async move {
+            conn.await;
+            drop(permit);
+        });
+    }
+}

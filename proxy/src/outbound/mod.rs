@@ -1,0 +1,139 @@
+//! Outbound: accept the app's connection, find its destination and the
+//! identity that destination must prove, authorize, then originate mTLS with
+//! the workload's SVID (or pass plaintext through / deny when unmeshed).
+
+pub mod endpoints;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use palisade_policy::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use crate::authz::{self, OutboundCheck, Verdict};
+use crate::config::Unmeshed;
+use crate::forward::forward;
+use crate::inbound::log_end;
+use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
+use crate::{accept_loop, tls, transparent, Runtime};
+
+pub use endpoints::EndpointMap;
+
+const DIR: Direction = Direction::Outbound;
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Explicit mode: this listener always goes to one sidecar.
+    Route {
+        destination: SocketAddr,
+        identity: SpiffeId,
+    },
+    /// Transparent mode: the original destination, looked up in the map.
+    Transparent {
+        endpoints: Arc<ArcSwap<EndpointMap>>,
+        unmeshed: Unmeshed,
+    },
+}
+
+pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
+    let target = Arc::new(target);
+    let conn_rt = rt.clone();
+    accept_loop(rt, listener, DIR, move |tcp, client| {
+        handle(conn_rt.clone(), target.clone(), tcp, client)
+    })
+    .await
+}
+
+fn refuse(rt: &Runtime, client: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+    rt.metrics.handshake_failure(DIR, reason);
+    tracing::info!(client.addr = %client, reason, error = %detail, "outbound connection refused");
+}
+
+async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: SocketAddr) {
+    let t = &rt.timeouts;
+    let (dst, expected, unmeshed) = match &*target {
+        Target::Route {
+            destination,
+            identity,
+        } => (*destination, Some(identity.clone()), Unmeshed::Deny),
+        Target::Transparent {
+            endpoints,
+            unmeshed,
+        } => {
+            let dst = match transparent::original_dst(&app) {
+                Ok(d) if app.local_addr().ok() != Some(d) => d,
+                _ => {
+                    return refuse(
+                        &rt,
+                        client,
+                        "no_original_dst",
+                        &"connection was not redirected",
+                    )
+                }
+            };
+            (dst, endpoints.load().lookup(dst).cloned(), *unmeshed)
+        }
+    };
+    let check = OutboundCheck {
+        destination_id: expected.as_ref(),
+        destination: dst,
+    };
+    if authz::outbound(&check) == Verdict::Deny {
+        return refuse(
+            &rt,
+            client,
+            "denied",
+            &format_args!("{dst} denied by policy"),
+        );
+    }
+    if expected.is_none() && unmeshed == Unmeshed::Deny {
+        return refuse(
+            &rt,
+            client,
+            "unmeshed_denied",
+            &format_args!("{dst} is not in the mesh"),
+        );
+    }
+    // Load the credentials before connecting so a proxy without an SVID
+    // does not open connections it cannot use.
+    let creds = match (&expected, rt.creds.load_full()) {
+        (Some(_), None) => return refuse(&rt, client, "no_identity", &"no SVID yet"),
+        (_, c) => c,
+    };
+
+    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(&rt, client, "connect_failed", &e),
+        Err(_) => {
+            return refuse(
+                &rt,
+                client,
+                "connect_timeout",
+                &format_args!("connecting to {dst}"),
+            )
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+
+    let (Some(expected), Some(creds)) = (expected, creds) else {
+        // Unmeshed destination, passthrough chosen.
+        let open = OpenConn::new(rt.metrics.conn(DIR, UNAUTHENTICATED, false));
+        let ended = forward(app, tcp, &open.0, t.idle).await;
+        return log_end(client, UNAUTHENTICATED, ended);
+    };
+    let connector = TlsConnector::from(creds.client_config(&expected));
+    drop(creds);
+    let name = ServerName::IpAddress(dst.ip().into());
+    let stream = match tokio::time::timeout(t.handshake, connector.connect(name, tcp)).await {
+        Err(_) => return refuse(&rt, client, "timeout", &"TLS handshake timed out"),
+        Ok(Err(e)) => return refuse(&rt, client, tls::failure_reason(&e), &e),
+        Ok(Ok(s)) => s,
+    };
+    let open = OpenConn::new(rt.metrics.conn(DIR, expected.as_str(), true));
+    tracing::debug!(client.addr = %client, server.addr = %dst, server.id = %expected, "outbound mTLS connection");
+    let ended = forward(app, stream, &open.0, t.idle).await;
+    log_end(client, expected.as_str(), ended);
+}
