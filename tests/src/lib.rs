@@ -2,7 +2,9 @@
 //! real binaries. Add further shared helpers as modules here (a test CA, a
 //! network-namespace pod builder), never copied across test files.
 
+pub mod cp;
 pub mod netns;
+pub mod pki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
