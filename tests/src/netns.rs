@@ -144,3 +144,31 @@ impl Drop for Pod {
         }
     }
 }
+
+impl Network {
+    /// Make `target` (an address in this test's own namespace, such as a
+    /// control plane on loopback) reachable from every pod at
+    /// `host_ip():port`: a plain TCP relay whose listener lives in the switch
+    /// namespace and whose outgoing connections start from the caller's.
+    pub fn expose(&self, port: u16, target: std::net::SocketAddr) -> std::net::SocketAddr {
+        use std::net::{TcpListener, TcpStream};
+        let at = std::net::SocketAddr::from((self.host_ip(), port));
+        let listener = self.host().enter(move || TcpListener::bind(at)).expect("bind relay in switch namespace");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(inside) = conn else { continue };
+                let Ok(outside) = TcpStream::connect(target) else { continue };
+                for (mut from, mut to) in [
+                    (inside.try_clone().unwrap(), outside.try_clone().unwrap()),
+                    (outside, inside),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        at
+    }
+}
