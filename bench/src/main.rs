@@ -1,4 +1,43 @@
-fn main() {
-    eprintln!("palisade-bench: not built yet");
-    std::process::exit(2);
+//! `palisade-bench`: one subcommand per measurement.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use palisade_bench::latency;
+
+#[derive(Parser)]
+#[command(
+    name = "palisade-bench",
+    about = "Palisade's benches: latency, throughput and their cost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Latency (open loop or max throughput), bulk throughput, handshakes/s, RSS
+    /// and CPU of each path: direct, palisade, envoy, haproxy.
+    Latency(latency::LatencyArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Cmd::Latency(args) => latency::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

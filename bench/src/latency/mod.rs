@@ -1,0 +1,116 @@
+//! `palisade-bench latency`: what a sidecar adds to each request, measured
+//! against direct connections and Envoy in one run with interleaved trials.
+
+mod backend;
+pub mod certs;
+mod child;
+mod client;
+mod closed_loop;
+mod hist;
+mod load;
+mod machine;
+mod plot;
+mod procstat;
+mod report;
+mod run;
+mod stats;
+mod tcp;
+mod topology;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+pub use run::run;
+pub use topology::PathKind;
+
+/// Where results go unless `--out` says otherwise: `bench/results/`.
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    /// Paths to measure, in this order within each round.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,palisade,envoy,haproxy"
+    )]
+    pub paths: Vec<PathKind>,
+    /// Include the Palisade path (needs the palisade-proxy binary).
+    #[arg(long)]
+    pub palisade: bool,
+    /// Target request rate of the open-loop load.
+    #[arg(long, default_value_t = 1000)]
+    pub rps: u32,
+    /// Persistent HTTP/1.1 connections the load is spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Size of each request body (echoed back).
+    #[arg(long, default_value_t = 1024)]
+    pub body_bytes: usize,
+    /// Seconds per latency trial.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load on each path before the trials, not recorded.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup: f64,
+    /// Rounds of latency trials; each round runs every path once.
+    #[arg(long, default_value_t = 5)]
+    pub trials: usize,
+    /// Closed loop, as fast as possible, instead of the constant-rate open loop.
+    #[arg(long)]
+    pub max_throughput: bool,
+    /// Bytes per bulk TCP transfer.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bulk_bytes: u64,
+    /// Rounds of bulk transfers (0 skips them).
+    #[arg(long, default_value_t = 3)]
+    pub bulk_trials: usize,
+    /// Seconds per new-connection (handshake) trial.
+    #[arg(long, default_value_t = 3.0)]
+    pub churn_duration: f64,
+    /// Rounds of new-connection trials (0 skips them).
+    #[arg(long, default_value_t = 3)]
+    pub churn_trials: usize,
+    /// Worker threads for every proxy (Envoy --concurrency, Palisade workers,
+    /// HAProxy nbthread), the same for all so the comparison is fair.
+    #[arg(long, default_value_t = 1)]
+    pub proxy_workers: usize,
+    /// A request slower than this counts as an error.
+    #[arg(long, default_value_t = 5.0)]
+    pub request_timeout: f64,
+    /// Where the SPIFFE SVIDs come from.
+    #[arg(long, value_enum, default_value_t = certs::CertSource::Minted)]
+    pub certs: certs::CertSource,
+    #[arg(long, env = "ENVOY_BIN")]
+    pub envoy_bin: Option<PathBuf>,
+    #[arg(long, env = "HAPROXY_BIN")]
+    pub haproxy_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADE_PROXY_BIN")]
+    pub palisade_bin: Option<PathBuf>,
+    /// Directory for JSON, Markdown and SVG results.
+    #[arg(long, default_value = DEFAULT_OUT)]
+    pub out: PathBuf,
+    /// A few seconds for CI: direct and palisade only, short trials, small transfers.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+impl LatencyArgs {
+    /// Apply `--smoke`: everything short, only the paths CI cares about.
+    pub fn effective(mut self) -> LatencyArgs {
+        if self.smoke {
+            self.paths
+                .retain(|p| matches!(p, PathKind::Direct | PathKind::Palisade));
+            self.rps = self.rps.min(200);
+            self.duration = 1.0;
+            self.warmup = 0.5;
+            self.trials = 2;
+            self.bulk_bytes = 8 << 20;
+            self.bulk_trials = 1;
+            self.churn_duration = 0.5;
+            self.churn_trials = 1;
+        }
+        self
+    }
+}

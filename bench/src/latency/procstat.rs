@@ -1,0 +1,112 @@
+//! What a proxy process costs, read from /proc: CPU time from
+//! `/proc/<pid>/stat` and resident memory from `/proc/<pid>/status`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+
+/// /proc reports CPU times in USER_HZ, which is 100 on every mainstream Linux ABI
+/// (it is fixed for user space, whatever the kernel's own HZ).
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of `pid` (all its threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    parse_cpu_seconds(&stat).ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat format"))
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses; the fields
+    // after its last ')' start at field 3 (state). utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// Current resident set size of `pid`, in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+/// Peak resident set size of `pid` since it started, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+fn status_field(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_status_kib(&status, key).ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Samples the RSS of a set of processes every 100 ms while load runs, keeping
+/// each one's highest; stop it with [`RssSampler::finish`].
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl RssSampler {
+    pub fn start(pids: Vec<u32>) -> std::io::Result<RssSampler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-rss".into())
+            .spawn(move || {
+                let mut max = vec![0; pids.len()];
+                // Bounded even if nobody calls finish: at most an hour of samples.
+                for _ in 0..36_000 {
+                    for (m, &pid) in max.iter_mut().zip(&pids) {
+                        *m = (*m).max(rss_kib(pid).unwrap_or(0));
+                    }
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                max
+            })?;
+        Ok(RssSampler { stop, thread })
+    }
+
+    /// The highest RSS seen for each process, in KiB, in the order given.
+    pub fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
+        let stat = "42 (my (odd) proxy) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+    }
+
+    #[test]
+    fn rss_is_read_from_status_in_kib() {
+        let status = "Name:\tenvoy\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(40960));
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(51200));
+    }
+
+    #[test]
+    fn own_process_has_cpu_time_and_resident_memory() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_ok());
+        assert!(rss_kib(me).unwrap() > 0);
+    }
+}

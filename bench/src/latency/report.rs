@@ -1,0 +1,254 @@
+//! The run's results: the JSON document, and the Markdown tables made from it.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::hist::Percentiles;
+use super::machine::Machine;
+use super::stats::{PercentileSpread, Spread};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub config: serde_json::Value,
+    /// "open-loop" or "max-throughput".
+    pub mode: &'static str,
+    pub paths: Vec<PathReport>,
+    /// Every failed request, transfer and connection across the run.
+    pub total_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathReport {
+    pub path: &'static str,
+    /// "ok", or "skipped" with a reason.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk: Option<BulkReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ChurnReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<ProxyResources>,
+}
+
+impl PathReport {
+    pub fn skipped(path: &'static str, reason: String) -> PathReport {
+        PathReport {
+            path,
+            status: "skipped",
+            reason: Some(reason),
+            latency: None,
+            bulk: None,
+            connections: None,
+            proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// Milliseconds, from intended send time (open loop) or send time (max throughput).
+    pub latency_ms: Percentiles,
+    /// Milliseconds from the actual send: what a closed-loop tool would show.
+    pub service_ms: Percentiles,
+    pub requests_ok: u64,
+    pub errors: u64,
+    pub achieved_rps: f64,
+    /// CPU time of the path's proxies during the trial, per 1,000 requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cpu_ms_per_1000_requests: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatencyReport {
+    pub trials: Vec<Trial>,
+    pub latency_ms: PercentileSpread,
+    /// Path minus direct, paired by round; absent for direct itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_over_direct_ms: Option<PercentileSpread>,
+    pub achieved_rps: Spread,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cpu_ms_per_1000_requests: Option<Spread>,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkReport {
+    pub bytes_per_trial: u64,
+    pub gbit_per_s: Spread,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cpu_s_per_gb: Option<Spread>,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// New connections per second; through sidecars each is a full mTLS handshake.
+#[derive(Debug, Serialize)]
+pub struct ChurnReport {
+    pub per_second: Spread,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProxyResources {
+    pub name: String,
+    /// VmRSS after start-up and one request, before any load.
+    pub rss_idle_kib: u64,
+    /// Highest VmRSS sampled while the latency trials ran.
+    pub rss_load_kib: u64,
+    /// VmHWM at the end of the run: the peak over every phase.
+    pub rss_peak_kib: u64,
+}
+
+impl Report {
+    /// The tables for README and terminal.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "Machine: {}\n", self.machine.line());
+        let _ = writeln!(md, "Run: {}\n", run_line(&self.config, self.mode));
+        self.latency_table(&mut md);
+        self.added_table(&mut md);
+        self.cost_table(&mut md);
+        for p in self.paths.iter().filter(|p| p.status != "ok") {
+            let _ = writeln!(
+                md,
+                "- **{}** skipped: {}",
+                p.path,
+                p.reason.as_deref().unwrap_or("")
+            );
+        }
+        let _ = writeln!(md, "\nErrors: {}", self.total_errors);
+        md
+    }
+
+    fn latency_table(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "Latency in ms ({}), median of trials with [min–max]:\n",
+            if self.mode == "open-loop" {
+                "from intended send time"
+            } else {
+                "closed loop"
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| path | p50 | p90 | p99 | p99.9 | max | achieved RPS | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for (p, l) in self
+            .paths
+            .iter()
+            .filter_map(|p| Some((p, p.latency.as_ref()?)))
+        {
+            let cells = cells(&l.latency_ms);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {} |",
+                p.path,
+                cells.join(" | "),
+                l.achieved_rps.median,
+                l.errors
+            );
+        }
+        md.push('\n');
+    }
+
+    fn added_table(&self, md: &mut String) {
+        let rows: Vec<_> = self
+            .paths
+            .iter()
+            .filter_map(|p| Some((p.path, p.latency.as_ref()?.added_over_direct_ms.as_ref()?)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "Added over direct in ms (paired by round), median [min–max]:\n"
+        );
+        let _ = writeln!(md, "| path | p50 | p90 | p99 | p99.9 | max |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for (path, added) in rows {
+            let _ = writeln!(md, "| {path} | {} |", cells(added).join(" | "));
+        }
+        md.push('\n');
+    }
+
+    fn cost_table(&self, md: &mut String) {
+        let _ = writeln!(md, "Throughput and cost, median of trials:\n");
+        let _ = writeln!(
+            md,
+            "| path | bulk Gbit/s | proxy CPU-s per GB | new conns/s (mTLS handshakes) | proxy CPU ms per 1k req | RSS idle MiB | RSS under load MiB |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for p in self.paths.iter().filter(|p| p.status == "ok") {
+            let bulk = p.bulk.as_ref();
+            let mib = |f: fn(&ProxyResources) -> u64| -> String {
+                if p.proxies.is_empty() {
+                    return "–".into();
+                }
+                format!(
+                    "{:.1}",
+                    p.proxies.iter().map(f).sum::<u64>() as f64 / 1024.0
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.path,
+                opt(bulk.map(|b| b.gbit_per_s.median), 2),
+                opt(bulk.and_then(|b| b.proxy_cpu_s_per_gb).map(|s| s.median), 2),
+                opt(p.connections.as_ref().map(|c| c.per_second.median), 0),
+                opt(
+                    p.latency
+                        .as_ref()
+                        .and_then(|l| l.proxy_cpu_ms_per_1000_requests)
+                        .map(|s| s.median),
+                    1
+                ),
+                mib(|r| r.rss_idle_kib),
+                mib(|r| r.rss_load_kib),
+            );
+        }
+        md.push('\n');
+        if self.paths.iter().any(|p| p.proxies.len() > 1) {
+            let _ = writeln!(md, "RSS is the sum of the path's two proxies.\n");
+        }
+    }
+}
+
+fn cells(s: &PercentileSpread) -> Vec<String> {
+    let (med, min, max) = (s.median.values(), s.min.values(), s.max.values());
+    (0..5)
+        .map(|i| format!("{:.3} [{:.3}–{:.3}]", med[i], min[i], max[i]))
+        .collect()
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+fn run_line(config: &serde_json::Value, mode: &str) -> String {
+    let get = |k: &str| config.get(k).map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{mode}, {} RPS target over {} connections, {} B bodies, {} trials of {} s after {} s warm-up, {} proxy worker thread(s)",
+        get("rps"),
+        get("connections"),
+        get("body_bytes"),
+        get("trials"),
+        get("trial_seconds"),
+        get("warmup_seconds"),
+        get("proxy_workers"),
+    )
+}

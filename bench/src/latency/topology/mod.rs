@@ -1,0 +1,107 @@
+//! The paths a request can take from the load client to the backends. Each
+//! starts its proxies and hands back the two entry points the load uses: one for
+//! HTTP requests and one for raw TCP (bulk transfers and connection churn).
+
+mod envoy;
+mod haproxy;
+mod palisade;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::backend::Backends;
+use super::certs::Credentials;
+use super::child::ProxyProcess;
+
+/// One way from client to server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Client straight to the backends: the baseline.
+    Direct,
+    /// Client → outbound palisade-proxy → mTLS → inbound palisade-proxy → server.
+    Palisade,
+    /// Client → Envoy → mTLS (SPIFFE SVIDs, RBAC on the client's URI SAN) → Envoy → server.
+    Envoy,
+    /// Client → HAProxy → mTLS → HAProxy → server, at L4.
+    Haproxy,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Palisade => "palisade",
+            PathKind::Envoy => "envoy",
+            PathKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// Where to find each proxy's binary, and what may be started.
+#[derive(Debug, Clone, Default)]
+pub struct Tools {
+    pub envoy: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+    pub palisade: Option<PathBuf>,
+    /// Palisade runs only when asked for, even if its binary exists.
+    pub palisade_enabled: bool,
+}
+
+/// What a path is built from.
+pub struct Setup<'a> {
+    pub backends: &'a Backends,
+    pub creds: &'a Credentials,
+    pub work_dir: &'a Path,
+    pub tools: &'a Tools,
+    /// Worker threads per proxy, the same for every proxy so the comparison is fair.
+    pub proxy_workers: usize,
+}
+
+/// A started path; its proxies stop when it is dropped.
+pub struct RunningPath {
+    pub kind: PathKind,
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+    pub proxies: Vec<ProxyProcess>,
+}
+
+impl RunningPath {
+    pub fn pids(&self) -> Vec<u32> {
+        self.proxies.iter().map(ProxyProcess::pid).collect()
+    }
+
+    /// Fails if any proxy has died, naming it and quoting its log.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.proxies
+            .iter_mut()
+            .try_for_each(ProxyProcess::ensure_running)
+    }
+}
+
+/// Why a path did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Skipped, with the reason and what to do about it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The tool is there but the path is broken: the run fails.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+pub fn start(kind: PathKind, setup: &Setup<'_>) -> Result<RunningPath, StartError> {
+    match kind {
+        PathKind::Direct => Ok(RunningPath {
+            kind,
+            http: setup.backends.http,
+            tcp: setup.backends.tcp,
+            proxies: Vec::new(),
+        }),
+        PathKind::Palisade => palisade::start(setup),
+        PathKind::Envoy => envoy::start(setup),
+        PathKind::Haproxy => haproxy::start(setup),
+    }
+}

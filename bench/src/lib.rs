@@ -1,0 +1,5 @@
+//! Palisade's benches: the latency/throughput harness that compares the sidecar
+//! with direct connections and Envoy, and helpers shared with the criterion benches.
+#![forbid(unsafe_code)]
+
+pub mod latency;
