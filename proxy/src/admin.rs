@@ -83,12 +83,7 @@ impl Admin {
         dump
     }
 
-    pub fn route(
-        &self,
-        method: &Method,
-        path: &str,
-        remote: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    pub fn route(&self, method: &Method, path: &str, remote: SocketAddr) -> Response<Full<Bytes>> {
         let text = |status: StatusCode, body: String| {
             Response::builder()
                 .status(status)
@@ -187,18 +182,30 @@ mod tests {
     fn shutdown_from_another_host_is_forbidden_and_changes_nothing() {
         let a = admin();
         let remote: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        assert_eq!(a.route(&Method::POST, "/shutdown", remote).status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            a.route(&Method::POST, "/shutdown", remote).status(),
+            StatusCode::FORBIDDEN
+        );
         assert!(!a.rt.drain.is_draining());
         let local: SocketAddr = "127.0.0.1:5555".parse().unwrap();
-        assert_eq!(a.route(&Method::POST, "/shutdown", local).status(), StatusCode::OK);
+        assert_eq!(
+            a.route(&Method::POST, "/shutdown", local).status(),
+            StatusCode::OK
+        );
     }
 
     #[test]
     fn not_ready_without_an_svid_and_the_dump_says_why() {
         let a = admin();
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(a.route(&Method::GET, "/ready", local).status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(a.route(&Method::GET, "/live", local).status(), StatusCode::OK);
+        assert_eq!(
+            a.route(&Method::GET, "/ready", local).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            a.route(&Method::GET, "/live", local).status(),
+            StatusCode::OK
+        );
         let dump = a.config_dump();
         assert!(dump["identity"].is_null());
         assert!(dump["policy_version"].is_null());

@@ -161,10 +161,6 @@ pub struct IdentityConfig {
     /// The workload's own trust domain.
     #[serde(default = "default_trust_domain")]
     pub trust_domain: TrustDomain,
-    /// SPIFFE ID the control plane must present; default
-    /// `spiffe://<trust_domain>/palisade/control-plane`.
-    #[serde(default)]
-    pub control_plane_id: Option<SpiffeId>,
     /// PEM bundle used to verify the control plane before the first SVID.
     #[serde(default = "default_bundle")]
     pub bootstrap_bundle: PathBuf,
@@ -225,7 +221,6 @@ impl Default for IdentityConfig {
         IdentityConfig {
             control_plane: default_control_plane(),
             trust_domain: default_trust_domain(),
-            control_plane_id: None,
             bootstrap_bundle: default_bundle(),
             join_token: None,
             join_token_file: None,
@@ -411,8 +406,6 @@ impl Config {
         set!("PALISADE_CONTROL_PLANE", v => c.identity.control_plane = v.trim().to_owned());
         set!("PALISADE_TRUST_DOMAIN", v =>
             c.identity.trust_domain = parse("PALISADE_TRUST_DOMAIN", &v)?);
-        set!("PALISADE_CONTROL_PLANE_ID", v =>
-            c.identity.control_plane_id = Some(parse("PALISADE_CONTROL_PLANE_ID", &v)?));
         set!("PALISADE_BOOTSTRAP_BUNDLE", v => c.identity.bootstrap_bundle = PathBuf::from(v));
         set!("PALISADE_JOIN_TOKEN", v => c.identity.join_token = Some(v.trim().to_owned()));
         set!("PALISADE_JOIN_TOKEN_FILE", v => c.identity.join_token_file = Some(PathBuf::from(v)));
@@ -443,14 +436,6 @@ impl Config {
             self.identity
                 .accepted_trust_domains
                 .push(self.identity.trust_domain.clone());
-        }
-        if self.identity.control_plane_id.is_none() {
-            let id = self
-                .identity
-                .trust_domain
-                .id(palisade_control_plane::api::CONTROL_PLANE_PATH)
-                .map_err(|e| ConfigError::Invalid(format!("control plane id: {e}")))?;
-            self.identity.control_plane_id = Some(id);
         }
         if self.mode == Mode::Explicit
             && self.inbound.ports.is_empty()
@@ -493,11 +478,13 @@ impl Config {
         out
     }
 
-    pub fn control_plane_id(&self) -> &SpiffeId {
+    /// The SPIFFE ID the control plane must present:
+    /// `spiffe://<trust_domain>/palisade/control-plane`.
+    pub fn control_plane_id(&self) -> SpiffeId {
         self.identity
-            .control_plane_id
-            .as_ref()
-            .expect("validate() fills control_plane_id")
+            .trust_domain
+            .id(palisade_control_plane::api::CONTROL_PLANE_PATH)
+            .expect("the control-plane path is a valid SPIFFE path")
     }
 }
 

@@ -139,7 +139,14 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         // The verifier already accepted exactly this certificate.
         Some(leaf) => match tls::spiffe_id_of(leaf) {
             Ok(id) => id,
-            Err(e) => return refuse(&rt, client, tls::SvidRejection::from(e).reason(), &"peer SVID unreadable"),
+            Err(e) => {
+                return refuse(
+                    &rt,
+                    client,
+                    tls::SvidRejection::from(e).reason(),
+                    &"peer SVID unreadable",
+                )
+            }
         },
         None => return refuse(&rt, client, "no_client_cert", &"no client certificate"),
     };

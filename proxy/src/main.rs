@@ -88,8 +88,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let cp = Arc::new(ControlPlane::new(
         cfg.identity.control_plane.clone(),
-        cfg.control_plane_id().clone(),
-        bootstrap,
+        cfg.identity.trust_domain.clone(),
+        bootstrap.certs.clone(),
         cfg.timeouts.handshake.max(Duration::from_secs(10)),
     ));
     let metrics = Arc::new(Metrics::new());
@@ -174,8 +174,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let manager = IdentityManager {
         cp: ControlPlane::new(
             cfg.identity.control_plane.clone(),
-            cfg.control_plane_id().clone(),
-            Bundle::from_pem(&bundle_pem)?,
+            cfg.identity.trust_domain.clone(),
+            bootstrap.certs,
             cfg.timeouts.handshake.max(Duration::from_secs(10)),
         ),
         attestation,

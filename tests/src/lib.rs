@@ -5,6 +5,8 @@
 pub mod cp;
 pub mod netns;
 pub mod pki;
+pub mod badcerts;
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -160,7 +160,7 @@ impl IdentityManager {
             .as_ref()
             .filter(|c| c.svid.expires_at > now_unix() + 1);
         let resp = match usable {
-            Some(c) => self.cp.renew(csr, c).await?,
+            Some(c) => self.cp.renew(&csr, c).await?,
             None => self.cp.issue(csr, self.attestation.load()?).await?,
         };
         let creds = Arc::new(self.validate(resp, key, usable.map(|c| &c.svid.id))?);
@@ -187,7 +187,8 @@ impl IdentityManager {
                 )));
             }
         }
-        let chain = tls::certs_from_pem(resp.svid_chain.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let chain =
+            tls::certs_from_pem(resp.svid_chain.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let bundle = Bundle::from_pem(&resp.bundle).map_err(|e| bad(format!("bundle: {e}")))?;
         let leaf_id = tls::spiffe_id_of(&chain[0]).map_err(|e| bad(e.to_string()))?;
         if leaf_id != id {
@@ -209,11 +210,12 @@ impl IdentityManager {
                 ))
             })?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let key = CertifiedKey::from_der(chain, key_der, &tls::provider())
+        let key = CertifiedKey::from_der(chain, key_der.clone_key(), &tls::provider())
             .map_err(|e| bad(format!("certificate is not for the key we sent: {e}")))?;
         let svid = Svid {
             id,
             key: Arc::new(key),
+            key_der: Arc::new(key_der),
             expires_at: resp.expires_at,
         };
         Credentials::new(svid, bundle, self.accepted.clone()).map_err(|e| bad(e.to_string()))

@@ -46,7 +46,10 @@ pub fn expected_server(cert_der: &[u8], expected: &SpiffeId) -> Result<(), SvidR
     if got == *expected {
         Ok(())
     } else {
-        Err(SvidRejection::WrongServerIdentity { expected: expected.clone(), got })
+        Err(SvidRejection::WrongServerIdentity {
+            expected: expected.clone(),
+            got,
+        })
     }
 }
 
@@ -57,8 +60,14 @@ mod tests {
 
     fn cert(uris: &[&str]) -> Vec<u8> {
         let mut p = CertificateParams::default();
-        p.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect();
-        p.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        p.self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec()
     }
 
     #[test]
@@ -66,12 +75,23 @@ mod tests {
         let accepted = [TrustDomain::new("td.example").unwrap()];
         let reason = |der: &[u8]| accepted_peer(der, &accepted).unwrap_err().reason();
         assert_eq!(reason(&cert(&[])), "no_uri_san");
-        assert_eq!(reason(&cert(&["spiffe://td.example/a", "spiffe://td.example/b"])), "multiple_uri_sans");
-        assert_eq!(reason(&cert(&["https://td.example/a"])), "invalid_spiffe_id");
-        assert_eq!(reason(&cert(&["spiffe://other.example/a"])), "untrusted_domain");
+        assert_eq!(
+            reason(&cert(&["spiffe://td.example/a", "spiffe://td.example/b"])),
+            "multiple_uri_sans"
+        );
+        assert_eq!(
+            reason(&cert(&["https://td.example/a"])),
+            "invalid_spiffe_id"
+        );
+        assert_eq!(
+            reason(&cert(&["spiffe://other.example/a"])),
+            "untrusted_domain"
+        );
         assert_eq!(reason(b"garbage"), "bad_encoding");
         assert_eq!(
-            accepted_peer(&cert(&["spiffe://td.example/a"]), &accepted).unwrap().as_str(),
+            accepted_peer(&cert(&["spiffe://td.example/a"]), &accepted)
+                .unwrap()
+                .as_str(),
             "spiffe://td.example/a"
         );
     }

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use palisade_policy::{SpiffeId, TrustDomain};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
@@ -85,10 +85,12 @@ impl Bundle {
 }
 
 /// The workload's own SVID and its private key (which never leaves memory).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Svid {
     pub id: SpiffeId,
     pub key: Arc<CertifiedKey>,
+    /// The same key, PKCS#8, for the control-plane client's mTLS.
+    pub key_der: Arc<PrivateKeyDer<'static>>,
     /// Unix seconds.
     pub expires_at: i64,
 }
