@@ -224,3 +224,26 @@ impl fmt::Display for Decision {
         Ok(())
     }
 }
+
+/// A stable JSON shape for tools: `{verdict, would_deny, mode, policy,
+/// rule, matched, http_required, reason}`.
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let matched = match self.matched {
+            Matched::Rule { .. } => "rule",
+            Matched::NoRule { .. } => "no-rule",
+            Matched::Default(_) => "default",
+        };
+        let mut st = s.serialize_struct("Decision", 8)?;
+        st.serialize_field("verdict", &self.verdict)?;
+        st.serialize_field("would_deny", &self.would_deny)?;
+        st.serialize_field("mode", &self.mode)?;
+        st.serialize_field("matched", matched)?;
+        st.serialize_field("policy", self.matched.policy_label())?;
+        st.serialize_field("rule", self.matched.rule_label())?;
+        st.serialize_field("http_required", &self.http_required)?;
+        st.serialize_field("reason", &self.matched.to_string())?;
+        st.end()
+    }
+}

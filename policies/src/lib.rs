@@ -3,16 +3,19 @@
 //! (the optional `fs` feature adds a small file loader for the CLI and proxy).
 #![forbid(unsafe_code)]
 
+pub mod cases;
 mod compile;
 mod decide;
 mod decision;
 pub mod diag;
+pub mod flow;
 #[cfg(feature = "fs")]
 pub mod fs;
 mod http;
 mod index;
 pub mod model;
 mod parse;
+pub mod reach;
 mod shadow;
 pub mod spiffe;
 mod values;
@@ -24,6 +27,7 @@ pub use decision::{
     Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, UnknownDefaultPolicy, Verdict,
 };
 pub use diag::{Diagnostic, Severity};
+pub use flow::{decide_flow, Endpoint, Flow, FlowDecision};
 pub use model::{Direction, Mode, PolicyDoc};
 pub use parse::parse_documents;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -1,14 +1,513 @@
-//! `palisadectl policy ...`: check, explain, test and diff segmentation policies.
+//! `palisadectl policy ...`: check, explain, test and diff segmentation
+//! policies. Every answer comes from `palisade_policy::decide`, the function
+//! the proxy enforces with.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use palisade_policy::cases::{parse_cases, run_cases, Outcome};
+use palisade_policy::flow::{decide_flow, Check, Endpoint, Flow, FlowDecision, HttpRequest};
+use palisade_policy::fs::{load_paths, LoadError};
+use palisade_policy::reach::{self, ReachPath};
+use palisade_policy::{
+    compile, CompiledPolicy, DefaultPolicy, Defaults, Diagnostic, Direction, Verdict,
+};
+use serde_json::json;
+
+/// What `--default` means when not given: the proxy's own default.
+const DEFAULT_POLICY: &str = "all-authenticated";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCmd {
-    /// Validate policy files or directories.
-    Check { paths: Vec<std::path::PathBuf> },
+    /// Validate policy files or directories; exit 0 when valid, 1 when not.
+    Check {
+        /// Policy files, multi-document files or directories of *.yaml/*.yml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Explain the decision for one flow: the verdict and the rule or default
+    /// that made it. Without --direction, both sidecars' checks are shown.
+    Explain(ExplainArgs),
+    /// Run a file of expected decisions against the policies; exit 1 on any
+    /// mismatch, printing a table of the failures.
+    Test {
+        /// Policy file or directory (repeatable).
+        #[arg(long = "policy", required = true)]
+        policies: Vec<PathBuf>,
+        /// The cases file.
+        cases: PathBuf,
+        /// Overrides the cases file's `default`.
+        #[arg(long = "default", value_parser = parse_default)]
+        default_policy: Option<DefaultPolicy>,
+    },
+    /// Show which (source, destination, port, route) flows a change opens
+    /// and closes, over everything either version names.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long = "default", default_value = DEFAULT_POLICY, value_parser = parse_default)]
+        default_policy: DefaultPolicy,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Exit 1 when the reachability changed (for CI gates).
+        #[arg(long)]
+        exit_code: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Policy file or directory (repeatable).
+    #[arg(long = "policy", required = true)]
+    policies: Vec<PathBuf>,
+    /// The source: a SPIFFE ID, or an IP address. For --direction egress,
+    /// the local workload.
+    #[arg(long)]
+    from: String,
+    /// The destination: a SPIFFE ID, or an IP address. For --direction
+    /// ingress, the local workload.
+    #[arg(long)]
+    to: String,
+    #[arg(long)]
+    port: u16,
+    /// An HTTP method, to check one request as well as the connection.
+    #[arg(long)]
+    method: Option<String>,
+    /// An HTTP path (with --method; defaults to `/`).
+    #[arg(long)]
+    path: Option<String>,
+    /// An HTTP host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this sidecar's check; default: egress at --from, then ingress at --to.
+    #[arg(long, value_parser = parse_direction)]
+    direction: Option<Direction>,
+    /// What applies to workloads no policy selects; match the proxy's setting.
+    #[arg(long = "default", default_value = DEFAULT_POLICY, value_parser = parse_default)]
+    default_policy: DefaultPolicy,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn parse_default(s: &str) -> Result<DefaultPolicy, String> {
+    s.parse()
+        .map_err(|e: palisade_policy::UnknownDefaultPolicy| e.to_string())
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    s.parse()
 }
 
 /// Runs a policy subcommand; returns the process exit code.
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
     match cmd {
-        PolicyCmd::Check { .. } => anyhow::bail!("policy check is not built yet"),
+        PolicyCmd::Check { paths } => Ok(check(&paths)),
+        PolicyCmd::Explain(args) => explain(&args),
+        PolicyCmd::Test {
+            policies,
+            cases,
+            default_policy,
+        } => test(&policies, &cases, default_policy),
+        PolicyCmd::Diff {
+            old,
+            new,
+            default_policy,
+            output,
+            exit_code,
+        } => diff(&old, &new, default_policy, output, exit_code),
     }
+}
+
+/// Loads and compiles, or prints why not. `Ok(None)` means "invalid, and
+/// the diagnostics are printed".
+fn load<P: AsRef<Path>>(
+    paths: &[P],
+    default_policy: DefaultPolicy,
+) -> anyhow::Result<Option<CompiledPolicy>> {
+    match load_and_report(paths, default_policy, &mut std::io::stderr(), false)? {
+        Loaded::Valid { policy, .. } => Ok(Some(policy)),
+        Loaded::Invalid => Ok(None),
+    }
+}
+
+enum Loaded {
+    Valid {
+        policy: CompiledPolicy,
+        files: usize,
+        warnings: usize,
+    },
+    Invalid,
+}
+
+/// Loads, compiles and prints diagnostics to `out` (warnings too when
+/// `warnings` is set). I/O failures are errors; bad policies are `Invalid`.
+fn load_and_report<P: AsRef<Path>>(
+    paths: &[P],
+    default_policy: DefaultPolicy,
+    out: &mut dyn Write,
+    warnings: bool,
+) -> anyhow::Result<Loaded> {
+    let loaded = match load_paths(paths) {
+        Ok(l) => l,
+        Err(LoadError::Invalid(diags)) => {
+            print_diagnostics(out, &diags)?;
+            return Ok(Loaded::Invalid);
+        }
+        Err(e @ LoadError::Io { .. }) => return Err(e.into()),
+    };
+    let files = loaded.files.len();
+    match compile(loaded.docs, Defaults::new(default_policy)) {
+        Ok((policy, warns)) => {
+            if warnings {
+                print_diagnostics(out, &warns)?;
+            }
+            Ok(Loaded::Valid {
+                policy,
+                files,
+                warnings: warns.len(),
+            })
+        }
+        Err(diags) => {
+            print_diagnostics(out, &diags)?;
+            Ok(Loaded::Invalid)
+        }
+    }
+}
+
+fn print_diagnostics(out: &mut dyn Write, diags: &[Diagnostic]) -> std::io::Result<()> {
+    for d in diags {
+        writeln!(out, "{d}")?;
+    }
+    Ok(())
+}
+
+fn check(paths: &[PathBuf]) -> i32 {
+    let mut out = std::io::stdout().lock();
+    // Validity does not depend on the default; any will do.
+    match load_and_report(paths, DefaultPolicy::Deny, &mut out, true) {
+        Ok(Loaded::Valid {
+            policy,
+            files,
+            warnings,
+        }) => {
+            let _ = writeln!(
+                out,
+                "ok: {} policies, {} rules in {files} file(s); version {}; {warnings} warning(s)",
+                policy.docs().len(),
+                policy.rule_count(),
+                policy.version(),
+            );
+            0
+        }
+        Ok(Loaded::Invalid) => {
+            let _ = writeln!(out, "invalid: fix the errors above");
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: {e:#}");
+            1
+        }
+    }
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
+    let Some(policy) = load(&args.policies, args.default_policy)? else {
+        return Ok(1);
+    };
+    let from: Endpoint = args
+        .from
+        .parse()
+        .with_context(|| format!("--from {:?}", args.from))?;
+    let to: Endpoint = args
+        .to
+        .parse()
+        .with_context(|| format!("--to {:?}", args.to))?;
+    let http = (args.method.is_some() || args.path.is_some() || args.host.is_some()).then(|| {
+        HttpRequest {
+            method: args.method.clone().unwrap_or_else(|| "GET".into()),
+            path: args.path.clone().unwrap_or_else(|| "/".into()),
+            host: args.host.clone(),
+        }
+    });
+    let flow = Flow {
+        from,
+        to,
+        port: args.port,
+        http,
+    };
+    let decision = decide_flow(&policy, &flow, args.direction)?;
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Output::Json => {
+            let checks: Vec<_> = decision
+                .checks
+                .iter()
+                .map(|c| check_json(c, &flow))
+                .collect();
+            let doc = json!({
+                "verdict": decision.verdict(),
+                "version": policy.version(),
+                "default": policy.default_policy(),
+                "from": flow.from.to_string(),
+                "to": flow.to.to_string(),
+                "port": flow.port,
+                "http": flow.http.as_ref().map(|h| json!({"method": h.method, "path": h.path, "host": h.host})),
+                "checks": checks,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        }
+        Output::Text => write_explanation(&mut out, &policy, &flow, &decision)?,
+    }
+    Ok(0)
+}
+
+/// `(local workload, peer)` of a check.
+fn sides(check: &Check, flow: &Flow) -> (String, String) {
+    match check.direction {
+        Direction::Egress => (flow.from.to_string(), flow.to.to_string()),
+        Direction::Ingress => (flow.to.to_string(), flow.from.to_string()),
+    }
+}
+
+fn check_json(check: &Check, flow: &Flow) -> serde_json::Value {
+    let (local, peer) = sides(check, flow);
+    json!({
+        "direction": check.direction,
+        "local": local,
+        "peer": peer,
+        "verdict": check.verdict(),
+        "connection": check.connection,
+        "request": check.request,
+    })
+}
+
+fn write_explanation(
+    out: &mut dyn Write,
+    policy: &CompiledPolicy,
+    flow: &Flow,
+    d: &FlowDecision,
+) -> anyhow::Result<()> {
+    let request = flow
+        .http
+        .as_ref()
+        .map(|h| format!(" {} {}", h.method, h.path))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "flow: {} -> {} port {}{request}",
+        flow.from, flow.to, flow.port
+    )?;
+    writeln!(
+        out,
+        "policy version {} (default for unselected workloads: {})",
+        policy.version(),
+        policy.default_policy()
+    )?;
+    for check in &d.checks {
+        let (local, peer) = sides(check, flow);
+        writeln!(
+            out,
+            "\n{} at {local} (peer {peer}): {}",
+            check.direction,
+            verdict_word(check.verdict())
+        )?;
+        writeln!(out, "  connection: {}", check.connection)?;
+        if let Some(r) = &check.request {
+            writeln!(out, "  request:    {r}")?;
+        } else if check.connection.http_required {
+            writeln!(
+                out,
+                "  non-HTTP traffic is denied: only HTTP requests matching the rule pass"
+            )?;
+        }
+    }
+    let decider = d.deciding();
+    writeln!(
+        out,
+        "\nresult: {} ({} at {}: {})",
+        verdict_word(d.verdict()),
+        decider.direction,
+        sides(decider, flow).0,
+        decider.deciding().label()
+    )?;
+    Ok(())
+}
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "ALLOW",
+        Verdict::Deny => "DENY",
+    }
+}
+
+fn test(
+    policies: &[PathBuf],
+    cases_path: &Path,
+    default_policy: Option<DefaultPolicy>,
+) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(cases_path)
+        .with_context(|| format!("cannot read {}", cases_path.display()))?;
+    let cases = match parse_cases(&cases_path.display().to_string(), &text) {
+        Ok(c) => c,
+        Err(diags) => {
+            print_diagnostics(&mut std::io::stderr(), &diags)?;
+            return Ok(1);
+        }
+    };
+    let default_policy = default_policy
+        .or(cases.default_policy)
+        .unwrap_or(DefaultPolicy::AllAuthenticated);
+    let Some(policy) = load(policies, default_policy)? else {
+        return Ok(1);
+    };
+    let outcomes = run_cases(&policy, &cases.cases);
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed()).collect();
+    let mut out = std::io::stdout().lock();
+    if failures.is_empty() {
+        writeln!(
+            out,
+            "ok: {} cases passed (policy version {}, default {default_policy})",
+            outcomes.len(),
+            policy.version()
+        )?;
+        return Ok(0);
+    }
+    writeln!(
+        out,
+        "FAILED: {} of {} cases (policy version {}, default {default_policy})\n",
+        failures.len(),
+        outcomes.len(),
+        policy.version()
+    )?;
+    let rows: Vec<Vec<String>> = failures
+        .iter()
+        .map(|o| {
+            let (got, why) = match &o.decision {
+                Ok(d) => {
+                    let c = d.deciding();
+                    (
+                        d.verdict().to_string(),
+                        format!(
+                            "{} at {}: {}",
+                            c.direction,
+                            sides(c, &o.case.flow).0,
+                            c.deciding()
+                        ),
+                    )
+                }
+                Err(e) => ("error".to_owned(), e.clone()),
+            };
+            vec![
+                format!("{}:{}", cases_path.display(), o.case.pos),
+                o.case.name.clone(),
+                o.case.expect.to_string(),
+                got,
+                why,
+            ]
+        })
+        .collect();
+    write_table(
+        &mut out,
+        &["LOCATION", "CASE", "EXPECTED", "GOT", "DECIDED BY"],
+        &rows,
+    )?;
+    Ok(1)
+}
+
+fn diff(
+    old: &Path,
+    new: &Path,
+    default_policy: DefaultPolicy,
+    output: Output,
+    exit_code: bool,
+) -> anyhow::Result<i32> {
+    let Some(before) = load(&[old], default_policy)? else {
+        return Ok(1);
+    };
+    let Some(after) = load(&[new], default_policy)? else {
+        return Ok(1);
+    };
+    let d = reach::diff(&before, &after);
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => {
+            let doc = json!({
+                "old": {"path": old.display().to_string(), "version": before.version()},
+                "new": {"path": new.display().to_string(), "version": after.version()},
+                "default": default_policy,
+                "opened": d.opened,
+                "closed": d.closed,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        }
+        Output::Text => {
+            writeln!(
+                out,
+                "reachability diff {} ({}) -> {} ({}), default {default_policy}",
+                old.display(),
+                before.version(),
+                new.display(),
+                after.version()
+            )?;
+            if d.is_empty() {
+                writeln!(out, "no change: every flow is as reachable as before")?;
+            }
+            for (title, paths) in [("opened", &d.opened), ("closed", &d.closed)] {
+                if paths.is_empty() {
+                    continue;
+                }
+                writeln!(out, "\n{title} ({}):", paths.len())?;
+                write_table(
+                    &mut out,
+                    &["SOURCE", "DESTINATION", "PORT", "ROUTE"],
+                    &rows_of(paths),
+                )?;
+            }
+        }
+    }
+    Ok(if exit_code && !d.is_empty() { 1 } else { 0 })
+}
+
+fn rows_of(paths: &[ReachPath]) -> Vec<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| {
+            vec![
+                p.source.clone(),
+                p.destination.clone(),
+                p.port.clone(),
+                p.route.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// A plain, left-aligned table: what a terminal and a CI log both show well.
+fn write_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("  {}", padded.join("  ").trim_end())
+    };
+    writeln!(out, "{}", line(headers.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
 }
