@@ -16,6 +16,7 @@ mod index;
 pub mod model;
 mod parse;
 pub mod reach;
+pub mod schema;
 mod shadow;
 pub mod spiffe;
 mod values;

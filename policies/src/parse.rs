@@ -8,11 +8,18 @@ use crate::model::{Action, Direction, Mode, PolicyDoc, Rule, Target, API_VERSION
 use crate::values;
 use crate::yaml::{self, Kind, Node, Pos};
 
-const DOC_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
-const METADATA_FIELDS: &[&str] = &["name", "namespace", "labels", "annotations"];
-const SPEC_FIELDS: &[&str] = &["targets", "mode", "ingress", "egress"];
-const TARGET_FIELDS: &[&str] = &["identity", "namespace"];
-const RULE_FIELDS: &[&str] = &["name", "action", "from", "to", "ports", "http"];
+/// The fields each mapping accepts (the JSON Schema is checked against these).
+pub(crate) mod fields {
+    pub const DOC: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+    pub const METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
+    pub const SPEC: &[&str] = &["targets", "mode", "ingress", "egress"];
+    pub const TARGET: &[&str] = &["identity", "namespace"];
+    pub const RULE: &[&str] = &["name", "action", "from", "to", "ports", "http"];
+}
+use fields::{
+    DOC as DOC_FIELDS, METADATA as METADATA_FIELDS, RULE as RULE_FIELDS, SPEC as SPEC_FIELDS,
+    TARGET as TARGET_FIELDS,
+};
 
 /// Parses and validates every document in `text`. `source_name` (usually
 /// the file path) prefixes each diagnostic. On success, warnings are not

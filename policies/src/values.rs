@@ -10,8 +10,8 @@ use crate::parse::Cx;
 use crate::spiffe::SpiffeId;
 use crate::yaml::{Kind, Node};
 
-const PEER_FIELDS: &[&str] = &["identity", "namespace", "cidr"];
-const HTTP_FIELDS: &[&str] = &["methods", "paths", "hosts"];
+pub(crate) const PEER_FIELDS: &[&str] = &["identity", "namespace", "cidr"];
+pub(crate) const HTTP_FIELDS: &[&str] = &["methods", "paths", "hosts"];
 
 /// Why a Kubernetes-style object name is invalid, if it is.
 pub(crate) fn object_name(s: &str) -> Result<(), &'static str> {

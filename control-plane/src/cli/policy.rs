@@ -54,6 +54,8 @@ pub enum PolicyCmd {
         #[arg(long)]
         exit_code: bool,
     },
+    /// Print the JSON Schema of the policy language (for editors and linters).
+    Schema,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +124,10 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
             output,
             exit_code,
         } => diff(&old, &new, default_policy, output, exit_code),
+        PolicyCmd::Schema => {
+            print!("{}", palisade_policy::schema::json_schema_text());
+            Ok(0)
+        }
     }
 }
 
