@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::admin::decode;
@@ -123,12 +124,17 @@ impl ApiClient {
         Ok(ApiClient { addr: addr.to_owned(), connector: TlsConnector::from(Arc::new(config)) })
     }
 
-    /// Opens one keep-alive connection for several requests.
-    pub async fn connect(&self) -> Result<ApiConnection, ClientError> {
+    /// A verified TLS connection with no HTTP on it yet.
+    pub async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
         let tcp = TcpStream::connect(&self.addr).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
-        let tls = self.connector.connect(name, tcp).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
+        self.connector.connect(name, tcp).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))
+    }
+
+    /// Opens one keep-alive connection for several requests.
+    pub async fn connect(&self) -> Result<ApiConnection, ClientError> {
+        let tls = self.connect_tls().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         Ok(ApiConnection { sender })
