@@ -2,4 +2,5 @@
 //! with direct connections and Envoy, and helpers shared with the criterion benches.
 #![forbid(unsafe_code)]
 
+pub mod issuance;
 pub mod latency;

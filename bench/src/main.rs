@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use palisade_bench::latency;
+use palisade_bench::{issuance, latency};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,8 @@ enum Cmd {
     /// Latency (open loop or max throughput), bulk throughput, handshakes/s, RSS
     /// and CPU of each path: direct, palisade, envoy, haproxy.
     Latency(latency::LatencyArgs),
+    /// SVID issuance throughput and latency of a real control plane.
+    Issuance(issuance::IssuanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Cmd::Latency(args) => latency::run(args),
+        Cmd::Issuance(args) => issuance::run(args),
     };
     match result {
         Ok(code) => code,
