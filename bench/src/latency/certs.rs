@@ -9,6 +9,9 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
+use super::control_plane::ControlPlane;
+use super::tools::Tools;
+
 pub const TRUST_DOMAIN: &str = "spiffe://cluster.local";
 pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/bench/sa/client";
 pub const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
@@ -17,6 +20,8 @@ pub const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CertSource {
+    /// The control plane when its binaries are built, else minted.
+    Auto,
     /// A throwaway CA minted in-process with rcgen.
     Minted,
     /// The real Palisade control plane: join tokens from `palisadectl token create`,
@@ -36,6 +41,8 @@ pub struct SvidFiles {
 /// Everything a pair of sidecars needs to speak mTLS with each other.
 #[derive(Debug, Clone)]
 pub struct Credentials {
+    /// Minted or ControlPlane, never Auto.
+    pub source: CertSource,
     pub bundle: PathBuf,
     pub client: SvidFiles,
     pub server: SvidFiles,
@@ -102,11 +109,35 @@ impl MintedCa {
     }
 }
 
-/// Obtain credentials from `source` and write them under `dir`.
-pub fn obtain(source: CertSource, dir: &Path) -> anyhow::Result<Credentials> {
-    match source {
-        CertSource::Minted => mint(dir),
-        CertSource::ControlPlane => from_control_plane(dir),
+/// Obtain credentials from `source` and write them under `dir`. With the
+/// control plane, it is returned too: it must outlive the run, because
+/// Palisade's proxies fetch (and renew) their own SVIDs from it.
+pub(crate) async fn obtain(
+    source: CertSource,
+    tools: &Tools,
+    dir: &Path,
+) -> anyhow::Result<(Credentials, Option<ControlPlane>)> {
+    let binaries = tools
+        .control_plane
+        .as_deref()
+        .zip(tools.palisadectl.as_deref());
+    match (source, binaries) {
+        (CertSource::Minted, _) | (CertSource::Auto, None) => Ok((mint(dir)?, None)),
+        (_, Some((server, ctl))) => {
+            let cp = ControlPlane::start(server, ctl, dir)?;
+            let credentials = Credentials {
+                source: CertSource::ControlPlane,
+                bundle: cp.bundle(),
+                client: cp.issue(CLIENT_ID, dir, "client").await?,
+                server: cp.issue(SERVER_ID, dir, "server").await?,
+            };
+            Ok((credentials, Some(cp)))
+        }
+        (CertSource::ControlPlane, None) => bail!(
+            "--certs control-plane needs the palisade-control-plane and palisadectl binaries: \
+             cargo build --release -p palisade-control-plane, or pass --control-plane-bin \
+             and --palisadectl-bin"
+        ),
     }
 }
 
@@ -116,21 +147,11 @@ fn mint(dir: &Path) -> anyhow::Result<Credentials> {
     let client = write_svid(dir, "client", CLIENT_ID, &ca.svid(CLIENT_ID, None)?)?;
     let server = write_svid(dir, "server", SERVER_ID, &ca.svid(SERVER_ID, None)?)?;
     Ok(Credentials {
+        source: CertSource::Minted,
         bundle,
         client,
         server,
     })
-}
-
-/// The seam for the real control plane. Once `palisade-control-plane` serves the
-/// workload API, this starts it with a state dir under `dir`, creates one join
-/// token per SPIFFE ID with `palisadectl token create`, and posts a CSR for each
-/// to `/v1/svid`; the `SvidResponse` already carries chain and bundle as PEM.
-fn from_control_plane(_dir: &Path) -> anyhow::Result<Credentials> {
-    bail!(
-        "--certs control-plane is not available yet: palisade-control-plane does not \
-         serve the workload API; use --certs minted"
-    )
 }
 
 fn write_svid(
@@ -156,10 +177,13 @@ fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn minted_credentials_are_written_as_pem_files() {
+    #[tokio::test]
+    async fn minted_credentials_are_written_as_pem_files() {
         let dir = tempfile::tempdir().unwrap();
-        let creds = obtain(CertSource::Minted, dir.path()).unwrap();
+        let (creds, cp) = obtain(CertSource::Minted, &Tools::default(), dir.path())
+            .await
+            .unwrap();
+        assert!(cp.is_none());
         for path in [&creds.bundle, &creds.client.chain, &creds.server.key] {
             let pem = std::fs::read_to_string(path).unwrap();
             assert!(

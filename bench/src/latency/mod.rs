@@ -6,6 +6,7 @@ pub mod certs;
 mod child;
 mod client;
 mod closed_loop;
+mod control_plane;
 mod hist;
 mod load;
 mod machine;
@@ -15,6 +16,7 @@ mod report;
 mod run;
 mod stats;
 mod tcp;
+mod tools;
 mod topology;
 
 use std::path::PathBuf;
@@ -72,15 +74,15 @@ pub struct LatencyArgs {
     /// Rounds of new-connection trials (0 skips them).
     #[arg(long, default_value_t = 3)]
     pub churn_trials: usize,
-    /// Worker threads for every proxy (Envoy --concurrency, Palisade workers,
-    /// HAProxy nbthread), the same for all so the comparison is fair.
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads for Envoy (--concurrency) and HAProxy (nbthread). The
+    /// default matches palisade-proxy, which always runs two.
+    #[arg(long, default_value_t = 2)]
     pub proxy_workers: usize,
     /// A request slower than this counts as an error.
     #[arg(long, default_value_t = 5.0)]
     pub request_timeout: f64,
     /// Where the SPIFFE SVIDs come from.
-    #[arg(long, value_enum, default_value_t = certs::CertSource::Minted)]
+    #[arg(long, value_enum, default_value_t = certs::CertSource::Auto)]
     pub certs: certs::CertSource,
     #[arg(long, env = "ENVOY_BIN")]
     pub envoy_bin: Option<PathBuf>,
@@ -88,6 +90,10 @@ pub struct LatencyArgs {
     pub haproxy_bin: Option<PathBuf>,
     #[arg(long, env = "PALISADE_PROXY_BIN")]
     pub palisade_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADE_CONTROL_PLANE_BIN")]
+    pub control_plane_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADECTL_BIN")]
+    pub palisadectl_bin: Option<PathBuf>,
     /// Directory for JSON, Markdown and SVG results.
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,

