@@ -56,17 +56,11 @@ impl Target {
 }
 
 pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
-    let target = Arc::new(target);
-    let conn_rt = rt.clone();
-    accept_loop(rt, listener, DIR, move |tcp, client| {
-        handle(conn_rt.clone(), target.clone(), tcp, client)
-    })
-    .await
+    accept_loop(rt, listener, DIR, target, handle).await
 }
 
 fn refuse(rt: &Runtime, client: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
-    rt.metrics.handshake_failure(DIR, reason);
-    tracing::info!(client.addr = %client, reason, error = %detail, "inbound connection refused");
+    crate::refuse(rt, DIR, client, reason, detail)
 }
 
 async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: SocketAddr) {

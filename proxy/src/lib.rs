@@ -41,15 +41,18 @@ pub struct Runtime {
 /// Accept on `listener` until drain, running `handle` for each connection
 /// under a connection permit. Over the limit, connections are closed at once
 /// and counted with reason `max_connections`.
-pub async fn accept_loop<F, Fut>(
+pub async fn accept_loop<T, F, Fut>(
     rt: Arc<Runtime>,
     listener: TcpListener,
     direction: Direction,
+    target: T,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    T: Send + Sync + 'static,
+    F: Fn(Arc<Runtime>, Arc<T>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let target = Arc::new(target);
     let stop = rt.drain.stop_accepting().clone();
     loop {
         let (tcp, client) = tokio::select! {
@@ -65,15 +68,32 @@ pub async fn accept_loop<F, Fut>(
             },
         };
         let Ok(permit) = rt.permits.clone().try_acquire_owned() else {
-            rt.metrics.handshake_failure(direction, "max_connections");
-            tracing::warn!(client.addr = %client, direction = direction.as_str(), "connection limit reached; refused");
+            refuse(
+                &rt,
+                direction,
+                client,
+                "max_connections",
+                &"connection limit reached",
+            );
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let conn = handle(tcp, client);
+        let conn = handle(rt.clone(), target.clone(), tcp, client);
         rt.drain.connections.spawn(async move {
             conn.await;
             drop(permit);
         });
     }
+}
+
+/// Count a connection refused before forwarding, and say why.
+pub fn refuse(
+    rt: &Runtime,
+    direction: Direction,
+    client: SocketAddr,
+    reason: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
+    rt.metrics.handshake_failure(direction, reason);
+    tracing::info!(direction = direction.as_str(), client.addr = %client, reason, error = %detail, "connection refused");
 }

@@ -135,12 +135,15 @@ impl Proxy {
         let admin = loopback(free_port());
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, spec.yaml(admin)).expect("write proxy config");
+        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy log");
         let child = ChildGuard::spawn(
             &spec.name,
             Command::new(bin("palisade-proxy"))
                 .arg("--config")
                 .arg(&config)
-                .env("PALISADE_LOG", "info,palisade_proxy=debug"),
+                .env("PALISADE_LOG", "info,palisade_proxy=debug")
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log),
         );
         wait_for_tcp(admin, Duration::from_secs(20));
         Proxy {
@@ -149,6 +152,11 @@ impl Proxy {
             spec,
             _dir: dir,
         }
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("proxy.log")).unwrap_or_default()
     }
 
     /// Start and wait until /ready answers 200 (it has an SVID).
@@ -200,6 +208,14 @@ impl Proxy {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS line")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.spec.name, self.log());
+        }
     }
 }
 
