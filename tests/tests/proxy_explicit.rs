@@ -186,3 +186,27 @@ fn shutdown_from_localhost_stops_the_proxy() {
     assert!(exit.success(), "clean exit, got {exit}");
     assert!(TcpStream::connect(m.b_in).is_err(), "listener gone");
 }
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let m = Mesh::start(ControlPlane::start(), |b| {
+        b.extra_yaml = "max_connections: 1\n".into()
+    });
+    let mut held = TcpStream::connect(m.a_out).unwrap();
+    held.write_all(b"x").unwrap();
+    eventually("B holds one connection", Duration::from_secs(10), || {
+        (m.b.metric("tcp_open_connections", &[("direction", "inbound")]) == 1.0).then_some(())
+    });
+    let refused = echo_roundtrip(m.a_out, b"one too many");
+    assert!(refused.map(|b| b.is_empty()).unwrap_or(true));
+    let labels = [("direction", "inbound"), ("reason", "max_connections")];
+    eventually("max_connections counted", Duration::from_secs(10), || {
+        (m.b.metric("tls_handshake_failures_total", &labels) == 1.0).then_some(())
+    });
+    drop(held);
+    eventually("a slot frees up", Duration::from_secs(10), || {
+        echo_roundtrip(m.a_out, b"room now")
+            .ok()
+            .filter(|b| b == b"room now")
+    });
+}
