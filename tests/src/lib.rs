@@ -2,10 +2,10 @@
 //! real binaries. Add further shared helpers as modules here (a test CA, a
 //! network-namespace pod builder), never copied across test files.
 
+pub mod badcerts;
 pub mod cp;
 pub mod netns;
 pub mod pki;
-pub mod badcerts;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
