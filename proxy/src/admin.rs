@@ -61,8 +61,12 @@ impl Admin {
         }
     }
 
+    /// Ready: an SVID, the configuration (in transparent mode that includes
+    /// the first endpoint map), and not draining.
     pub fn is_ready(&self) -> bool {
-        self.rt.creds.load().is_some() && !self.rt.drain.is_draining()
+        self.rt.creds.load().is_some()
+            && self.endpoints.as_ref().is_none_or(|e| e.load().loaded)
+            && !self.rt.drain.is_draining()
     }
 
     fn config_dump(&self) -> serde_json::Value {

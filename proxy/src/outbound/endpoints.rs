@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 #[derive(Debug, Default)]
 pub struct EndpointMap {
     pub version: u64,
+    /// False until the first answer from the control plane: transparent
+    /// mode is not ready before it knows which destinations are meshed.
+    pub loaded: bool,
     exact: HashMap<SocketAddr, SpiffeId>,
     any_port: HashMap<IpAddr, SpiffeId>,
 }
@@ -27,6 +30,7 @@ impl EndpointMap {
     pub fn from_response(resp: &EndpointsResponse) -> EndpointMap {
         let mut map = EndpointMap {
             version: resp.version,
+            loaded: true,
             ..Default::default()
         };
         for e in &resp.endpoints {
@@ -75,7 +79,7 @@ pub async fn refresh_loop(
             None => Duration::from_millis(200),
             Some(c) => {
                 match cp.endpoints(&c).await {
-                    Ok(resp) if resp.version != map.load().version || map.load().is_empty() => {
+                    Ok(resp) if resp.version != map.load().version || !map.load().loaded => {
                         let new = EndpointMap::from_response(&resp);
                         tracing::info!(
                             version = new.version,

@@ -1,0 +1,338 @@
+//! Transparent mode, end to end: pods are network namespaces on a bridge,
+//! `deploy/init/palisade-init` installs the iptables redirection, and an
+//! unmodified client in pod A reaches pod B's app by IP and port. The hop
+//! between the pods must be mTLS carrying A's identity, and an unmeshed pod
+//! must not reach B's app.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::netns::{self, Network, Pod};
+use palisade_tests::proxy::{echo_roundtrip, http, metric, Echo};
+use palisade_tests::{bin, eventually, ChildGuard};
+
+const PROXY_UID: u32 = 2102;
+const APP_PORT: u16 = 8080;
+const TD: &str = "cluster.local";
+
+fn init_program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/init/palisade-init")
+}
+
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nat_rules(pod: &Pod) -> String {
+    let mut c = pod.command("iptables");
+    c.args(["-t", "nat", "-S"]);
+    run_ok(c)
+}
+
+fn skip_unless_root() -> bool {
+    if netns::available() && Command::new("iptables").arg("--version").output().is_ok() {
+        return false;
+    }
+    eprintln!("skipped: needs root, iproute2 and iptables (bash .ci/run installs them)");
+    true
+}
+
+/// A directory the unprivileged proxy user can read.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-tp-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Start a transparent-mode sidecar in `pod` as the proxy user and wait for
+/// its readiness (read through the pod's own loopback).
+fn start_sidecar(
+    pod: &Pod,
+    dir: &Path,
+    cp: &ControlPlane,
+    cp_addr: SocketAddr,
+    id: &str,
+) -> ChildGuard {
+    let bundle = dir.join("bundle.pem");
+    std::fs::copy(cp.bundle_path(), &bundle).unwrap();
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let token = cp.join_token(id);
+    let cfg = dir.join(format!("{}.yaml", pod.ns));
+    std::fs::write(
+        &cfg,
+        format!(
+            "mode: transparent\n\
+             drain_grace_period: 1s\n\
+             identity:\n  control_plane: \"{cp_addr}\"\n  trust_domain: {TD}\n  bootstrap_bundle: \"{}\"\n  join_token: \"{token}\"\n",
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{}.log", pod.ns))).unwrap();
+    let mut cmd = pod.command_as(PROXY_UID, bin("palisade-proxy"));
+    cmd.arg("--config")
+        .arg(&cfg)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let guard = ChildGuard::spawn(&format!("palisade-proxy in {}", pod.ns), &mut cmd);
+    eventually("sidecar ready", Duration::from_secs(30), || {
+        pod.enter(|| {
+            TcpStream::connect_timeout(
+                &"127.0.0.1:4191".parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .ok()
+            .map(|_| http("127.0.0.1:4191".parse().unwrap(), "GET", "/ready").0)
+        })
+        .filter(|s| *s == 200)
+    });
+    guard
+}
+
+fn admin_metrics(pod: &Pod) -> String {
+    pod.enter(|| http("127.0.0.1:4191".parse().unwrap(), "GET", "/metrics").1)
+}
+
+fn install_redirect(pod: &Pod) {
+    let mut c = pod.command(init_program());
+    c.args(["install", "--proxy-uid", &PROXY_UID.to_string()]);
+    run_ok(c);
+}
+
+/// tcpdump on the switch side of a pod's veth, written to a pcap file.
+fn capture(
+    net: &Network,
+    veth: &str,
+    file: &Path,
+) -> (ChildGuard, BufReader<std::process::ChildStderr>) {
+    let mut cmd = net.host().command("tcpdump");
+    cmd.args([
+        "-i",
+        veth,
+        "-Z",
+        "root",
+        "--immediate-mode",
+        "-n",
+        "-U",
+        "-s",
+        "0",
+        "-w",
+    ])
+    .arg(file)
+    .args(["tcp", "port", &APP_PORT.to_string()])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut guard = ChildGuard::spawn("tcpdump", &mut cmd);
+    let mut err = BufReader::new(guard.child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+        line.clear();
+    }
+    assert!(
+        line.contains("listening on"),
+        "tcpdump did not start: {line}"
+    );
+    (guard, err)
+}
+
+/// Every sidecar log in `dir`, for failure messages.
+fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            out += &format!(
+                "--- {}\n{}",
+                entry.path().display(),
+                std::fs::read_to_string(entry.path()).unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn unmodified_client_reaches_peer_pod_over_mtls_and_unmeshed_pod_is_refused() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut net = Network::new();
+    let a = net.pod("a");
+    let b = net.pod("b");
+    let c = net.pod("c");
+    let id_a = format!("spiffe://{TD}/ns/shop/sa/a");
+    let id_b = format!("spiffe://{TD}/ns/shop/sa/b");
+
+    let dir = shared_dir();
+    let endpoints = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &endpoints,
+        format!("- {{address: \"{}\", identity: \"{id_a}\"}}\n- {{address: \"{}\", identity: \"{id_b}\"}}\n", a.ip, b.ip),
+    )
+    .unwrap();
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        extra_args: vec!["--endpoints".into(), endpoints.display().to_string()],
+        ..Default::default()
+    });
+    let cp_in_pods = net.expose(8443, cp.addr());
+
+    // B's app listens on its pod IP's port 8080; nothing about it knows the mesh.
+    let _app = b.enter(|| Echo::bind(&format!("0.0.0.0:{APP_PORT}")));
+
+    install_redirect(&a);
+    install_redirect(&b);
+    let _proxy_a = start_sidecar(&a, dir.path(), &cp, cp_in_pods, &id_a);
+    let _proxy_b = start_sidecar(&b, dir.path(), &cp, cp_in_pods, &id_b);
+
+    let pcap = dir.path().join("a.pcap");
+    let (mut tcpdump, mut tcpdump_err) = capture(&net, &net.veth_of(1), &pcap);
+
+    // An unmodified client in pod A dials B's IP and app port.
+    let marker = b"palisade-plaintext-marker-0123456789".to_vec();
+    let target = SocketAddr::from((b.ip, APP_PORT));
+    let sent = marker.clone();
+    let back = a
+        .enter(move || echo_roundtrip(target, &sent))
+        .unwrap_or_else(|e| panic!("A could not reach B's app: {e}\n{}", logs(dir.path())));
+    assert_eq!(back, marker, "the bytes arrived at B's app and came back");
+
+    // B's sidecar saw an mTLS connection from A's identity.
+    let metrics_b = admin_metrics(&b);
+    assert!(
+        metric(
+            &metrics_b,
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", &id_a), ("tls", "true")]
+        ) >= 1.0,
+        "B's sidecar did not record an mTLS connection from {id_a}:\n{metrics_b}"
+    );
+
+    // On the wire between the pods: a TLS handshake, and never the payload.
+    std::thread::sleep(Duration::from_millis(300));
+    tcpdump.terminate(Duration::from_secs(5));
+    let wire = std::fs::read(&pcap).unwrap();
+    let mut summary = String::new();
+    let _ = tcpdump_err.read_to_string(&mut summary);
+    assert!(
+        wire.len() > 24 + 5 * 40,
+        "the capture saw no traffic ({} bytes): {summary}",
+        wire.len()
+    );
+    assert!(
+        contains(&wire, &[0x16, 0x03, 0x01]),
+        "no TLS ClientHello in the capture"
+    );
+    assert!(
+        !contains(&wire, &marker),
+        "the payload crossed the veth in plaintext"
+    );
+
+    // Pod C has no sidecar: its plaintext connection to B's app is refused.
+    let refused_before = metric(
+        &metrics_b,
+        "tls_handshake_failures_total",
+        &[("reason", "plaintext_refused")],
+    );
+    let got = c.enter(move || -> Vec<u8> {
+        let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
+            return Vec::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\nfrom-the-unmeshed-pod");
+        let _ = s.shutdown(Shutdown::Write);
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back);
+        back
+    });
+    assert!(
+        !contains(&got, b"from-the-unmeshed-pod"),
+        "the unmeshed pod reached B's app"
+    );
+    let after = eventually("plaintext refusal counted", Duration::from_secs(5), || {
+        let v = metric(
+            &admin_metrics(&b),
+            "tls_handshake_failures_total",
+            &[("reason", "plaintext_refused")],
+        );
+        (v > refused_before).then_some(v)
+    });
+    assert!(after >= 1.0);
+}
+
+#[test]
+fn init_program_is_idempotent_and_removable() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut net = Network::new();
+    let pod = net.pod("init");
+    let before = nat_rules(&pod);
+
+    let mut first = pod.command(init_program());
+    first.args([
+        "install",
+        "--skip-inbound-ports",
+        "22,9000:9010",
+        "--skip-outbound-ports",
+        "5432",
+    ]);
+    run_ok(first);
+    let once = nat_rules(&pod);
+    for want in [
+        "--to-ports 4143",
+        "--to-ports 4140",
+        "--uid-owner 2102",
+        "--dport 4191",
+        "--dport 22",
+        "--dport 9000:9010",
+        "--dport 5432",
+    ] {
+        assert!(once.contains(want), "missing `{want}` in:\n{once}");
+    }
+
+    let mut second = pod.command(init_program());
+    second.args([
+        "install",
+        "--skip-inbound-ports",
+        "22,9000:9010",
+        "--skip-outbound-ports",
+        "5432",
+    ]);
+    run_ok(second);
+    assert_eq!(nat_rules(&pod), once, "a second install changed the rules");
+
+    let mut bad = pod.command(init_program());
+    bad.args(["install", "--skip-inbound-ports", "70000"]);
+    let out = bad.output().unwrap();
+    assert!(!out.status.success(), "an out-of-range port was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    assert_eq!(
+        nat_rules(&pod),
+        once,
+        "a rejected install touched the rules"
+    );
+
+    let mut remove = pod.command(init_program());
+    remove.arg("remove");
+    run_ok(remove);
+    assert_eq!(nat_rules(&pod), before, "remove left rules behind");
+}
