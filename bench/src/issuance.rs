@@ -31,7 +31,7 @@ pub struct IssuanceArgs {
     /// The control-plane binary (default: `palisade-control-plane` next to this one).
     #[arg(long)]
     pub control_plane_bin: Option<PathBuf>,
-    /// Fresh CSRs generated up front (default: 3,000 per second of run); they
+    /// Fresh CSRs generated up front (default: 12,000 per second of run); they
     /// are reused round-robin only if the run outpaces them.
     #[arg(long)]
     pub csrs: Option<usize>,
@@ -160,7 +160,7 @@ pub fn run(args: IssuanceArgs) -> anyhow::Result<ExitCode> {
     };
     let n_csrs = args
         .csrs
-        .unwrap_or(args.seconds as usize * 3000 + args.warmup_seconds as usize * 3000);
+        .unwrap_or((args.seconds + args.warmup_seconds) as usize * 12_000);
     eprintln!("generating {n_csrs} CSRs over fresh P-256 keys ...");
     let csrs = Arc::new(make_csrs(n_csrs));
     let cp = ControlPlane::start(&bin)?;
