@@ -13,11 +13,18 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Whether this process may create network namespaces (root with iproute2).
 pub fn available() -> bool {
     nix::unistd::geteuid().is_root()
-        && Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false)
+        && Command::new("ip")
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -35,14 +42,31 @@ pub struct Network {
 impl Network {
     pub fn new() -> Network {
         // Short names: interface names are limited to 15 bytes.
-        let prefix = format!("p{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!(
+            "p{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let switch = format!("{prefix}-sw");
         sh(&["ip", "netns", "add", &switch]);
         sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &switch, "link", "set", "br0", "up"]);
         sh(&["ip", "-n", &switch, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", &switch, "addr", "add", "198.18.0.1/24", "dev", "br0"]);
-        Network { prefix, switch, pods: 0 }
+        sh(&[
+            "ip",
+            "-n",
+            &switch,
+            "addr",
+            "add",
+            "198.18.0.1/24",
+            "dev",
+            "br0",
+        ]);
+        Network {
+            prefix,
+            switch,
+            pods: 0,
+        }
     }
 
     /// The switch namespace's own address, reachable from every pod (run
@@ -52,7 +76,11 @@ impl Network {
     }
 
     pub fn host(&self) -> Pod {
-        Pod { ns: self.switch.clone(), ip: self.host_ip(), owned: false }
+        Pod {
+            ns: self.switch.clone(),
+            ip: self.host_ip(),
+            owned: false,
+        }
     }
 
     /// A new pod: a namespace with `eth0` on the bridge and loopback up.
@@ -63,12 +91,49 @@ impl Network {
         let ip = Ipv4Addr::new(198, 18, 0, 10 + n);
         let host_if = format!("{}v{n}", self.prefix);
         sh(&["ip", "netns", "add", &ns]);
-        sh(&["ip", "-n", &self.switch, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        sh(&["ip", "-n", &self.switch, "link", "set", &host_if, "master", "br0", "up"]);
-        sh(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &host_if,
+            "master",
+            "br0",
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
         sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        Pod { ns, ip, owned: true }
+        Pod {
+            ns,
+            ip,
+            owned: true,
+        }
     }
 
     /// The switch-side interface of the n-th pod (1-based), for captures.
@@ -90,9 +155,13 @@ impl Default for Network {
 impl Drop for Network {
     fn drop(&mut self) {
         for n in 1..=self.pods {
-            let _ = Command::new("ip").args(["-n", &self.switch, "link", "del", &self.veth_of(n)]).output();
+            let _ = Command::new("ip")
+                .args(["-n", &self.switch, "link", "del", &self.veth_of(n)])
+                .output();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.switch]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .output();
     }
 }
 
@@ -153,11 +222,16 @@ impl Network {
     pub fn expose(&self, port: u16, target: std::net::SocketAddr) -> std::net::SocketAddr {
         use std::net::{TcpListener, TcpStream};
         let at = std::net::SocketAddr::from((self.host_ip(), port));
-        let listener = self.host().enter(move || TcpListener::bind(at)).expect("bind relay in switch namespace");
+        let listener = self
+            .host()
+            .enter(move || TcpListener::bind(at))
+            .expect("bind relay in switch namespace");
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(inside) = conn else { continue };
-                let Ok(outside) = TcpStream::connect(target) else { continue };
+                let Ok(outside) = TcpStream::connect(target) else {
+                    continue;
+                };
                 for (mut from, mut to) in [
                     (inside.try_clone().unwrap(), outside.try_clone().unwrap()),
                     (outside, inside),

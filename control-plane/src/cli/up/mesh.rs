@@ -57,7 +57,11 @@ fn tail(log: &Path) -> String {
 }
 
 impl Mesh {
-    pub async fn start(bin_dir: &Path, dir: Option<PathBuf>, policy: Option<&Path>) -> anyhow::Result<Mesh> {
+    pub async fn start(
+        bin_dir: &Path,
+        dir: Option<PathBuf>,
+        policy: Option<&Path>,
+    ) -> anyhow::Result<Mesh> {
         for b in ["palisade-control-plane", "palisade-proxy"] {
             if !bin_dir.join(b).exists() {
                 bail!(
@@ -89,7 +93,13 @@ impl Mesh {
             ],
             &cp_log,
         )?;
-        let mut mesh = Mesh { dir: dir.clone(), remove_dir, cp_addr, control_plane, workloads: Vec::new() };
+        let mut mesh = Mesh {
+            dir: dir.clone(),
+            remove_dir,
+            cp_addr,
+            control_plane,
+            workloads: Vec::new(),
+        };
         if let Err(e) = mesh.wait_control_plane(&state, &cp_log).await {
             mesh.stop().await;
             return Err(e);
@@ -103,7 +113,9 @@ impl Mesh {
 
     async fn wait_control_plane(&mut self, state: &Path, log: &Path) -> anyhow::Result<()> {
         for _ in 0..200 {
-            if state.join("bundle.pem").exists() && tokio::net::TcpStream::connect(self.cp_addr).await.is_ok() {
+            if state.join("bundle.pem").exists()
+                && tokio::net::TcpStream::connect(self.cp_addr).await.is_ok()
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.control_plane.try_wait() {
@@ -111,10 +123,18 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("the control plane did not come up within 10s:\n{}", tail(log))
+        bail!(
+            "the control plane did not come up within 10s:\n{}",
+            tail(log)
+        )
     }
 
-    async fn start_workloads(&mut self, bin_dir: &Path, state: &Path, policy: Option<&Path>) -> anyhow::Result<()> {
+    async fn start_workloads(
+        &mut self,
+        bin_dir: &Path,
+        state: &Path,
+        policy: Option<&Path>,
+    ) -> anyhow::Result<()> {
         // Every address first, so each sidecar's routes can name the others.
         let mut plan = Vec::new();
         for name in WORKLOADS {
@@ -161,7 +181,13 @@ impl Mesh {
                 &["--config", cfg_path.to_str().context("non-UTF-8 path")?],
                 &log,
             )?;
-            self.workloads.push(Workload { name, id: workload_id(name), admin, routes, proxy });
+            self.workloads.push(Workload {
+                name,
+                id: workload_id(name),
+                admin,
+                routes,
+                proxy,
+            });
         }
         for i in 0..self.workloads.len() {
             self.wait_ready(i).await?;
@@ -171,34 +197,63 @@ impl Mesh {
 
     async fn join_token(&self, bin_dir: &Path, state: &Path, id: &str) -> anyhow::Result<String> {
         let out = Command::new(bin_dir.join("palisadectl"))
-            .args(["token", "create", "--identity", id, "--ttl", "10m", "--admin-socket"])
+            .args([
+                "token",
+                "create",
+                "--identity",
+                id,
+                "--ttl",
+                "10m",
+                "--admin-socket",
+            ])
             .arg(state.join("admin.sock"))
             .output()
             .await
             .context("running palisadectl token create")?;
         if !out.status.success() {
-            bail!("palisadectl token create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "palisadectl token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
     async fn wait_ready(&mut self, i: usize) -> anyhow::Result<()> {
-        let log = self.dir.join(format!("logs/{}.log", self.workloads[i].name));
+        let log = self
+            .dir
+            .join(format!("logs/{}.log", self.workloads[i].name));
         for _ in 0..300 {
             if let Ok((200, _)) = admin_get(self.workloads[i].admin, "/ready").await {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.workloads[i].proxy.try_wait() {
-                bail!("the {} sidecar exited ({status}):\n{}", self.workloads[i].name, tail(&log));
+                bail!(
+                    "the {} sidecar exited ({status}):\n{}",
+                    self.workloads[i].name,
+                    tail(&log)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("the {} sidecar was not ready within 15s:\n{}", self.workloads[i].name, tail(&log))
+        bail!(
+            "the {} sidecar was not ready within 15s:\n{}",
+            self.workloads[i].name,
+            tail(&log)
+        )
     }
 
     pub fn call(&self, from: &str, to: &str) -> anyhow::Result<Call> {
-        let caller = self.workloads.iter().find(|w| w.name == from).context("unknown caller")?;
-        let callee = self.workloads.iter().find(|w| w.name == to).context("unknown callee")?;
+        let caller = self
+            .workloads
+            .iter()
+            .find(|w| w.name == from)
+            .context("unknown caller")?;
+        let callee = self
+            .workloads
+            .iter()
+            .find(|w| w.name == to)
+            .context("unknown callee")?;
         Ok(Call {
             from: from.to_owned(),
             to: to.to_owned(),
@@ -241,9 +296,15 @@ impl Mesh {
 
 async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }

@@ -95,10 +95,14 @@ async fn drive(mesh: &Mesh, args: &UpArgs, policy: Option<&std::path::Path>) -> 
         "palisade local mesh is up: control plane {}, workloads {}, policy {}",
         mesh.control_plane_addr(),
         WORKLOADS.join(", "),
-        policy.map(|p| p.display().to_string()).unwrap_or_else(|| "none (all meshed traffic allowed)".into())
+        policy
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (all meshed traffic allowed)".into())
     );
     println!("logs and configs: {}", mesh.dir().display());
-    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut ticker = tokio::time::interval(Duration::from_millis(args.interval_ms.max(50)));
     loop {
         tokio::select! {

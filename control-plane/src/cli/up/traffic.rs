@@ -10,7 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Serve `name`'s echo service: every line gets `<name> got: <line>` back.
 pub async fn serve_echo(name: &'static str, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r).lines();
@@ -51,20 +53,23 @@ impl Call {
         let start = Instant::now();
         let attempt = async {
             let mut s = TcpStream::connect(self.via).await?;
-            s.write_all(format!("hello from {}\n", self.from).as_bytes()).await?;
+            s.write_all(format!("hello from {}\n", self.from).as_bytes())
+                .await?;
             let mut reply = String::new();
             let n = BufReader::new(&mut s).read_line(&mut reply).await?;
             Ok::<_, std::io::Error>((n, reply))
         };
         match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            Ok(Ok((0, _))) => Outcome::Refused { took: start.elapsed() },
+            Ok(Ok((0, _))) => Outcome::Refused {
+                took: start.elapsed(),
+            },
             Ok(Ok((_, reply))) => Outcome::Answered {
                 reply: reply.trim_end().to_owned(),
                 took: start.elapsed(),
             },
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                Outcome::Refused { took: start.elapsed() }
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Outcome::Refused {
+                took: start.elapsed(),
+            },
             Ok(Err(e)) => Outcome::Failed(e.to_string()),
             Err(_) => Outcome::Failed("no answer within 3s".into()),
         }
@@ -86,7 +91,9 @@ pub struct Tally {
 
 impl Tally {
     pub fn new(calls: &[Call]) -> Tally {
-        Tally { per_call: vec![Counts::default(); calls.len()] }
+        Tally {
+            per_call: vec![Counts::default(); calls.len()],
+        }
     }
 
     pub fn record(&mut self, i: usize, outcome: Outcome) {

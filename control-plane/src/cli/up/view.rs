@@ -8,8 +8,17 @@ use super::traffic::{Call, Outcome, Tally};
 
 fn verdict(o: &Outcome) -> (&'static str, String) {
     match o {
-        Outcome::Answered { reply, took } => ("ALLOWED", format!("{reply:?} in {:.1} ms", took.as_secs_f64() * 1e3)),
-        Outcome::Refused { took } => ("DENIED", format!("connection closed by the mesh after {:.1} ms", took.as_secs_f64() * 1e3)),
+        Outcome::Answered { reply, took } => (
+            "ALLOWED",
+            format!("{reply:?} in {:.1} ms", took.as_secs_f64() * 1e3),
+        ),
+        Outcome::Refused { took } => (
+            "DENIED",
+            format!(
+                "connection closed by the mesh after {:.1} ms",
+                took.as_secs_f64() * 1e3
+            ),
+        ),
         Outcome::Failed(e) => ("ERROR", e.clone()),
     }
 }
@@ -17,7 +26,10 @@ fn verdict(o: &Outcome) -> (&'static str, String) {
 /// One line per call, for logs and pipes.
 pub fn line(call: &Call, o: &Outcome) -> String {
     let (v, detail) = verdict(o);
-    format!("{:<8} {} -> {}  ({} -> {}): {detail}", v, call.from, call.to, call.from_id, call.to_id)
+    format!(
+        "{:<8} {} -> {}  ({} -> {}): {detail}",
+        v, call.from, call.to, call.from_id, call.to_id
+    )
 }
 
 /// A metric sample: name, labels, value.
@@ -28,26 +40,36 @@ struct Sample<'a> {
 }
 
 fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
-    text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
-        let (head, value) = l.rsplit_once(' ')?;
-        let value = value.parse().ok()?;
-        let (name, labels) = match head.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}')?),
-            None => (head, ""),
-        };
-        let labels = labels
-            .split("\",")
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once("=\"")?;
-                Some((k.trim(), v.trim_end_matches('"')))
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (head, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.trim(), v.trim_end_matches('"')))
+                })
+                .collect();
+            Some(Sample {
+                name,
+                labels,
+                value,
             })
-            .collect();
-        Some(Sample { name, labels, value })
-    })
+        })
 }
 
 fn label<'a>(s: &Sample<'a>, key: &str) -> &'a str {
-    s.labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).unwrap_or("-")
+    s.labels
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| *v)
+        .unwrap_or("-")
 }
 
 /// What the sidecars report: inbound connections by verified peer, and every
@@ -89,15 +111,26 @@ fn sidecar_report(seen: &[(&'static str, String)]) -> String {
 }
 
 /// The redrawn terminal screen.
-pub fn screen(calls: &[Call], tally: &Tally, seen: &[(&'static str, String)], policy: Option<&Path>) -> String {
+pub fn screen(
+    calls: &[Call],
+    tally: &Tally,
+    seen: &[(&'static str, String)],
+    policy: Option<&Path>,
+) -> String {
     let mut out = String::from("\x1b[2J\x1b[H");
     let _ = writeln!(
         out,
         "Palisade local mesh: trust domain {}, policy {}  (Ctrl-C stops)\n",
         super::TRUST_DOMAIN,
-        policy.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+        policy
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none".into())
     );
-    let _ = writeln!(out, "{:<10} {:<10} {:>8} {:>8} {:>6}  last", "from", "to", "allowed", "denied", "errors");
+    let _ = writeln!(
+        out,
+        "{:<10} {:<10} {:>8} {:>8} {:>6}  last",
+        "from", "to", "allowed", "denied", "errors"
+    );
     for (call, c) in calls.iter().zip(&tally.per_call) {
         let last = c.last.as_ref().map(|o| verdict(o).0).unwrap_or("-");
         let _ = writeln!(
@@ -106,7 +139,10 @@ pub fn screen(calls: &[Call], tally: &Tally, seen: &[(&'static str, String)], po
             call.from, call.to, c.answered, c.refused, c.failed
         );
     }
-    let _ = writeln!(out, "\nAs the sidecars saw it (verified SPIFFE IDs and decisions):");
+    let _ = writeln!(
+        out,
+        "\nAs the sidecars saw it (verified SPIFFE IDs and decisions):"
+    );
     out.push_str(&sidecar_report(seen));
     out
 }
@@ -136,10 +172,16 @@ mod tests {
         let s: Vec<_> = samples(text).collect();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].name, "tcp_open_total");
-        assert_eq!(label(&s[0], "peer"), "spiffe://cluster.local/ns/demo/sa/api");
+        assert_eq!(
+            label(&s[0], "peer"),
+            "spiffe://cluster.local/ns/demo/sa/api"
+        );
         assert_eq!(label(&s[0], "tls"), "true");
         assert_eq!(s[0].value, 3.0);
         let report = sidecar_report(&[("db", text.to_owned())]);
-        assert!(report.contains("db") && report.contains("sa/api") && report.contains("mTLS: true"), "{report}");
+        assert!(
+            report.contains("db") && report.contains("sa/api") && report.contains("mTLS: true"),
+            "{report}"
+        );
     }
 }
