@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use palisade_control_plane::cli;
 
 #[derive(Debug, Parser)]
-#[command(name = "palisadectl", version, about = "Operate Palisade: identities, CA, certificates and policies")]
+#[command(
+    name = "palisadectl",
+    version,
+    about = "Operate Palisade: identities, CA, certificates and policies"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -27,12 +31,16 @@ enum Cmd {
     Policy(cli::policy::PolicyCmd),
     /// Run a local demo mesh on loopback.
     Up(cli::up::UpArgs),
+    /// Add the Palisade init container and sidecar to Kubernetes manifests.
+    Inject(cli::inject::InjectArgs),
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -42,6 +50,7 @@ async fn main() {
         Cmd::Cert(c) => cli::cert::run(c),
         Cmd::Policy(c) => cli::policy::run(c),
         Cmd::Up(a) => cli::up::run(a).await.map(|()| 0),
+        Cmd::Inject(a) => cli::inject::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod inject;
 pub mod policy;
 pub mod token;
 pub mod up;
