@@ -19,9 +19,17 @@ pub enum EndpointsError {
     #[error("{0}: {1}")]
     Yaml(String, String),
     #[error("{file}: entry {index}: address {address:?} is neither `ip:port` nor `ip`")]
-    BadAddress { file: String, index: usize, address: String },
+    BadAddress {
+        file: String,
+        index: usize,
+        address: String,
+    },
     #[error("{file}: entry {index}: identity: {error}")]
-    BadIdentity { file: String, index: usize, error: String },
+    BadIdentity {
+        file: String,
+        index: usize,
+        error: String,
+    },
     #[error("cannot watch {0}: {1}")]
     Watch(String, notify::Error),
 }
@@ -33,14 +41,23 @@ pub fn load(path: &Path) -> Result<Vec<Endpoint>, EndpointsError> {
     let list: Vec<Endpoint> = if text.trim().is_empty() {
         Vec::new()
     } else {
-        serde_saphyr::from_str(&text).map_err(|e| EndpointsError::Yaml(file.clone(), e.to_string()))?
+        serde_saphyr::from_str(&text)
+            .map_err(|e| EndpointsError::Yaml(file.clone(), e.to_string()))?
     };
     for (index, ep) in list.iter().enumerate() {
         if ep.address.parse::<SocketAddr>().is_err() && ep.address.parse::<IpAddr>().is_err() {
-            return Err(EndpointsError::BadAddress { file, index, address: ep.address.clone() });
+            return Err(EndpointsError::BadAddress {
+                file,
+                index,
+                address: ep.address.clone(),
+            });
         }
         if let Err(e) = SpiffeId::parse(&ep.identity) {
-            return Err(EndpointsError::BadIdentity { file, index, error: e.to_string() });
+            return Err(EndpointsError::BadIdentity {
+                file,
+                index,
+                error: e.to_string(),
+            });
         }
     }
     Ok(list)
@@ -53,7 +70,9 @@ pub struct EndpointMap {
 
 impl Default for EndpointMap {
     fn default() -> Self {
-        EndpointMap { current: ArcSwap::from_pointee(EndpointsResponse::default()) }
+        EndpointMap {
+            current: ArcSwap::from_pointee(EndpointsResponse::default()),
+        }
     }
 }
 
@@ -70,31 +89,73 @@ impl EndpointMap {
             return Ok(old.version);
         }
         let version = old.version + 1;
-        self.current.store(Arc::new(EndpointsResponse { version, endpoints }));
+        self.current
+            .store(Arc::new(EndpointsResponse { version, endpoints }));
         Ok(version)
     }
 
     /// Loads `path` now and reloads it whenever it changes. The parent
     /// directory is watched, so a Kubernetes ConfigMap symlink swap is seen.
-    /// The returned watcher must be kept alive.
-    pub fn watch(self: &Arc<Self>, path: PathBuf) -> Result<notify::RecommendedWatcher, EndpointsError> {
+    /// Events are debounced (200 ms of quiet), so a file rewritten in place is
+    /// read once it is complete rather than while truncated. The returned
+    /// watcher must be kept alive.
+    pub fn watch(
+        self: &Arc<Self>,
+        path: PathBuf,
+    ) -> Result<notify::RecommendedWatcher, EndpointsError> {
         self.reload(&path)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-        let map = Arc::clone(self);
-        let file = path.clone();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_err() {
-                return;
-            }
-            match map.reload(&file) {
-                Ok(v) => tracing::info!(endpoints.version = v, file = %file.display(), "endpoints reloaded"),
-                Err(e) => tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map"),
+            if ev.is_ok() {
+                let _ = tx.send(());
             }
         })
         .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
+        let map = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("endpoints-watch".into())
+            .spawn(move || {
+                // Ends when the watcher (and so the sender) is dropped.
+                while rx.recv().is_ok() {
+                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                    match map.reload(&path) {
+                        Ok(v) => tracing::info!(endpoints.version = v, file = %path.display(), "endpoints loaded"),
+                        Err(e) => tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map"),
+                    }
+                }
+            })
+            .map_err(|e| EndpointsError::Io("endpoints-watch thread".into(), e))?;
         Ok(watcher)
+    }
+}
+
+/// Quiet time after the last file event before the file is read again.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_list_of_endpoints_loads_and_bad_addresses_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("e.yaml");
+        std::fs::write(&f, "- address: 10.0.0.7:8080\n  identity: spiffe://td/ns/a/sa/b\n- address: 10.0.0.8\n  identity: spiffe://td/x\n").unwrap();
+        let list = load(&f).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].address, "10.0.0.8");
+        std::fs::write(&f, "- address: nope\n  identity: spiffe://td/x\n").unwrap();
+        assert!(load(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("entry 0: address \"nope\""));
     }
 }

@@ -18,7 +18,7 @@ use super::CaError;
 pub const LEAF_BACKDATE: Duration = Duration::from_secs(30);
 /// CAs are backdated the full minute, so the leaves they sign (backdated
 /// less) always fall inside the CA's validity.
-const CA_BACKDATE: Duration = Duration::from_secs(60);
+pub const CA_BACKDATE: Duration = Duration::from_secs(60);
 
 /// A random, positive, 16-byte serial with a non-zero first byte, so its DER
 /// encoding is exactly 16 bytes.
@@ -74,10 +74,14 @@ pub fn leaf_params(
     p.distinguished_name = dn;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.subject_alt_names = vec![uri_san(id.as_str())?];
     for dns in dns_names {
-        p.subject_alt_names.push(SanType::DnsName((*dns).try_into().map_err(CaError::Rcgen)?));
+        p.subject_alt_names
+            .push(SanType::DnsName((*dns).try_into().map_err(CaError::Rcgen)?));
     }
     p.serial_number = Some(random_serial());
     p.not_before = now - LEAF_BACKDATE;

@@ -55,8 +55,15 @@ pub struct SigningCa {
 }
 
 impl SigningCa {
-    fn half_life(&self) -> OffsetDateTime {
-        self.not_before + (self.not_after - self.not_before) / 2
+    /// When it was made: notBefore is backdated for clock skew, which must
+    /// not count towards its life.
+    fn issued_at(&self) -> OffsetDateTime {
+        self.not_before + certs::CA_BACKDATE
+    }
+
+    /// The point `num/den` of the way through its life.
+    fn life_point(&self, num: i32, den: i32) -> OffsetDateTime {
+        self.issued_at() + (self.not_after - self.issued_at()) * num / den
     }
 }
 
@@ -71,7 +78,12 @@ pub struct CaSet {
 
 impl CaSet {
     pub fn active(&self) -> &Arc<SigningCa> {
-        &self.entries.iter().find(|(_, s)| *s == CaStatus::Active).expect("a CA set always has an active CA").0
+        &self
+            .entries
+            .iter()
+            .find(|(_, s)| *s == CaStatus::Active)
+            .expect("a CA set always has an active CA")
+            .0
     }
 
     /// Every signing CA with its status.
@@ -140,7 +152,9 @@ impl Authority {
                 }
             }
         } else if !index.cas.is_empty() {
-            tracing::warn!("upstream CA changed since the last start; starting a fresh set of signing CAs");
+            tracing::warn!(
+                "upstream CA changed since the last start; starting a fresh set of signing CAs"
+            );
         }
         let auth = Authority {
             td,
@@ -178,21 +192,32 @@ impl Authority {
     /// Signs a leaf SVID for `id` over `public_key` with the active CA.
     /// `dns_names` is empty for workloads; the control plane's own serving
     /// certificate adds its DNS name.
-    pub fn issue(&self, public_key: &impl PublicKeyData, id: &SpiffeId, dns_names: &[&str]) -> Result<Issued, CaError> {
+    pub fn issue(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        dns_names: &[&str],
+    ) -> Result<Issued, CaError> {
         let set = self.current.load();
         let ca = set.active();
         let now = OffsetDateTime::now_utc();
         let params = certs::leaf_params(id, dns_names, now, self.svid_ttl, ca.not_after)?;
         let expires_at = params.not_after.unix_timestamp();
         let leaf = params.signed_by(public_key, &ca.issuer)?;
-        ca.max_issued_expiry.fetch_max(expires_at, Ordering::Relaxed);
+        ca.max_issued_expiry
+            .fetch_max(expires_at, Ordering::Relaxed);
         let mut chain = Vec::with_capacity(2);
         chain.push(leaf.der().clone());
         if let Some(up) = &self.upstream {
             chain.push(ca.cert.clone());
             chain.extend(up.chain_tail.iter().cloned());
         }
-        Ok(Issued { spiffe_id: id.clone(), chain, bundle_pem: set.bundle_pem.clone(), expires_at })
+        Ok(Issued {
+            spiffe_id: id.clone(),
+            chain,
+            bundle_pem: set.bundle_pem.clone(),
+            expires_at,
+        })
     }
 
     /// Operator-requested rotation: a prepared CA (if any) or a new one becomes
@@ -222,7 +247,9 @@ impl Authority {
         let mut entries = set.entries.clone();
         let before = entries.len();
         entries.retain(|(ca, s)| match s {
-            CaStatus::Retired { retire_after } => *retire_after > now.unix_timestamp() && ca.not_after > now,
+            CaStatus::Retired { retire_after } => {
+                *retire_after > now.unix_timestamp() && ca.not_after > now
+            }
             CaStatus::Prepared => ca.not_after > now,
             CaStatus::Active => true,
         });
@@ -230,22 +257,32 @@ impl Authority {
         let active = set.active().clone();
         let has_prepared = entries.iter().any(|(_, s)| *s == CaStatus::Prepared);
         if active.not_after <= now + Duration::from_secs(1) {
-            tracing::warn!(ca.seq = active.seq, "active CA expired; activating a successor immediately");
+            tracing::warn!(
+                ca.seq = active.seq,
+                "active CA expired; activating a successor immediately"
+            );
             if !has_prepared {
                 entries.push((Arc::new(self.generate(&mut next, now)?), CaStatus::Prepared));
             }
             self.activate_prepared(&mut entries, now);
             changed = true;
-        } else if !has_prepared && now >= active.half_life() {
+        } else if !has_prepared && now >= active.life_point(1, 2) {
             let ca = self.generate(&mut next, now)?;
-            tracing::info!(ca.seq = ca.seq, "active CA reached half-life; prepared its successor");
+            tracing::info!(
+                ca.seq = ca.seq,
+                "active CA reached half-life; prepared its successor"
+            );
             entries.push((Arc::new(ca), CaStatus::Prepared));
             changed = true;
         } else if has_prepared {
-            let prepared = entries.iter().find(|(_, s)| *s == CaStatus::Prepared).expect("has prepared").0.clone();
-            let life = active.not_after - active.not_before;
-            let learnt = now >= prepared.not_before + Duration::from_secs(60) + self.svid_ttl;
-            if learnt || now >= active.not_before + life * 3 / 4 {
+            let prepared = entries
+                .iter()
+                .find(|(_, s)| *s == CaStatus::Prepared)
+                .expect("has prepared")
+                .0
+                .clone();
+            let learnt = now >= prepared.issued_at() + self.svid_ttl;
+            if learnt || now >= active.life_point(3, 4) {
                 tracing::info!(ca.seq = prepared.seq, "prepared CA is now signing");
                 self.activate_prepared(&mut entries, now);
                 changed = true;
@@ -264,7 +301,9 @@ impl Authority {
             *status = match *status {
                 CaStatus::Active => {
                     let issued = ca.max_issued_expiry.load(Ordering::Relaxed);
-                    let retire_after = issued.max(latest_leaf_expiry).min(ca.not_after.unix_timestamp());
+                    let retire_after = issued
+                        .max(latest_leaf_expiry)
+                        .min(ca.not_after.unix_timestamp());
                     CaStatus::Retired { retire_after }
                 }
                 CaStatus::Prepared => CaStatus::Active,
@@ -299,8 +338,19 @@ impl Authority {
     }
 
     /// Persists the index and bundle.pem, then swaps the new set in.
-    fn publish(&self, next_seq: &u64, entries: Vec<(Arc<SigningCa>, CaStatus)>, seq: u64) -> Result<(), CaError> {
-        let old: Vec<u64> = self.current.load().entries.iter().map(|(c, _)| c.seq).collect();
+    fn publish(
+        &self,
+        next_seq: &u64,
+        entries: Vec<(Arc<SigningCa>, CaStatus)>,
+        seq: u64,
+    ) -> Result<(), CaError> {
+        let old: Vec<u64> = self
+            .current
+            .load()
+            .entries
+            .iter()
+            .map(|(c, _)| c.seq)
+            .collect();
         let mut bundle: Vec<CertificateDer<'static>> = Vec::new();
         match &self.upstream {
             Some(up) => bundle.push(up.anchor.clone()),
@@ -311,21 +361,40 @@ impl Authority {
             bundle_sequence: seq,
             next_seq: *next_seq,
             upstream: self.upstream.as_ref().map(|u| u.fingerprint.clone()),
-            cas: entries.iter().map(|(c, s)| store::CaRecord { seq: c.seq, status: *s }).collect(),
+            cas: entries
+                .iter()
+                .map(|(c, s)| store::CaRecord {
+                    seq: c.seq,
+                    status: *s,
+                })
+                .collect(),
         };
         self.store.save_index(&index)?;
         store::write_private(&self.store.bundle_path(), bundle_pem.as_bytes())?;
-        for gone in old.iter().filter(|s| !entries.iter().any(|(c, _)| c.seq == **s)) {
+        for gone in old
+            .iter()
+            .filter(|s| !entries.iter().any(|(c, _)| c.seq == **s))
+        {
             self.store.remove_ca(*gone);
         }
-        self.current.store(Arc::new(CaSet { entries, bundle_sequence: seq, bundle, bundle_pem }));
+        self.current.store(Arc::new(CaSet {
+            entries,
+            bundle_sequence: seq,
+            bundle,
+            bundle_pem,
+        }));
         Ok(())
     }
 }
 
 impl CaSet {
     fn empty() -> CaSet {
-        CaSet { entries: Vec::new(), bundle_sequence: 0, bundle: Vec::new(), bundle_pem: "".into() }
+        CaSet {
+            entries: Vec::new(),
+            bundle_sequence: 0,
+            bundle: Vec::new(),
+            bundle_pem: "".into(),
+        }
     }
 }
 
@@ -333,15 +402,28 @@ fn load_ca(store: &StateDir, seq: u64) -> Result<SigningCa, CaError> {
     let corrupt = |what: String| CaError::Corrupt(format!("signing CA #{seq}: {what}"));
     let cert_pem = store.read(&store.cert_path(seq))?;
     let key_pem = store.read(&store.key_path(seq))?;
-    let cert = certs_from_pem(cert_pem.as_bytes()).map_err(|e| corrupt(e.to_string()))?.remove(0);
+    let cert = certs_from_pem(cert_pem.as_bytes())
+        .map_err(|e| corrupt(e.to_string()))?
+        .remove(0);
     let key = KeyPair::from_pem(&key_pem).map_err(|e| corrupt(e.to_string()))?;
     let parsed = parse_cert(&cert).map_err(|e| corrupt(e.to_string()))?;
     if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
         return Err(corrupt("key does not match certificate".into()));
     }
     let serial_hex = hex::encode(parsed.raw_serial());
-    let (not_before, not_after) = (parsed.validity().not_before.to_datetime(), parsed.validity().not_after.to_datetime());
+    let (not_before, not_after) = (
+        parsed.validity().not_before.to_datetime(),
+        parsed.validity().not_after.to_datetime(),
+    );
     drop(parsed);
     let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| corrupt(e.to_string()))?;
-    Ok(SigningCa { seq, cert, serial_hex, not_before, not_after, issuer, max_issued_expiry: AtomicI64::new(0) })
+    Ok(SigningCa {
+        seq,
+        cert,
+        serial_hex,
+        not_before,
+        not_after,
+        issuer,
+        max_issued_expiry: AtomicI64::new(0),
+    })
 }
