@@ -176,6 +176,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(1)),
             drain: Drain::default(),
+            policy: Default::default(),
         });
         let mut cfg = Config::default();
         cfg.validate().unwrap();

@@ -1,11 +1,15 @@
-//! Authorization: the one call site per direction. Until the policy engine is
-//! wired in, every meshed connection is allowed; plaintext on permissive
-//! ports and unmeshed passthrough are allowed because configuration already
-//! opted into them.
+//! Authorization: the one place the proxy asks the policy engine. Each call
+//! loads the policy in force once (arc-swap) and the local identity from the
+//! current SVID, builds a `Request` and calls `palisade_policy::decide`.
 
 use std::net::SocketAddr;
 
-use palisade_policy::SpiffeId;
+use palisade_policy::{
+    decide, Decision, DefaultPolicy, Direction, HttpInfo, Matched, Mode, Peer, Request, SpiffeId,
+    Verdict,
+};
+
+use crate::Runtime;
 
 /// What the proxy knows about an inbound connection once it is identified.
 #[derive(Debug)]
@@ -25,16 +29,80 @@ pub struct OutboundCheck<'a> {
     pub destination: SocketAddr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Deny,
+/// The connection-level (L4) decision for an inbound connection: on the
+/// peer's identity, or its source address when plaintext, and the port.
+pub fn inbound(rt: &Runtime, check: &InboundCheck<'_>) -> Decision {
+    let peer = match check.peer {
+        Some(id) => Peer::Identity(id),
+        None => Peer::Address(check.source.ip()),
+    };
+    decide_now(rt, Direction::Ingress, peer, check.port, None)
 }
 
-pub fn inbound(_check: &InboundCheck<'_>) -> Verdict {
-    Verdict::Allow
+/// The connection-level (L4) decision for an outbound connection: on the
+/// identity the destination must prove, or its address when unmeshed.
+pub fn outbound(rt: &Runtime, check: &OutboundCheck<'_>) -> Decision {
+    let peer = match check.destination_id {
+        Some(id) => Peer::Identity(id),
+        None => Peer::Address(check.destination.ip()),
+    };
+    decide_now(rt, Direction::Egress, peer, check.destination.port(), None)
 }
 
-pub fn outbound(_check: &OutboundCheck<'_>) -> Verdict {
-    Verdict::Allow
+/// The per-request (L7) decision for an inbound HTTP request, against the
+/// policy in force right now, so a reload applies to the next request on a
+/// kept-alive connection. `peer` is `None` for plaintext (then `source`'s
+/// address is matched against `cidr` peers); `port` is the local app port.
+pub fn http_request(
+    rt: &Runtime,
+    peer: Option<&SpiffeId>,
+    source: SocketAddr,
+    port: u16,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+) -> Decision {
+    let peer = match peer {
+        Some(id) => Peer::Identity(id),
+        None => Peer::Address(source.ip()),
+    };
+    let http = HttpInfo { method, path, host };
+    decide_now(rt, Direction::Ingress, peer, port, Some(http))
+}
+
+/// One policy load, one credentials load, one `decide()`.
+pub fn decide_now(
+    rt: &Runtime,
+    direction: Direction,
+    peer: Peer<'_>,
+    port: u16,
+    http: Option<HttpInfo<'_>>,
+) -> Decision {
+    let creds = rt.creds.load();
+    // Without an SVID the proxy does not know which policies select it:
+    // fail closed.
+    let Some(local) = creds.as_ref().map(|c| &c.svid.id) else {
+        return no_local_identity();
+    };
+    let policy = rt.policy.load();
+    decide(
+        &policy.compiled,
+        &Request {
+            direction,
+            local,
+            peer,
+            port,
+            http,
+        },
+    )
+}
+
+fn no_local_identity() -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        would_deny: false,
+        matched: Matched::Default(DefaultPolicy::Deny),
+        mode: Mode::Enforce,
+        http_required: false,
+    }
 }

@@ -9,7 +9,7 @@ use palisade_policy::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::authz::{self, InboundCheck, Verdict};
+use crate::authz::{self, InboundCheck};
 use crate::config::InboundTarget;
 use crate::forward::{forward, Ended};
 use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
@@ -96,12 +96,12 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
                 &format_args!("plaintext to {app}"),
             );
         }
-        if authz::inbound(&InboundCheck {
+        let check = InboundCheck {
             peer: None,
             source: client,
             port: app.port(),
-        }) == Verdict::Deny
-        {
+        };
+        if !authz::inbound(&rt, &check).is_allowed() {
             return refuse(&rt, client, "denied", &"plaintext denied by policy");
         }
         let Some(upstream) = connect_app(&rt, app, client).await else {
@@ -149,7 +149,7 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         source: client,
         port: app.port(),
     };
-    if authz::inbound(&check) == Verdict::Deny {
+    if !authz::inbound(&rt, &check).is_allowed() {
         return refuse(
             &rt,
             client,

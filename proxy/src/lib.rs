@@ -12,6 +12,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod tls;
 pub mod transparent;
 
@@ -36,6 +37,8 @@ pub struct Runtime {
     /// One permit per open proxied connection (`max_connections`).
     pub permits: Arc<Semaphore>,
     pub drain: drain::Drain,
+    /// The segmentation policy in force; `authz` loads it once per decision.
+    pub policy: Arc<policy::LivePolicy>,
 }
 
 /// Accept on `listener` until drain, running `handle` for each connection

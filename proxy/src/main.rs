@@ -100,6 +100,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         permits: Arc::new(Semaphore::new(cfg.max_connections)),
         drain: drain::Drain::default(),
+        policy: Default::default(),
     });
     let background = CancellationToken::new();
 

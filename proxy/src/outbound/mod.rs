@@ -13,7 +13,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use crate::authz::{self, OutboundCheck, Verdict};
+use crate::authz::{self, OutboundCheck};
 use crate::config::Unmeshed;
 use crate::forward::forward;
 use crate::inbound::log_end;
@@ -75,7 +75,7 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
         destination_id: expected.as_ref(),
         destination: dst,
     };
-    if authz::outbound(&check) == Verdict::Deny {
+    if !authz::outbound(&rt, &check).is_allowed() {
         return refuse(
             &rt,
             client,

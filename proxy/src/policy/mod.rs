@@ -1,0 +1,142 @@
+//! The live segmentation policy: the compiled set in force, behind an
+//! `ArcSwap` the hot path loads once per connection, and a generation
+//! counter that live connections watch so a reload re-authorizes them.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use palisade_policy::{CompiledPolicy, DefaultPolicy};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Where the policy in force came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PolicySource {
+    /// Nothing loaded (yet): only the configured default applies.
+    None,
+    /// A file or directory on disk.
+    File { path: String },
+    /// The control plane's `GET /v1/policies`, at its version.
+    ControlPlane { version: u64 },
+    /// Both merged; the file's copy of a `namespace/name` wins.
+    Both { path: String, version: u64 },
+    /// Fail-closed stand-in while no policy could be loaded at all.
+    FailClosed,
+}
+
+/// One immutable, compiled policy set and where it came from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    pub compiled: CompiledPolicy,
+    pub source: PolicySource,
+    /// Increases by one per swap; 0 is the set the proxy started with.
+    pub generation: u64,
+    /// Unix seconds when it was swapped in.
+    pub loaded_at: i64,
+}
+
+impl ActivePolicy {
+    /// No policy documents: every decision falls back to `default`.
+    pub fn empty(default: DefaultPolicy, source: PolicySource) -> ActivePolicy {
+        ActivePolicy {
+            compiled: CompiledPolicy::empty(default),
+            source,
+            generation: 0,
+            loaded_at: now_unix(),
+        }
+    }
+
+    /// The content-hash version, e.g. `sha256:3fa2…`.
+    pub fn version(&self) -> &str {
+        self.compiled.version()
+    }
+}
+
+/// The proxy's handle on the policy in force.
+pub struct LivePolicy {
+    active: ArcSwap<ActivePolicy>,
+    generation: watch::Sender<u64>,
+    last_error: ArcSwapOption<String>,
+}
+
+impl LivePolicy {
+    pub fn new(initial: ActivePolicy) -> LivePolicy {
+        let (generation, _) = watch::channel(initial.generation);
+        LivePolicy {
+            active: ArcSwap::from_pointee(initial),
+            generation,
+            last_error: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The policy in force: one atomic load, no lock.
+    pub fn load(&self) -> Guard<Arc<ActivePolicy>> {
+        self.active.load()
+    }
+
+    pub fn load_full(&self) -> Arc<ActivePolicy> {
+        self.active.load_full()
+    }
+
+    /// Wakes on every swap. A forwarded connection holds one and re-checks
+    /// its decision when it changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Swaps in a new compiled set. Returns its generation.
+    pub fn swap(&self, compiled: CompiledPolicy, source: PolicySource) -> u64 {
+        let generation = self.active.load().generation + 1;
+        self.active.store(Arc::new(ActivePolicy {
+            compiled,
+            source,
+            generation,
+            loaded_at: now_unix(),
+        }));
+        self.last_error.store(None);
+        self.generation.send_replace(generation);
+        generation
+    }
+
+    /// Records a rejected reload; the policy in force does not change.
+    pub fn reject(&self, error: String) {
+        self.last_error.store(Some(Arc::new(error)));
+    }
+
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
+    /// The `policy` part of /config_dump.
+    pub fn dump(&self) -> serde_json::Value {
+        let active = self.load();
+        serde_json::json!({
+            "version": active.version(),
+            "generation": active.generation,
+            "source": active.source,
+            "default": active.compiled.default_policy(),
+            "policies": active.compiled.docs().len(),
+            "rules": active.compiled.rule_count(),
+            "loaded_at": active.loaded_at,
+            "last_error": self.last_error().as_deref(),
+        })
+    }
+}
+
+impl Default for LivePolicy {
+    /// No documents, the documented default `all-authenticated`.
+    fn default() -> Self {
+        LivePolicy::new(ActivePolicy::empty(
+            DefaultPolicy::AllAuthenticated,
+            PolicySource::None,
+        ))
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
