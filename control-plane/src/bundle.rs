@@ -43,8 +43,15 @@ pub fn spiffe_bundle(
     sequence: u64,
     refresh_hint_secs: u64,
 ) -> Result<SpiffeBundle, SvidError> {
-    let keys = cas.iter().map(|c| bundle_key(c)).collect::<Result<_, _>>()?;
-    Ok(SpiffeBundle { keys, spiffe_sequence: sequence, spiffe_refresh_hint: refresh_hint_secs })
+    let keys = cas
+        .iter()
+        .map(|c| bundle_key(c))
+        .collect::<Result<_, _>>()?;
+    Ok(SpiffeBundle {
+        keys,
+        spiffe_sequence: sequence,
+        spiffe_refresh_hint: refresh_hint_secs,
+    })
 }
 
 fn bundle_key(der: &CertificateDer<'_>) -> Result<BundleKey, SvidError> {
@@ -60,14 +67,22 @@ fn bundle_key(der: &CertificateDer<'_>) -> Result<BundleKey, SvidError> {
         e: None,
         x5c: vec![STANDARD.encode(der.as_ref())],
     };
-    match cert.public_key().parsed().map_err(|e| SvidError::Parse(e.to_string()))? {
+    match cert
+        .public_key()
+        .parsed()
+        .map_err(|e| SvidError::Parse(e.to_string()))?
+    {
         PublicKey::EC(point) => {
             // Uncompressed SEC1 point: 0x04 || X || Y.
             let data = point.data();
             let (crv, len) = match data.len() {
                 65 => ("P-256", 32),
                 97 => ("P-384", 48),
-                n => return Err(SvidError::Parse(format!("unsupported EC point of {n} bytes"))),
+                n => {
+                    return Err(SvidError::Parse(format!(
+                        "unsupported EC point of {n} bytes"
+                    )))
+                }
             };
             key.kty = "EC".into();
             key.crv = Some(crv.into());
@@ -75,12 +90,21 @@ fn bundle_key(der: &CertificateDer<'_>) -> Result<BundleKey, SvidError> {
             key.y = Some(b64(&data[1 + len..]));
         }
         PublicKey::RSA(rsa) => {
-            let strip = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+            let strip = |b: &[u8]| {
+                b.iter()
+                    .skip_while(|x| **x == 0)
+                    .copied()
+                    .collect::<Vec<u8>>()
+            };
             key.kty = "RSA".into();
             key.n = Some(b64(&strip(rsa.modulus)));
             key.e = Some(b64(&strip(rsa.exponent)));
         }
-        other => return Err(SvidError::Parse(format!("unsupported CA key type {other:?}"))),
+        other => {
+            return Err(SvidError::Parse(format!(
+                "unsupported CA key type {other:?}"
+            )))
+        }
     }
     Ok(key)
 }

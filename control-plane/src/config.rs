@@ -28,7 +28,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => return Err(format!("bad duration {s:?}: unknown unit {c:?} (use s, m, h or d, e.g. 10m)")),
+            _ => {
+                return Err(format!(
+                    "bad duration {s:?}: unknown unit {c:?} (use s, m, h or d, e.g. 10m)"
+                ))
+            }
         };
         let n: u64 = num
             .parse()
@@ -40,7 +44,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!("bad duration {s:?}: trailing number without a unit"));
+        return Err(format!(
+            "bad duration {s:?}: trailing number without a unit"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -51,7 +57,11 @@ fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
 
 /// Settings of the control-plane server.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "palisade-control-plane", version, about = "Palisade's SPIFFE CA and workload identity API")]
+#[command(
+    name = "palisade-control-plane",
+    version,
+    about = "Palisade's SPIFFE CA and workload identity API"
+)]
 pub struct Config {
     /// Directory holding the CA keys, certificates and the bootstrap bundle
     /// (created mode 0700; files mode 0600).
@@ -104,7 +114,9 @@ pub struct Config {
 
 impl Config {
     pub fn admin_socket_path(&self) -> PathBuf {
-        self.admin_socket.clone().unwrap_or_else(|| self.state_dir.join("admin.sock"))
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("admin.sock"))
     }
 
     pub fn bundle_path(&self) -> PathBuf {
@@ -129,7 +141,9 @@ mod tests {
     #[test]
     fn durations_reject_unknown_units_and_dangling_numbers() {
         assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("1h30").unwrap_err().contains("trailing number"));
+        assert!(parse_duration("1h30")
+            .unwrap_err()
+            .contains("trailing number"));
         assert!(parse_duration("").is_err());
     }
 }

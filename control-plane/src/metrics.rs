@@ -54,17 +54,41 @@ impl Metrics {
             api_connections_open: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("svid_issued", "SVIDs signed, by attestation method", m.svid_issued.clone());
-        registry.register("svid_rejected", "SVID requests refused, by reason", m.svid_rejected.clone());
+        registry.register(
+            "svid_issued",
+            "SVIDs signed, by attestation method",
+            m.svid_issued.clone(),
+        );
+        registry.register(
+            "svid_rejected",
+            "SVID requests refused, by reason",
+            m.svid_rejected.clone(),
+        );
         registry.register(
             "api_errors",
             "Workload API connections and requests that failed, by kind",
             m.api_errors.clone(),
         );
-        registry.register("join_tokens_created", "Join tokens created", m.join_tokens_created.clone());
-        registry.register("ca_rotations", "Signing CA rotations", m.ca_rotations.clone());
-        registry.register("bundle_cas", "CA certificates in the trust bundle", m.bundle_cas.clone());
-        registry.register("bundle_sequence", "SPIFFE bundle sequence number", m.bundle_sequence.clone());
+        registry.register(
+            "join_tokens_created",
+            "Join tokens created",
+            m.join_tokens_created.clone(),
+        );
+        registry.register(
+            "ca_rotations",
+            "Signing CA rotations",
+            m.ca_rotations.clone(),
+        );
+        registry.register(
+            "bundle_cas",
+            "CA certificates in the trust bundle",
+            m.bundle_cas.clone(),
+        );
+        registry.register(
+            "bundle_sequence",
+            "SPIFFE bundle sequence number",
+            m.bundle_sequence.clone(),
+        );
         registry.register(
             "api_connections_open",
             "Open connections on the workload API port",
@@ -74,7 +98,9 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: &'static str) {
-        self.svid_rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.svid_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn api_error(&self, kind: &'static str) {
@@ -82,13 +108,16 @@ impl Metrics {
     }
 
     pub fn issued(&self, method: &'static str) {
-        self.svid_issued.get_or_create(&MethodLabel { method }).inc();
+        self.svid_issued
+            .get_or_create(&MethodLabel { method })
+            .inc();
     }
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

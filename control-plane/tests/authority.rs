@@ -11,7 +11,14 @@ use rcgen::KeyPair;
 
 fn open(dir: &std::path::Path) -> Authority {
     let td = TrustDomain::new("cluster.local").unwrap();
-    Authority::open(td, dir, Duration::from_secs(86_400), Duration::from_secs(3600), None).unwrap()
+    Authority::open(
+        td,
+        dir,
+        Duration::from_secs(86_400),
+        Duration::from_secs(3600),
+        None,
+    )
+    .unwrap()
 }
 
 fn id() -> SpiffeId {
@@ -25,10 +32,19 @@ fn first_open_creates_a_private_state_dir_and_reopen_keeps_the_ca() {
     let serial = open(&dir).snapshot().active().serial_hex.clone();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for f in ["bundle.pem", "ca/1.key.pem", "ca/1.crt.pem", "ca/index.json"] {
+    for f in [
+        "bundle.pem",
+        "ca/1.key.pem",
+        "ca/1.crt.pem",
+        "ca/index.json",
+    ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
-    assert_eq!(open(&dir).snapshot().active().serial_hex, serial, "same CA after reopening");
+    assert_eq!(
+        open(&dir).snapshot().active().serial_hex,
+        serial,
+        "same CA after reopening"
+    );
 }
 
 #[test]
@@ -37,8 +53,14 @@ fn signing_ca_and_issued_leaf_conform_to_the_spec() {
     let auth = open(tmp.path());
     let set = auth.snapshot();
     assert!(check_x509_svid_ca(&set.active().cert).is_empty());
-    let issued = auth.issue(&KeyPair::generate().unwrap(), &id(), &[]).unwrap();
-    assert!(check_x509_svid(&issued.chain[0]).is_empty(), "{:?}", check_x509_svid(&issued.chain[0]));
+    let issued = auth
+        .issue(&KeyPair::generate().unwrap(), &id(), &[])
+        .unwrap();
+    assert!(
+        check_x509_svid(&issued.chain[0]).is_empty(),
+        "{:?}",
+        check_x509_svid(&issued.chain[0])
+    );
     assert!(issued.expires_at <= set.active().not_after.unix_timestamp());
 }
 
@@ -51,14 +73,20 @@ fn rotation_retires_the_old_ca_into_the_bundle_and_survives_reopen() {
     assert_ne!(set.active().seq, old);
     assert_eq!(set.bundle().len(), 2);
     let statuses: Vec<CaStatus> = set.entries().map(|(_, s)| s).collect();
-    assert!(statuses.iter().any(|s| matches!(s, CaStatus::Retired { .. })));
+    assert!(statuses
+        .iter()
+        .any(|s| matches!(s, CaStatus::Retired { .. })));
     let seq = set.bundle_sequence;
     drop(auth);
 
     let again = open(tmp.path());
     let set2 = again.snapshot();
     assert_eq!(set2.active().seq, set.active().seq);
-    assert_eq!(set2.bundle().len(), 2, "the retired CA is still trusted after a restart");
+    assert_eq!(
+        set2.bundle().len(),
+        2,
+        "the retired CA is still trusted after a restart"
+    );
     assert!(set2.bundle_sequence > seq, "sequence only moves forward");
 }
 
@@ -66,10 +94,23 @@ fn rotation_retires_the_old_ca_into_the_bundle_and_survives_reopen() {
 fn corrupt_key_file_is_reported_not_replaced() {
     let tmp = tempfile::tempdir().unwrap();
     drop(open(tmp.path()));
-    std::fs::write(tmp.path().join("ca/1.key.pem"), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    std::fs::write(
+        tmp.path().join("ca/1.key.pem"),
+        KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let td = TrustDomain::new("cluster.local").unwrap();
-    let err = Authority::open(td, tmp.path(), Duration::from_secs(86_400), Duration::from_secs(3600), None)
-        .err()
-        .expect("a key that does not match its certificate must stop the start");
-    assert!(err.to_string().contains("key does not match certificate"), "{err}");
+    let err = Authority::open(
+        td,
+        tmp.path(),
+        Duration::from_secs(86_400),
+        Duration::from_secs(3600),
+        None,
+    )
+    .err()
+    .expect("a key that does not match its certificate must stop the start");
+    assert!(
+        err.to_string().contains("key does not match certificate"),
+        "{err}"
+    );
 }

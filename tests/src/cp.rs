@@ -53,10 +53,19 @@ impl ControlPlane {
     }
 
     pub fn start_with(opts: ControlPlaneOptions) -> ControlPlane {
-        let dir = tempfile::Builder::new().prefix("palisade-cp-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("palisade-cp-")
+            .tempdir()
+            .expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cp = ControlPlane { child: None, dir, addr, metrics_addr, opts };
+        let mut cp = ControlPlane {
+            child: None,
+            dir,
+            addr,
+            metrics_addr,
+            opts,
+        };
         cp.spawn();
         cp
     }
@@ -89,15 +98,23 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = guard.child.try_wait() {
-                panic!("palisade-control-plane exited with {status} before it was ready:\n{}", self.log());
+                panic!(
+                    "palisade-control-plane exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
             let ok = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
-                && TcpStream::connect_timeout(&self.metrics_addr, Duration::from_millis(200)).is_ok()
+                && TcpStream::connect_timeout(&self.metrics_addr, Duration::from_millis(200))
+                    .is_ok()
                 && UnixStream::connect(self.admin_socket()).is_ok();
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "control plane not ready after 30s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "control plane not ready after 30s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -125,7 +142,8 @@ impl ControlPlane {
     }
 
     pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
-        palisade_control_plane::svid::certs_from_pem(self.bundle_pem().as_bytes()).expect("bundle.pem parses")
+        palisade_control_plane::svid::certs_from_pem(self.bundle_pem().as_bytes())
+            .expect("bundle.pem parses")
     }
 
     pub fn admin_socket(&self) -> PathBuf {
@@ -152,7 +170,25 @@ impl ControlPlane {
 
     /// Runs `palisadectl` with `args` and returns its output.
     pub fn palisadectl(&self, args: &[&str]) -> Output {
-        Command::new(bin("palisadectl")).args(args).output().expect("run palisadectl")
+        Command::new(bin("palisadectl"))
+            .args(args)
+            .output()
+            .expect("run palisadectl")
+    }
+
+    /// Runs `palisadectl token create`, successful or not.
+    pub fn token_create(&self, spiffe_id: &str, ttl: &str) -> Output {
+        let sock = self.admin_socket();
+        self.palisadectl(&[
+            "token",
+            "create",
+            "--admin-socket",
+            sock.to_str().unwrap(),
+            "--identity",
+            spiffe_id,
+            "--ttl",
+            ttl,
+        ])
     }
 
     /// A fresh join token for `spiffe_id`, via `palisadectl token create`.
@@ -161,18 +197,12 @@ impl ControlPlane {
     }
 
     pub fn join_token_ttl(&self, spiffe_id: impl AsRef<str>, ttl: &str) -> String {
-        let sock = self.admin_socket();
-        let out = self.palisadectl(&[
-            "token",
-            "create",
-            "--admin-socket",
-            sock.to_str().unwrap(),
-            "--identity",
-            spiffe_id.as_ref(),
-            "--ttl",
-            ttl,
-        ]);
-        assert!(out.status.success(), "palisadectl token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.token_create(spiffe_id.as_ref(), ttl);
+        assert!(
+            out.status.success(),
+            "palisadectl token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -180,7 +210,11 @@ impl ControlPlane {
     pub fn rotate_ca(&self) {
         let sock = self.admin_socket();
         let out = self.palisadectl(&["ca", "rotate", "--admin-socket", sock.to_str().unwrap()]);
-        assert!(out.status.success(), "palisadectl ca rotate failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "palisadectl ca rotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGTERM, then wait for exit. The state dir stays.
@@ -205,7 +239,8 @@ impl ControlPlane {
     pub fn metrics(&self) -> String {
         let mut s = TcpStream::connect(self.metrics_addr).expect("connect metrics port");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read metrics");
         out
@@ -219,7 +254,13 @@ impl ControlPlane {
 
     /// An API client trusting the current bundle.pem, with an optional SVID.
     pub fn client(&self, identity: Option<ClientIdentity>) -> ApiClient {
-        ApiClient::new(&self.addr.to_string(), &self.trust_domain(), &self.bundle(), identity).expect("API client")
+        ApiClient::new(
+            &self.addr.to_string(),
+            &self.trust_domain(),
+            &self.bundle(),
+            identity,
+        )
+        .expect("API client")
     }
 
     /// Issues an SVID for `spiffe_id` with a fresh key, through a join token:
@@ -228,7 +269,9 @@ impl ControlPlane {
         let key = rcgen::KeyPair::generate().unwrap();
         let req = palisade_control_plane::api::SvidRequest {
             csr: crate::pki::csr_pem(&key),
-            attestation: palisade_control_plane::api::Attestation::JoinToken(self.join_token(spiffe_id)),
+            attestation: palisade_control_plane::api::Attestation::JoinToken(
+                self.join_token(spiffe_id),
+            ),
         };
         let resp = self.client(None).issue(&req).await.expect("issue SVID");
         (key, resp)

@@ -20,7 +20,11 @@ pub fn csr_pem(key: &KeyPair) -> String {
 
 /// A CSR carrying whatever `params` requests (names, CA=true, ...).
 pub fn csr_pem_with(key: &KeyPair, params: CertificateParams) -> String {
-    params.serialize_request(key).expect("serialize CSR").pem().expect("CSR PEM")
+    params
+        .serialize_request(key)
+        .expect("serialize CSR")
+        .pem()
+        .expect("CSR PEM")
 }
 
 /// The SVID chain of an answer, leaf first.
@@ -35,18 +39,27 @@ pub fn bundle_of(resp: &SvidResponse) -> Vec<CertificateDer<'static>> {
 
 /// The issued chain plus its key, ready for mTLS.
 pub fn identity(resp: &SvidResponse, key: &KeyPair) -> ClientIdentity {
-    (chain_of(resp), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+    (
+        chain_of(resp),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
 }
 
 /// Verifies `chain` (leaf first) against `bundle` as an mTLS peer would.
-pub fn verify_chain(chain: &[CertificateDer<'static>], bundle: &[CertificateDer<'static>]) -> Result<(), String> {
+pub fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    bundle: &[CertificateDer<'static>],
+) -> Result<(), String> {
     let mut roots = RootCertStore::empty();
     for ca in bundle {
         roots.add(ca.clone()).map_err(|e| e.to_string())?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(ring::default_provider()))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
     verifier
         .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
         .map(|_| ())

@@ -20,7 +20,10 @@ const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 async fn attempt(cp: &ControlPlane, attestation: Attestation) -> Result<String, ClientError> {
     let key = KeyPair::generate().unwrap();
-    let req = SvidRequest { csr: csr_pem(&key), attestation };
+    let req = SvidRequest {
+        csr: csr_pem(&key),
+        attestation,
+    };
     cp.client(None).issue(&req).await.map(|r| r.spiffe_id)
 }
 
@@ -29,7 +32,11 @@ async fn assert_refused(cp: &ControlPlane, attestation: Attestation, status: u16
     let series = format!("svid_rejected_total{{reason=\"{reason}\"}}");
     let before = cp.metric(&series);
     match attempt(cp, attestation).await {
-        Err(ClientError::Status { status: s, error, message }) => {
+        Err(ClientError::Status {
+            status: s,
+            error,
+            message,
+        }) => {
             assert_eq!((s, error.as_str()), (status, reason), "message: {message}");
             assert!(!message.is_empty(), "the refusal explains itself");
         }
@@ -42,8 +49,19 @@ async fn assert_refused(cp: &ControlPlane, attestation: Attestation, status: u16
 async fn replayed_join_token_is_rejected_and_counted() {
     let cp = ControlPlane::start();
     let token = cp.join_token(API);
-    assert_eq!(attempt(&cp, Attestation::JoinToken(token.clone())).await.unwrap(), API);
-    assert_refused(&cp, Attestation::JoinToken(token), 403, "join_token_replayed").await;
+    assert_eq!(
+        attempt(&cp, Attestation::JoinToken(token.clone()))
+            .await
+            .unwrap(),
+        API
+    );
+    assert_refused(
+        &cp,
+        Attestation::JoinToken(token),
+        403,
+        "join_token_replayed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -51,24 +69,47 @@ async fn expired_join_token_is_rejected_and_counted() {
     let cp = ControlPlane::start();
     let token = cp.join_token_ttl(API, "1s");
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert_refused(&cp, Attestation::JoinToken(token), 403, "join_token_expired").await;
+    assert_refused(
+        &cp,
+        Attestation::JoinToken(token),
+        403,
+        "join_token_expired",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn made_up_join_token_is_rejected_and_counted() {
     let cp = ControlPlane::start();
-    assert_refused(&cp, Attestation::JoinToken("pjt_guess".into()), 403, "join_token_unknown").await;
+    assert_refused(
+        &cp,
+        Attestation::JoinToken("pjt_guess".into()),
+        403,
+        "join_token_unknown",
+    )
+    .await;
 }
 
 #[test]
 fn join_token_for_a_foreign_or_reserved_identity_cannot_be_created() {
     let cp = ControlPlane::start();
-    let sock = cp.admin_socket();
-    for id in ["spiffe://other.domain/ns/a/sa/b", "spiffe://cluster.local", "spiffe://cluster.local/palisade/control-plane", "not-an-id"] {
-        let out = cp.palisadectl(&["token", "create", "--admin-socket", sock.to_str().unwrap(), "--identity", id]);
+    for id in [
+        "spiffe://other.domain/ns/a/sa/b",
+        "spiffe://cluster.local",
+        "spiffe://cluster.local/palisade/control-plane",
+        "not-an-id",
+    ] {
+        let out = cp.token_create(id, "10m");
         assert!(!out.status.success(), "token for {id} must be refused");
-        assert!(out.stdout.is_empty(), "nothing on stdout for scripts to capture");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("bad_spiffe_id"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout for scripts to capture"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bad_spiffe_id"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -98,15 +139,33 @@ impl Issuer {
     fn new(dir: &std::path::Path) -> (Issuer, std::path::PathBuf) {
         let rsa_path = dir.join("sa-rsa.pem");
         let st = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&rsa_path)
             .stderr(std::process::Stdio::null())
             .status()
             .expect("openssl is needed to make an RSA key");
         assert!(st.success());
-        let modulus = Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(&rsa_path).output().unwrap();
-        let hex_n = String::from_utf8(modulus.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
-        let n: Vec<u8> = (0..hex_n.len()).step_by(2).map(|i| u8::from_str_radix(&hex_n[i..i + 2], 16).unwrap()).collect();
+        let modulus = Command::new("openssl")
+            .args(["rsa", "-noout", "-modulus", "-in"])
+            .arg(&rsa_path)
+            .output()
+            .unwrap();
+        let hex_n = String::from_utf8(modulus.stdout)
+            .unwrap()
+            .trim()
+            .trim_start_matches("Modulus=")
+            .to_owned();
+        let n: Vec<u8> = (0..hex_n.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex_n[i..i + 2], 16).unwrap())
+            .collect();
         let rsa_pem = std::fs::read(&rsa_path).unwrap();
 
         let ec_key = KeyPair::generate().unwrap();
@@ -152,7 +211,12 @@ fn k8s_control_plane() -> (ControlPlane, Issuer) {
     let dir = tempfile::tempdir().unwrap();
     let (issuer, jwks) = Issuer::new(dir.path());
     let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--jwks".into(), jwks.display().to_string(), "--k8s-issuer".into(), ISSUER.into()],
+        extra_args: vec![
+            "--jwks".into(),
+            jwks.display().to_string(),
+            "--k8s-issuer".into(),
+            ISSUER.into(),
+        ],
         ..Default::default()
     });
     // The JWKS was read at startup; the temp dir can go.
@@ -164,8 +228,18 @@ fn k8s_control_plane() -> (ControlPlane, Issuer) {
 async fn kubernetes_token_maps_its_service_account_to_a_spiffe_id() {
     let (cp, issuer) = k8s_control_plane();
     let good = Issuer::claims(ISSUER, "palisade", sa(), 600);
-    assert_eq!(attempt(&cp, Attestation::K8sSaToken(issuer.rs256(&good))).await.unwrap(), API);
-    assert_eq!(attempt(&cp, Attestation::K8sSaToken(issuer.es256(&good))).await.unwrap(), API);
+    assert_eq!(
+        attempt(&cp, Attestation::K8sSaToken(issuer.rs256(&good)))
+            .await
+            .unwrap(),
+        API
+    );
+    assert_eq!(
+        attempt(&cp, Attestation::K8sSaToken(issuer.es256(&good)))
+            .await
+            .unwrap(),
+        API
+    );
     assert_eq!(cp.metric("svid_issued_total{method=\"k8s_sa_token\"}"), 2.0);
 }
 
@@ -173,10 +247,44 @@ async fn kubernetes_token_maps_its_service_account_to_a_spiffe_id() {
 async fn kubernetes_token_with_wrong_audience_or_issuer_or_expired_is_rejected_and_counted() {
     let (cp, issuer) = k8s_control_plane();
     let t = |c: serde_json::Value| Attestation::K8sSaToken(issuer.rs256(&c));
-    assert_refused(&cp, t(Issuer::claims(ISSUER, "kubernetes", sa(), 600)), 403, "jwt_wrong_audience").await;
-    assert_refused(&cp, t(Issuer::claims("https://evil.example", "palisade", sa(), 600)), 403, "jwt_wrong_issuer").await;
-    assert_refused(&cp, t(Issuer::claims(ISSUER, "palisade", sa(), -3600)), 403, "jwt_expired").await;
-    assert_refused(&cp, t(Issuer::claims(ISSUER, "palisade", "system:node:worker-1", 600)), 403, "jwt_bad_subject").await;
+    assert_refused(
+        &cp,
+        t(Issuer::claims(ISSUER, "kubernetes", sa(), 600)),
+        403,
+        "jwt_wrong_audience",
+    )
+    .await;
+    assert_refused(
+        &cp,
+        t(Issuer::claims(
+            "https://evil.example",
+            "palisade",
+            sa(),
+            600,
+        )),
+        403,
+        "jwt_wrong_issuer",
+    )
+    .await;
+    assert_refused(
+        &cp,
+        t(Issuer::claims(ISSUER, "palisade", sa(), -3600)),
+        403,
+        "jwt_expired",
+    )
+    .await;
+    assert_refused(
+        &cp,
+        t(Issuer::claims(
+            ISSUER,
+            "palisade",
+            "system:node:worker-1",
+            600,
+        )),
+        403,
+        "jwt_bad_subject",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -186,8 +294,20 @@ async fn kubernetes_token_signed_by_another_key_is_rejected_and_counted() {
     let (impostor, _) = Issuer::new(other_dir.path());
     let claims = Issuer::claims(ISSUER, "palisade", sa(), 600);
     // Same kid and alg as the real issuer, different key.
-    assert_refused(&cp, Attestation::K8sSaToken(impostor.rs256(&claims)), 403, "jwt_bad_signature").await;
-    assert_refused(&cp, Attestation::K8sSaToken(impostor.es256(&claims)), 403, "jwt_bad_signature").await;
+    assert_refused(
+        &cp,
+        Attestation::K8sSaToken(impostor.rs256(&claims)),
+        403,
+        "jwt_bad_signature",
+    )
+    .await;
+    assert_refused(
+        &cp,
+        Attestation::K8sSaToken(impostor.es256(&claims)),
+        403,
+        "jwt_bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -196,16 +316,30 @@ async fn kubernetes_token_with_alg_none_or_hmac_is_refused_and_counted() {
     let claims = Issuer::claims(ISSUER, "palisade", sa(), 600);
     let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
 
-    let none = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#));
+    let none = format!(
+        "{}.{body}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#)
+    );
     assert_refused(&cp, Attestation::K8sSaToken(none), 403, "jwt_alg_refused").await;
 
     // The classic key-confusion attack: HMAC keyed with the public key material.
-    let hs = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&issuer.rsa_pem)).unwrap();
+    let hs = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&issuer.rsa_pem),
+    )
+    .unwrap();
     assert_refused(&cp, Attestation::K8sSaToken(hs), 403, "jwt_alg_refused").await;
 }
 
 #[tokio::test]
 async fn kubernetes_token_is_refused_when_kubernetes_attestation_is_off() {
     let cp = ControlPlane::start();
-    assert_refused(&cp, Attestation::K8sSaToken("a.b.c".into()), 400, "k8s_disabled").await;
+    assert_refused(
+        &cp,
+        Attestation::K8sSaToken("a.b.c".into()),
+        400,
+        "k8s_disabled",
+    )
+    .await;
 }

@@ -14,7 +14,10 @@ const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 fn strict(extra: &[&str]) -> ControlPlane {
     let mut extra_args = vec!["--handshake-timeout".to_owned(), "1s".to_owned()];
     extra_args.extend(extra.iter().map(|s| s.to_string()));
-    ControlPlane::start_with(ControlPlaneOptions { extra_args, ..Default::default() })
+    ControlPlane::start_with(ControlPlaneOptions {
+        extra_args,
+        ..Default::default()
+    })
 }
 
 /// Reads until the server closes the connection (EOF or reset).
@@ -48,10 +51,16 @@ async fn garbage_bytes_get_an_error_and_the_server_keeps_serving() {
 
     // Garbage inside a good TLS session gets an HTTP 400.
     let mut tls = cp.client(None).connect_tls().await.unwrap();
-    tls.write_all(b"\x00\x01 NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    tls.write_all(b"\x00\x01 NOT HTTP AT ALL\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer).await;
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert!(cp.metric("api_errors_total{kind=\"bad_http\"}") >= 1.0);
 
     let (_k, resp) = cp.issue_svid(API).await;
@@ -62,7 +71,9 @@ async fn garbage_bytes_get_an_error_and_the_server_keeps_serving() {
 async fn half_open_connections_are_closed_by_the_server_which_keeps_serving() {
     let cp = strict(&[]);
     // TCP connections that never start TLS.
-    let mut silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(cp.addr()).unwrap()).collect();
+    let mut silent: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(cp.addr()).unwrap())
+        .collect();
     // TLS sessions that never send a request.
     let client = cp.client(None);
     let mut idle = Vec::new();
@@ -77,11 +88,17 @@ async fn half_open_connections_are_closed_by_the_server_which_keeps_serving() {
     }
     for t in &mut idle {
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(30), t.read(&mut buf)).await.expect("server closes idle TLS");
+        let n = tokio::time::timeout(Duration::from_secs(30), t.read(&mut buf))
+            .await
+            .expect("server closes idle TLS");
         assert!(matches!(n, Ok(0) | Err(_)), "no answer to no request");
     }
     assert!(cp.metric("api_errors_total{kind=\"handshake_timeout\"}") >= 50.0);
-    assert_eq!(cp.metric("api_connections_open"), 0.0, "every hanging connection was released");
+    assert_eq!(
+        cp.metric("api_connections_open"),
+        0.0,
+        "every hanging connection was released"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +110,9 @@ async fn oversized_bodies_get_413_without_growing_memory() {
     for _ in 0..100 {
         // Declared 64 MiB: refused from the header alone, nothing buffered.
         let mut tls = client.connect_tls().await.unwrap();
-        tls.write_all(b"POST /v1/svid HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n").await.unwrap();
+        tls.write_all(b"POST /v1/svid HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+            .await
+            .unwrap();
         let mut head = [0u8; 12];
         tls.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"HTTP/1.1 413");
@@ -104,7 +123,9 @@ async fn oversized_bodies_get_413_without_growing_memory() {
         // when it answers (no reset eats the answer).
         let mut tls = client.connect_tls().await.unwrap();
         let size = 65 * 1024;
-        let head = format!("POST /v1/svid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size:x}\r\n");
+        let head = format!(
+            "POST /v1/svid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size:x}\r\n"
+        );
         tls.write_all(head.as_bytes()).await.unwrap();
         tls.write_all(&vec![b' '; size]).await.unwrap();
         let mut head = [0u8; 12];
@@ -112,7 +133,10 @@ async fn oversized_bodies_get_413_without_growing_memory() {
         assert_eq!(&head, b"HTTP/1.1 413");
     }
     let grown = rss_kib(pid).saturating_sub(before);
-    assert!(grown < 32 * 1024, "RSS grew {grown} KiB over 120 oversized requests");
+    assert!(
+        grown < 32 * 1024,
+        "RSS grew {grown} KiB over 120 oversized requests"
+    );
     assert!(cp.metric("svid_rejected_total{reason=\"body_too_large\"}") >= 120.0);
     assert_eq!(cp.issue_svid(API).await.1.spiffe_id, API);
 }
@@ -120,18 +144,29 @@ async fn oversized_bodies_get_413_without_growing_memory() {
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_and_counted() {
     let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: ["--handshake-timeout", "5s", "--max-connections", "4"].map(String::from).to_vec(),
+        extra_args: ["--handshake-timeout", "5s", "--max-connections", "4"]
+            .map(String::from)
+            .to_vec(),
         ..Default::default()
     });
     let open = || cp.metric("api_connections_open");
     // The readiness probes' connections are released first.
-    palisade_tests::eventually("no connections open", Duration::from_secs(10), || (open() == 0.0).then_some(()));
+    palisade_tests::eventually("no connections open", Duration::from_secs(10), || {
+        (open() == 0.0).then_some(())
+    });
     let refused_before = cp.metric("api_errors_total{kind=\"connection_limit\"}");
-    let mut held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(cp.addr()).unwrap()).collect();
-    palisade_tests::eventually("4 connections open", Duration::from_secs(10), || (open() == 4.0).then_some(()));
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(cp.addr()).unwrap())
+        .collect();
+    palisade_tests::eventually("4 connections open", Duration::from_secs(10), || {
+        (open() == 4.0).then_some(())
+    });
     let mut extra = TcpStream::connect(cp.addr()).unwrap();
     wait_closed(&mut extra);
-    assert_eq!(cp.metric("api_errors_total{kind=\"connection_limit\"}"), refused_before + 1.0);
+    assert_eq!(
+        cp.metric("api_errors_total{kind=\"connection_limit\"}"),
+        refused_before + 1.0
+    );
 
     // Once the hanging ones time out, the slots are free again.
     for s in &mut held {
@@ -144,13 +179,22 @@ async fn connections_beyond_the_limit_are_closed_and_counted() {
 async fn unknown_routes_and_methods_get_json_errors() {
     let cp = ControlPlane::start();
     let mut conn = cp.client(None).connect().await.unwrap();
-    let (status, body) = conn.request(http::Method::GET, "/nope", vec![]).await.unwrap();
+    let (status, body) = conn
+        .request(http::Method::GET, "/nope", vec![])
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     let err: palisade_control_plane::api::ApiError = serde_json::from_slice(&body).unwrap();
     assert_eq!(err.error, "not_found");
-    let (status, _) = conn.request(http::Method::GET, "/v1/svid", vec![]).await.unwrap();
+    let (status, _) = conn
+        .request(http::Method::GET, "/v1/svid", vec![])
+        .await
+        .unwrap();
     assert_eq!(status, 405);
-    let (status, body) = conn.request(http::Method::POST, "/v1/svid", b"{not json".to_vec()).await.unwrap();
+    let (status, body) = conn
+        .request(http::Method::POST, "/v1/svid", b"{not json".to_vec())
+        .await
+        .unwrap();
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(cp.metric("svid_rejected_total{reason=\"bad_request\"}") >= 1.0);
 }

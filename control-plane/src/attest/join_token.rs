@@ -55,7 +55,10 @@ impl JoinTokens {
             return Err(CreateError::BadTtl);
         }
         let secret: [u8; 32] = rand::random();
-        let token = format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+        let token = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
         let now = now();
         let expires_at = now + ttl.as_secs() as i64;
         let mut map = self.tokens.lock().expect("tokens lock");
@@ -65,14 +68,23 @@ impl JoinTokens {
                 return Err(CreateError::TooMany);
             }
         }
-        map.insert(digest(&token), Entry { id, expires_at, used: false });
+        map.insert(
+            digest(&token),
+            Entry {
+                id,
+                expires_at,
+                used: false,
+            },
+        );
         Ok((token, expires_at))
     }
 
     /// Spends a token: the SPIFFE ID it is bound to, exactly once.
     pub fn redeem(&self, token: &str) -> Result<SpiffeId, AttestError> {
         let mut map = self.tokens.lock().expect("tokens lock");
-        let entry = map.get_mut(&digest(token)).ok_or(AttestError::JoinTokenUnknown)?;
+        let entry = map
+            .get_mut(&digest(token))
+            .ok_or(AttestError::JoinTokenUnknown)?;
         if entry.used {
             return Err(AttestError::JoinTokenReplayed);
         }
@@ -87,7 +99,10 @@ impl JoinTokens {
     /// reported as expired for a minute, then as unknown).
     pub fn prune(&self) {
         let cutoff = now() - 60;
-        self.tokens.lock().expect("tokens lock").retain(|_, e| e.expires_at > cutoff);
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .retain(|_, e| e.expires_at > cutoff);
     }
 }
 

@@ -59,24 +59,35 @@ impl K8sVerifier {
     pub fn load(jwks_path: &Path, issuer: &str, td: TrustDomain) -> Result<K8sVerifier, JwksError> {
         let name = jwks_path.display().to_string();
         let bytes = std::fs::read(jwks_path).map_err(|e| JwksError::Io(name.clone(), e))?;
-        let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| JwksError::Parse(name.clone(), e))?;
+        let set: JwkSet =
+            serde_json::from_slice(&bytes).map_err(|e| JwksError::Parse(name.clone(), e))?;
         let keys: Vec<Key> = set
             .keys
             .iter()
             .filter_map(|jwk| {
                 let alg = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                        Algorithm::ES256
+                    }
                     _ => return None,
                 };
                 let key = DecodingKey::from_jwk(jwk).ok()?;
-                Some(Key { kid: jwk.common.key_id.clone(), alg, key })
+                Some(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                })
             })
             .collect();
         if keys.is_empty() {
             return Err(JwksError::NoUsableKey(name));
         }
-        Ok(K8sVerifier { td, issuer: issuer.to_owned(), keys })
+        Ok(K8sVerifier {
+            td,
+            issuer: issuer.to_owned(),
+            keys,
+        })
     }
 
     /// Verifies a token and returns the SPIFFE ID of its service account.
@@ -90,16 +101,22 @@ impl K8sVerifier {
         let alg = match header.alg.as_deref() {
             Some("RS256") => Algorithm::RS256,
             Some("ES256") => Algorithm::ES256,
-            Some(other) => return Err(AttestError::JwtAlgRefused(other.chars().take(16).collect())),
+            Some(other) => {
+                return Err(AttestError::JwtAlgRefused(other.chars().take(16).collect()))
+            }
             None => return Err(AttestError::JwtMalformed("header has no `alg`".into())),
         };
         let candidates: Vec<&Key> = self
             .keys
             .iter()
-            .filter(|k| k.alg == alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid))
+            .filter(|k| {
+                k.alg == alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+            })
             .collect();
         if candidates.is_empty() {
-            return Err(AttestError::JwtUnknownKey(header.kid.unwrap_or_default().chars().take(64).collect()));
+            return Err(AttestError::JwtUnknownKey(
+                header.kid.unwrap_or_default().chars().take(64).collect(),
+            ));
         }
         let mut validation = Validation::new(alg);
         validation.set_issuer(&[&self.issuer]);
@@ -135,8 +152,12 @@ impl K8sVerifier {
 
 fn raw_header(token: &str) -> Result<RawHeader, AttestError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(AttestError::JwtMalformed("expected three dot-separated parts".into()));
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AttestError::JwtMalformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(h.trim_end_matches('='))

@@ -39,13 +39,15 @@ impl CsrError {
 
 /// Parses a PEM CSR and verifies its self-signature.
 pub fn verify_csr_pem(pem: &str) -> Result<VerifiedCsr, CsrError> {
-    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).map_err(|e| CsrError::Pem(e.to_string()))?;
+    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| CsrError::Pem(e.to_string()))?;
     verify_csr_der(der.as_ref())
 }
 
 /// Parses a DER CSR and verifies its self-signature.
 pub fn verify_csr_der(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
-    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| CsrError::Parse(e.to_string()))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Parse(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CsrError::Parse(format!("{} trailing bytes", rest.len())));
     }
@@ -58,7 +60,11 @@ pub fn verify_csr_der(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
                 return Err(CsrError::UnsupportedKey(format!("RSA {bits} bits")));
             }
         }
-        Ok(other) => return Err(CsrError::UnsupportedKey(format!("{other:?}").chars().take(40).collect())),
+        Ok(other) => {
+            return Err(CsrError::UnsupportedKey(
+                format!("{other:?}").chars().take(40).collect(),
+            ))
+        }
         Err(e) => return Err(CsrError::Parse(e.to_string())),
     }
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
@@ -77,14 +83,20 @@ mod tests {
     #[test]
     fn csr_signed_by_its_own_key_verifies() {
         let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::new(vec!["x.example".into()]).unwrap().serialize_request(&key).unwrap();
+        let csr = CertificateParams::new(vec!["x.example".into()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
         verify_csr_pem(&csr.pem().unwrap()).unwrap();
     }
 
     #[test]
     fn tampered_csr_fails_signature_check() {
         let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::new(vec!["aaaa.example".into()]).unwrap().serialize_request(&key).unwrap();
+        let csr = CertificateParams::new(vec!["aaaa.example".into()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
         let mut der = csr.der().to_vec();
         let pos = der.windows(4).position(|w| w == b"aaaa").unwrap();
         der[pos] = b'b';
@@ -94,6 +106,9 @@ mod tests {
     #[test]
     fn garbage_is_a_parse_error() {
         assert!(matches!(verify_csr_pem("hello"), Err(CsrError::Pem(_))));
-        assert!(matches!(verify_csr_der(b"\x30\x03abc"), Err(CsrError::Parse(_))));
+        assert!(matches!(
+            verify_csr_der(b"\x30\x03abc"),
+            Err(CsrError::Parse(_))
+        ));
     }
 }

@@ -52,7 +52,11 @@ impl StateDir {
     /// operator created it looser.
     pub fn open(root: &Path) -> Result<StateDir, CaError> {
         let io = |e| CaError::Io(root.display().to_string(), e);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(io)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)?;
         let ca = root.join("ca");
         fs::DirBuilder::new()
@@ -60,7 +64,9 @@ impl StateDir {
             .mode(0o700)
             .create(&ca)
             .map_err(|e| CaError::Io(ca.display().to_string(), e))?;
-        Ok(StateDir { root: root.to_owned() })
+        Ok(StateDir {
+            root: root.to_owned(),
+        })
     }
 
     pub fn root(&self) -> &Path {

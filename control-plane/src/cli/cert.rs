@@ -4,7 +4,9 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use crate::svid::{certs_from_pem, check_x509_svid, check_x509_svid_ca, is_ca, parse_cert, spiffe_id_of_parsed};
+use crate::svid::{
+    certs_from_pem, check_x509_svid, check_x509_svid_ca, is_ca, parse_cert, spiffe_id_of_parsed,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCmd {
@@ -16,8 +18,10 @@ pub enum CertCmd {
 pub fn run(cmd: CertCmd) -> anyhow::Result<i32> {
     match cmd {
         CertCmd::Inspect { file } => {
-            let pem = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let certs = certs_from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let pem =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let certs =
+                certs_from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let mut clean = true;
             for (i, der) in certs.iter().enumerate() {
                 let (report, ok) = inspect(der)?;
@@ -49,14 +53,26 @@ pub fn inspect(der: &[u8]) -> anyhow::Result<(String, bool)> {
     } else {
         format!("expires in {}", human(left))
     };
-    writeln!(out, "  kind:        {}", if ca { "signing certificate (CA)" } else { "leaf SVID" })?;
+    writeln!(
+        out,
+        "  kind:        {}",
+        if ca {
+            "signing certificate (CA)"
+        } else {
+            "leaf SVID"
+        }
+    )?;
     writeln!(out, "  spiffe id:   {id}")?;
     writeln!(out, "  subject:     {}", cert.subject())?;
     writeln!(out, "  issuer:      {}", cert.issuer())?;
     writeln!(out, "  serial:      {}", hex::encode(cert.raw_serial()))?;
     writeln!(out, "  not before:  {}", v.not_before)?;
     writeln!(out, "  not after:   {} ({state})", v.not_after)?;
-    let violations = if ca { check_x509_svid_ca(der) } else { check_x509_svid(der) };
+    let violations = if ca {
+        check_x509_svid_ca(der)
+    } else {
+        check_x509_svid(der)
+    };
     if violations.is_empty() {
         writeln!(out, "  X509-SVID:   conforms")?;
     } else {

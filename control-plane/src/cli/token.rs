@@ -28,7 +28,9 @@ pub struct CreateArgs {
 pub async fn run(cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create(a) => {
-            let resp = AdminClient::new(&a.admin_socket).create_join_token(&a.identity, a.ttl).await?;
+            let resp = AdminClient::new(&a.admin_socket)
+                .create_join_token(&a.identity, a.ttl)
+                .await?;
             println!("{}", resp.token);
             Ok(())
         }

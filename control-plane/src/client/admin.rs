@@ -21,12 +21,21 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(socket: &Path) -> AdminClient {
-        AdminClient { socket: socket.to_owned() }
+        AdminClient {
+            socket: socket.to_owned(),
+        }
     }
 
     /// Creates a single-use join token bound to `spiffe_id`.
-    pub async fn create_join_token(&self, spiffe_id: &str, ttl: Duration) -> Result<JoinTokenResponse, ClientError> {
-        let req = JoinTokenRequest { spiffe_id: spiffe_id.to_owned(), ttl_seconds: ttl.as_secs() };
+    pub async fn create_join_token(
+        &self,
+        spiffe_id: &str,
+        ttl: Duration,
+    ) -> Result<JoinTokenResponse, ClientError> {
+        let req = JoinTokenRequest {
+            spiffe_id: spiffe_id.to_owned(),
+            ttl_seconds: ttl.as_secs(),
+        };
         self.post("/v1/join-tokens", Some(&req)).await
     }
 
@@ -35,11 +44,16 @@ impl AdminClient {
         self.post::<(), _>("/v1/ca/rotate", None).await
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> Result<R, ClientError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| ClientError::Connect(self.socket.display().to_string(), e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).expect("API types serialize"),
@@ -60,13 +74,23 @@ impl AdminClient {
 }
 
 /// Decodes a JSON answer, or turns an error answer into `ClientError::Status`.
-pub(super) fn decode<R: DeserializeOwned>(status: http::StatusCode, body: &[u8]) -> Result<R, ClientError> {
+pub(super) fn decode<R: DeserializeOwned>(
+    status: http::StatusCode,
+    body: &[u8],
+) -> Result<R, ClientError> {
     if !status.is_success() {
         let (error, message) = match serde_json::from_slice::<ApiError>(body) {
             Ok(e) => (e.error, e.message),
-            Err(_) => (String::new(), String::from_utf8_lossy(body).chars().take(200).collect()),
+            Err(_) => (
+                String::new(),
+                String::from_utf8_lossy(body).chars().take(200).collect(),
+            ),
         };
-        return Err(ClientError::Status { status: status.as_u16(), error, message });
+        return Err(ClientError::Status {
+            status: status.as_u16(),
+            error,
+            message,
+        });
     }
     serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
 }

@@ -35,14 +35,20 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(bundle: &[CertificateDer<'static>], expected: SpiffeId) -> Result<Arc<Self>, ClientError> {
+    pub fn new(
+        bundle: &[CertificateDer<'static>],
+        expected: SpiffeId,
+    ) -> Result<Arc<Self>, ClientError> {
         let mut roots = RootCertStore::empty();
         for ca in bundle {
             roots.add(ca.clone()).map_err(ClientError::Tls)?;
         }
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(ring::default_provider()))
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Arc::new(SpiffeServerVerifier { inner, expected }))
     }
 }
@@ -59,10 +65,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         // The chain and validity are checked against the DNS SAN every
         // control-plane certificate carries; identity comes from the URI SAN.
         let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
-        self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
         match spiffe_id_of(end_entity) {
             Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
-            Ok(id) => Err(rustls::Error::General(format!("server is {id}, expected {}", self.expected))),
+            Ok(id) => Err(rustls::Error::General(format!(
+                "server is {id}, expected {}",
+                self.expected
+            ))),
             Err(e) => Err(rustls::Error::General(format!("server certificate: {e}"))),
         }
     }
@@ -117,19 +127,29 @@ impl ApiClient {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match identity {
-            Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(ClientError::Tls)?,
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(ClientError::Tls)?,
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(ApiClient { addr: addr.to_owned(), connector: TlsConnector::from(Arc::new(config)) })
+        Ok(ApiClient {
+            addr: addr.to_owned(),
+            connector: TlsConnector::from(Arc::new(config)),
+        })
     }
 
     /// A verified TLS connection with no HTTP on it yet.
     pub async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
-        let tcp = TcpStream::connect(&self.addr).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| ClientError::Connect(self.addr.clone(), e))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
-        self.connector.connect(name, tcp).await.map_err(|e| ClientError::Connect(self.addr.clone(), e))
+        self.connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Connect(self.addr.clone(), e))
     }
 
     /// Opens one keep-alive connection for several requests.
@@ -163,7 +183,12 @@ pub struct ApiConnection {
 
 impl ApiConnection {
     /// One raw request: status and body.
-    pub async fn request(&mut self, method: Method, path: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes), ClientError> {
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         self.sender.ready().await?;
         let req = Request::builder()
             .method(method)
@@ -184,7 +209,10 @@ impl ApiConnection {
     }
 
     pub async fn renew(&mut self, csr_pem: &str) -> Result<SvidResponse, ClientError> {
-        let body = serde_json::to_vec(&RenewRequest { csr: csr_pem.to_owned() }).expect("API types serialize");
+        let body = serde_json::to_vec(&RenewRequest {
+            csr: csr_pem.to_owned(),
+        })
+        .expect("API types serialize");
         let (status, bytes) = self.request(Method::POST, "/v1/svid/renew", body).await?;
         decode(status, &bytes)
     }

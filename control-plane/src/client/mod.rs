@@ -18,7 +18,11 @@ pub enum ClientError {
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
     #[error("control plane answered {status} {error}: {message}")]
-    Status { status: u16, error: String, message: String },
+    Status {
+        status: u16,
+        error: String,
+        message: String,
+    },
     #[error("cannot decode the answer: {0}")]
     Decode(String),
 }

@@ -48,7 +48,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let result = match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/join-tokens") => create_token(state, req).await,
         (&Method::POST, "/v1/ca/rotate") => rotate(state),
-        _ => Err(Failure::new(StatusCode::NOT_FOUND, "not_found", format!("no admin route {} {path}", req.method()))),
+        _ => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin route {} {path}", req.method()),
+        )),
     };
     result.unwrap_or_else(|f| {
         tracing::info!(path = %path, error = f.code, message = %f.message, "admin request refused");
@@ -63,10 +67,14 @@ async fn create_token(state: &State, req: Request<Incoming>) -> Result<Resp, Fai
     let id = SpiffeId::parse(&r.spiffe_id).map_err(|e| bad(format!("{:?}: {e}", r.spiffe_id)))?;
     let td = state.authority.trust_domain();
     if !id.is_member_of(td) {
-        return Err(bad(format!("{id} is not in this control plane's trust domain {td}")));
+        return Err(bad(format!(
+            "{id} is not in this control plane's trust domain {td}"
+        )));
     }
     if id.path().is_empty() || id == state.control_plane_id {
-        return Err(bad(format!("{id} is reserved; a workload identity needs a path such as /ns/<ns>/sa/<sa>")));
+        return Err(bad(format!(
+            "{id} is reserved; a workload identity needs a path such as /ns/<ns>/sa/<sa>"
+        )));
     }
     let (token, expires_at) = state
         .tokens
@@ -74,13 +82,24 @@ async fn create_token(state: &State, req: Request<Incoming>) -> Result<Resp, Fai
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_token_request", e.to_string()))?;
     state.metrics.join_tokens_created.inc();
     tracing::info!(spiffe_id = %id, expires_at, "join token created");
-    Ok(json(StatusCode::OK, &JoinTokenResponse { token, spiffe_id: id.to_string(), expires_at }))
+    Ok(json(
+        StatusCode::OK,
+        &JoinTokenResponse {
+            token,
+            spiffe_id: id.to_string(),
+            expires_at,
+        },
+    ))
 }
 
 fn rotate(state: &State) -> Result<Resp, Failure> {
     let set = state.authority.rotate().map_err(|e| {
         tracing::error!(error = %e, "CA rotation failed");
-        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "rotation_failed", e.to_string())
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rotation_failed",
+            e.to_string(),
+        )
     })?;
     state.metrics.ca_rotations.inc();
     // Serve with (and accept clients under) the new bundle right away.
@@ -89,6 +108,9 @@ fn rotate(state: &State) -> Result<Resp, Failure> {
     tracing::info!(ca.seq = active.seq, ca.serial = %active.serial_hex, bundle_size = set.bundle().len(), "CA rotated");
     Ok(json(
         StatusCode::OK,
-        &RotateResponse { active_ca_serial: active.serial_hex.clone(), bundle_size: set.bundle().len() },
+        &RotateResponse {
+            active_ca_serial: active.serial_hex.clone(),
+            bundle_size: set.bundle().len(),
+        },
     ))
 }

@@ -23,11 +23,18 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Failure {
-        Failure { status, code, message: message.into() }
+        Failure {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn into_response(self) -> Resp {
-        let body = ApiError { error: self.code.to_owned(), message: self.message };
+        let body = ApiError {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
         json(self.status, &body)
     }
 }
@@ -71,12 +78,26 @@ pub async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Byte
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(Failure::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading body: {e}"))),
-        Err(_) => Err(Failure::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body was not sent in time")),
+        Ok(Err(e)) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("reading body: {e}"),
+        )),
+        Err(_) => Err(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "request body was not sent in time",
+        )),
     }
 }
 
 /// Parses a JSON body into `T`, with the parser's message on failure.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: {e}"),
+        )
+    })
 }

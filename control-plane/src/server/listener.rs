@@ -69,8 +69,13 @@ async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePe
             return;
         }
     };
-    let peer: Arc<Option<CertificateDer<'static>>> =
-        Arc::new(tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned()));
+    let peer: Arc<Option<CertificateDer<'static>>> = Arc::new(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned()),
+    );
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         let state = svc_state.clone();
@@ -107,7 +112,13 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let svc = service_fn(move |_req| {
                 let body = state.metrics.encode();
-                async move { Ok::<_, Infallible>(super::http::text(http::StatusCode::OK, workload::METRICS_CONTENT_TYPE, body)) }
+                async move {
+                    Ok::<_, Infallible>(super::http::text(
+                        http::StatusCode::OK,
+                        workload::METRICS_CONTENT_TYPE,
+                        body,
+                    ))
+                }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())

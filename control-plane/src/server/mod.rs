@@ -56,10 +56,17 @@ impl State {
             (Some(c), Some(k)) => Some(Upstream::load(c, k)?),
             _ => None,
         };
-        let authority =
-            Authority::open(config.trust_domain.clone(), &config.state_dir, config.ca_ttl, config.svid_ttl, upstream)?;
+        let authority = Authority::open(
+            config.trust_domain.clone(),
+            &config.state_dir,
+            config.ca_ttl,
+            config.svid_ttl,
+            upstream,
+        )?;
         let k8s = match (&config.jwks, &config.k8s_issuer) {
-            (Some(jwks), Some(iss)) => Some(K8sVerifier::load(jwks, iss, config.trust_domain.clone())?),
+            (Some(jwks), Some(iss)) => {
+                Some(K8sVerifier::load(jwks, iss, config.trust_domain.clone())?)
+            }
             _ => None,
         };
         let serving = tls::build(&authority)?;
@@ -95,7 +102,9 @@ impl State {
         match tls::build(&self.authority) {
             Ok(t) => self.tls.store(Arc::new(t)),
             // The current config stays in use; the next tick tries again.
-            Err(e) => tracing::error!(error = %e, "cannot renew the control plane's serving certificate"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the control plane's serving certificate")
+            }
         }
         self.record_bundle();
     }
@@ -115,7 +124,7 @@ impl State {
                 self.metrics.ca_rotations.inc();
             }
             self.refresh_tls(false);
-            if n % 60 == 0 {
+            if n.is_multiple_of(60) {
                 self.tokens.prune();
             }
         }
@@ -132,10 +141,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
 
     let listen = state.config.listen;
-    let api = TcpListener::bind(listen).await.map_err(|e| ServerError::Bind(listen.to_string(), e))?;
+    let api = TcpListener::bind(listen)
+        .await
+        .map_err(|e| ServerError::Bind(listen.to_string(), e))?;
     let admin = bind_admin_socket(&admin_path)?;
     if let Some(addr) = state.config.metrics_listen {
-        let l = TcpListener::bind(addr).await.map_err(|e| ServerError::Bind(addr.to_string(), e))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Bind(addr.to_string(), e))?;
         tokio::spawn(listener::serve_metrics(l, state.clone()));
     }
     tokio::spawn(listener::serve_api(api, state.clone()));
@@ -164,7 +177,10 @@ fn bind_admin_socket(path: &std::path::Path) -> Result<UnixListener, ServerError
     let err = |e| ServerError::Bind(path.display().to_string(), e);
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
         }
         std::fs::remove_file(path).map_err(err)?;
     }
@@ -179,7 +195,8 @@ fn bind_admin_socket(path: &std::path::Path) -> Result<UnixListener, ServerError
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

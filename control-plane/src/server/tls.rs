@@ -39,13 +39,16 @@ pub struct ServingTls {
 impl ServingTls {
     /// Rebuild once the bundle changed or the serving SVID passed half-life.
     pub fn is_stale(&self, bundle_sequence: u64, now: i64) -> bool {
-        bundle_sequence != self.bundle_sequence || now >= self.not_before + (self.expires_at - self.not_before) / 2
+        bundle_sequence != self.bundle_sequence
+            || now >= self.not_before + (self.expires_at - self.not_before) / 2
     }
 }
 
 /// The control plane's own SPIFFE ID.
 pub fn control_plane_id(auth: &Authority) -> SpiffeId {
-    auth.trust_domain().id(CONTROL_PLANE_PATH).expect("constant path is a valid SPIFFE path")
+    auth.trust_domain()
+        .id(CONTROL_PLANE_PATH)
+        .expect("constant path is a valid SPIFFE path")
 }
 
 /// Issues a fresh serving SVID and builds the server config around it.

@@ -17,20 +17,34 @@ use crate::svid::spiffe_id_of;
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Routes one request. `peer` is the verified client certificate, if any.
-pub async fn handle(state: &State, peer: Option<&CertificateDer<'static>>, req: Request<Incoming>) -> Resp {
+pub async fn handle(
+    state: &State,
+    peer: Option<&CertificateDer<'static>>,
+    req: Request<Incoming>,
+) -> Resp {
     let path = req.uri().path().to_owned();
     let result = match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/svid") => issue(state, req).await,
         (&Method::POST, "/v1/svid/renew") => renew(state, peer, req).await,
         (&Method::GET, "/v1/bundle") => bundle(state),
         (&Method::GET, "/v1/endpoints") => endpoints(state, peer),
-        (&Method::GET, "/metrics") => Ok(text(StatusCode::OK, METRICS_CONTENT_TYPE, state.metrics.encode())),
-        (_, "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/metrics") => Err(Failure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {path}", req.method()),
+        (&Method::GET, "/metrics") => Ok(text(
+            StatusCode::OK,
+            METRICS_CONTENT_TYPE,
+            state.metrics.encode(),
         )),
-        _ => Err(Failure::new(StatusCode::NOT_FOUND, "not_found", format!("no route {path}"))),
+        (_, "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/metrics") => {
+            Err(Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            ))
+        }
+        _ => Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        )),
     };
     result.unwrap_or_else(|f| {
         if path.starts_with("/v1/svid") {
@@ -53,7 +67,8 @@ fn attest_failure(e: AttestError) -> Failure {
 }
 
 fn csr(pem: &str) -> Result<VerifiedCsr, Failure> {
-    verify_csr_pem(pem).map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.reason(), e.to_string()))
+    verify_csr_pem(pem)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, e.reason(), e.to_string()))
 }
 
 async fn issue(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
@@ -73,7 +88,11 @@ async fn issue(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
     sign(state, &csr, &id, method)
 }
 
-async fn renew(state: &State, peer: Option<&CertificateDer<'static>>, req: Request<Incoming>) -> Result<Resp, Failure> {
+async fn renew(
+    state: &State,
+    peer: Option<&CertificateDer<'static>>,
+    req: Request<Incoming>,
+) -> Result<Resp, Failure> {
     // The TLS layer already verified the chain against the bundle (and the
     // clientAuth EKU); here we only decide which ID it proves.
     let id = peer_id(state, peer)?;
@@ -89,7 +108,10 @@ fn peer_id(state: &State, peer: Option<&CertificateDer<'static>>) -> Result<Spif
     let bad = |m: String| attest_failure(AttestError::RenewBadClientCert(m));
     let id = spiffe_id_of(cert).map_err(|e| bad(e.to_string()))?;
     if !id.is_member_of(state.authority.trust_domain()) {
-        return Err(bad(format!("{id} is not in trust domain {}", state.authority.trust_domain())));
+        return Err(bad(format!(
+            "{id} is not in trust domain {}",
+            state.authority.trust_domain()
+        )));
     }
     if id.path().is_empty() || id == state.control_plane_id {
         return Err(bad(format!("{id} is not a workload identity")));
@@ -97,11 +119,23 @@ fn peer_id(state: &State, peer: Option<&CertificateDer<'static>>) -> Result<Spif
     Ok(id)
 }
 
-fn sign(state: &State, csr: &VerifiedCsr, id: &SpiffeId, method: &'static str) -> Result<Resp, Failure> {
-    let issued = state.authority.issue(&csr.public_key, id, &[]).map_err(|e| {
-        tracing::error!(error = %e, "signing failed");
-        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", "the CA could not sign this request")
-    })?;
+fn sign(
+    state: &State,
+    csr: &VerifiedCsr,
+    id: &SpiffeId,
+    method: &'static str,
+) -> Result<Resp, Failure> {
+    let issued = state
+        .authority
+        .issue(&csr.public_key, id, &[])
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "signing_failed",
+                "the CA could not sign this request",
+            )
+        })?;
     state.metrics.issued(method);
     tracing::debug!(spiffe_id = %id, method, expires_at = issued.expires_at, "issued SVID");
     Ok(json(
@@ -118,8 +152,13 @@ fn sign(state: &State, csr: &VerifiedCsr, id: &SpiffeId, method: &'static str) -
 fn bundle(state: &State) -> Result<Resp, Failure> {
     let set = state.authority.snapshot();
     let hint = (state.authority.svid_ttl().as_secs() / 2).clamp(1, 300);
-    let doc = spiffe_bundle(set.bundle(), set.bundle_sequence, hint)
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "bundle_encoding", e.to_string()))?;
+    let doc = spiffe_bundle(set.bundle(), set.bundle_sequence, hint).map_err(|e| {
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "bundle_encoding",
+            e.to_string(),
+        )
+    })?;
     Ok(json(StatusCode::OK, &doc))
 }
 
