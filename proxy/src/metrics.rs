@@ -2,6 +2,8 @@
 //! once per connection from a lock-free cache keyed by peer, so the hot path
 //! never takes the registry's locks once a peer has been seen.
 
+pub mod authz;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,6 +81,8 @@ pub struct Metrics {
     pub cert_refresh: Counter,
     pub cert_refresh_failures: Counter,
     pub endpoints_refresh_failures: Counter,
+    /// Policy decisions, terminations and reloads.
+    pub authz: authz::AuthzMetrics,
     /// Indexed by [`Self::slot`]: (direction, tls).
     cache: [ArcSwap<PeerMap>; 4],
 }
@@ -103,6 +107,7 @@ impl Metrics {
             cert_refresh: Counter::default(),
             cert_refresh_failures: Counter::default(),
             endpoints_refresh_failures: Counter::default(),
+            authz: Default::default(),
             cache: Default::default(),
             registry: Registry::default(),
         };
@@ -149,6 +154,7 @@ impl Metrics {
             "Failed endpoint map fetches",
             m.endpoints_refresh_failures.clone(),
         );
+        m.authz.register(&mut registry);
         Metrics { registry, ..m }
     }
 

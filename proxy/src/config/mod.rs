@@ -77,6 +77,8 @@ pub struct Config {
     pub drain_grace_period: Duration,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +243,7 @@ impl Default for Config {
             max_connections: default_max_connections(),
             drain_grace_period: default_drain_grace(),
             identity: IdentityConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -413,12 +416,14 @@ impl Config {
             c.identity.k8s_sa_token_file = Some(PathBuf::from(v)));
         set!("PALISADE_ACCEPTED_TRUST_DOMAINS", v =>
             c.identity.accepted_trust_domains = list("PALISADE_ACCEPTED_TRUST_DOMAINS", &v)?);
+        c.policy.apply_env(&env)?;
         Ok(())
     }
 
     /// Reject settings that cannot work, and fill in derived defaults.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.policy.validate()?;
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }
@@ -489,6 +494,9 @@ impl Config {
 }
 
 pub mod duration;
+pub mod policy;
+
+pub use policy::{PolicyConfig, SourceKind};
 
 #[cfg(test)]
 mod tests {
