@@ -43,6 +43,7 @@ pub fn latency_by_percentile(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
+        .margin_right(45)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..MAX_NINES, (lo.max(0.001)..hi).log_scale())

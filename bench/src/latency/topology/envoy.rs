@@ -6,11 +6,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{PathKind, RunningPath, Setup, StartError};
+use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{Credentials, SvidFiles, CLIENT_ID, SERVER_ID, TRUST_DOMAIN};
 use crate::latency::child::{free_addr, ProxyProcess};
 use crate::latency::client::ECHO_PATH;
@@ -55,16 +54,15 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
         }
     });
 
-    let mut server = spawn(&bin, "envoy-inbound", &server_side, setup)?;
-    server.wait_listening(&[in_http, in_tcp], Duration::from_secs(20))?;
-    let mut client = spawn(&bin, "envoy-outbound", &client_side, setup)?;
-    client.wait_listening(&[out_http, out_tcp], Duration::from_secs(20))?;
-    Ok(RunningPath {
-        kind: PathKind::Envoy,
-        http: out_http,
-        tcp: out_tcp,
-        proxies: vec![client, server],
-    })
+    let server = spawn(&bin, "envoy-inbound", &server_side, setup)?;
+    let client = spawn(&bin, "envoy-outbound", &client_side, setup)?;
+    Ok(sidecar_pair(
+        PathKind::Envoy,
+        client,
+        [out_http, out_tcp],
+        server,
+        [in_http, in_tcp],
+    )?)
 }
 
 fn spawn(

@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use super::{PathKind, RunningPath, Setup, StartError};
+use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::SvidFiles;
 use crate::latency::child::{free_addr, ProxyProcess};
 
@@ -56,16 +55,15 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
         ),
     ];
 
-    let mut server = spawn(&bin, "haproxy-inbound", &server_side, setup)?;
-    server.wait_listening(&[in_http, in_tcp], Duration::from_secs(20))?;
-    let mut client = spawn(&bin, "haproxy-outbound", &client_side, setup)?;
-    client.wait_listening(&[out_http, out_tcp], Duration::from_secs(20))?;
-    Ok(RunningPath {
-        kind: PathKind::Haproxy,
-        http: out_http,
-        tcp: out_tcp,
-        proxies: vec![client, server],
-    })
+    let server = spawn(&bin, "haproxy-inbound", &server_side, setup)?;
+    let client = spawn(&bin, "haproxy-outbound", &client_side, setup)?;
+    Ok(sidecar_pair(
+        PathKind::Haproxy,
+        client,
+        [out_http, out_tcp],
+        server,
+        [in_http, in_tcp],
+    )?)
 }
 
 /// A frontend bound at `bind` forwarding to one server at `server`.

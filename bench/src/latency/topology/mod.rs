@@ -100,3 +100,23 @@ pub fn start(kind: PathKind, setup: &Setup<'_>) -> Result<RunningPath, StartErro
         PathKind::Haproxy => haproxy::start(setup),
     }
 }
+
+/// Wait until both proxies of a sidecar pair listen, then hand out the
+/// outbound side's HTTP and TCP entry points.
+fn sidecar_pair(
+    kind: PathKind,
+    mut outbound: ProxyProcess,
+    entry: [SocketAddr; 2],
+    mut inbound: ProxyProcess,
+    inbound_addrs: [SocketAddr; 2],
+) -> anyhow::Result<RunningPath> {
+    let timeout = std::time::Duration::from_secs(20);
+    inbound.wait_listening(&inbound_addrs, timeout)?;
+    outbound.wait_listening(&entry, timeout)?;
+    Ok(RunningPath {
+        kind,
+        http: entry[0],
+        tcp: entry[1],
+        proxies: vec![outbound, inbound],
+    })
+}

@@ -5,9 +5,8 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
-use super::{PathKind, RunningPath, Setup, StartError};
+use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{CLIENT_ID, SERVER_ID};
 use crate::latency::child::{free_addr, ProxyProcess};
 use crate::latency::control_plane::ControlPlane;
@@ -52,16 +51,15 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
         common(cp, CLIENT_ID)?,
     );
 
-    let mut server = spawn(bin, "palisade-inbound", &inbound, setup)?;
-    server.wait_listening(&[in_http, in_tcp], Duration::from_secs(20))?;
-    let mut client = spawn(bin, "palisade-outbound", &outbound, setup)?;
-    client.wait_listening(&[out_http, out_tcp], Duration::from_secs(20))?;
-    Ok(RunningPath {
-        kind: PathKind::Palisade,
-        http: out_http,
-        tcp: out_tcp,
-        proxies: vec![client, server],
-    })
+    let server = spawn(bin, "palisade-inbound", &inbound, setup)?;
+    let client = spawn(bin, "palisade-outbound", &outbound, setup)?;
+    Ok(sidecar_pair(
+        PathKind::Palisade,
+        client,
+        [out_http, out_tcp],
+        server,
+        [in_http, in_tcp],
+    )?)
 }
 
 /// Admin listener and identity: a fresh single-use join token for `id`.
