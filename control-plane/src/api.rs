@@ -77,3 +77,22 @@ pub struct RotateResponse {
     pub active_ca_serial: String,
     pub bundle_size: usize,
 }
+
+/// `GET /v1/policies?version=N`: the segmentation policy documents that
+/// select the calling workload. `version` is a hash of exactly those
+/// documents, so it changes only when the caller's policies do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoliciesResponse {
+    pub version: u64,
+    pub documents: Vec<PolicyDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDocument {
+    /// `<namespace>/<name>`.
+    pub name: String,
+    /// Where the control plane read it, `file:line`.
+    pub source: String,
+    /// The document's YAML text, as written.
+    pub yaml: String,
+}

@@ -62,9 +62,11 @@ impl Admin {
     }
 
     /// Ready: an SVID, the configuration (in transparent mode that includes
-    /// the first endpoint map), and not draining.
+    /// the first endpoint map; with policy sources, their first delivery),
+    /// and not draining.
     pub fn is_ready(&self) -> bool {
         self.rt.creds.load().is_some()
+            && self.rt.policy.load().is_loaded()
             && self.endpoints.as_ref().is_none_or(|e| e.load().loaded)
             && !self.rt.drain.is_draining()
     }
@@ -82,8 +84,8 @@ impl Admin {
         dump["ready"] = self.is_ready().into();
         dump["draining"] = self.rt.drain.is_draining().into();
         dump["endpoints_version"] = self.endpoints.as_ref().map(|e| e.load().version).into();
-        // Filled in once policies are enforced.
-        dump["policy_version"] = serde_json::Value::Null;
+        dump["policy_version"] = self.rt.policy.load().version().into();
+        dump["policy"] = self.rt.policy.dump();
         dump
     }
 
@@ -213,7 +215,8 @@ mod tests {
         );
         let dump = a.config_dump();
         assert!(dump["identity"].is_null());
-        assert!(dump["policy_version"].is_null());
+        assert_eq!(dump["policy"]["source"]["kind"], "none");
+        assert_eq!(dump["policy"]["default"], "all-authenticated");
         assert_eq!(dump["ready"], false);
     }
 }

@@ -9,6 +9,9 @@ use palisade_policy::{
     Verdict,
 };
 
+use tokio::sync::watch;
+
+use crate::metrics::{self, UNAUTHENTICATED};
 use crate::Runtime;
 
 /// What the proxy knows about an inbound connection once it is identified.
@@ -95,6 +98,75 @@ pub fn decide_now(
             http,
         },
     )
+}
+
+/// The `peer` metrics label: the SPIFFE ID, or `unauthenticated` for an
+/// address (IPs are not labels: unbounded cardinality).
+pub fn peer_label<'a>(peer: Option<&'a SpiffeId>) -> &'a str {
+    peer.map_or(UNAUTHENTICATED, SpiffeId::as_str)
+}
+
+/// Counts a connection-level decision and logs a denial (or an audit-mode
+/// would-deny) with the policy and rule that made it.
+pub fn record(
+    rt: &Runtime,
+    direction: metrics::Direction,
+    d: &Decision,
+    peer: &str,
+    client: SocketAddr,
+    port: u16,
+) {
+    rt.metrics.authz.tcp(direction).count(d, peer);
+    if !d.is_allowed() {
+        tracing::info!(
+            direction = direction.as_str(), client.addr = %client, peer, port,
+            authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
+            reason = %d.matched, "connection denied by policy"
+        );
+    } else if d.would_deny {
+        tracing::info!(
+            direction = direction.as_str(), client.addr = %client, peer, port,
+            authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
+            reason = %d.matched, "audit: connection would be denied by policy; let through"
+        );
+    }
+}
+
+/// Resolves once a policy swap denies a live opaque connection, with the
+/// denying decision; until then it sleeps on the generation watch (`policy`
+/// must be subscribed before the connection's first decision, so no swap
+/// is missed). A connection that only HTTP rules allow is denied too:
+/// opaque bytes are never checked per request.
+pub async fn revoked(
+    policy: &mut watch::Receiver<u64>,
+    mut recheck: impl FnMut() -> Decision,
+) -> Decision {
+    loop {
+        if policy.changed().await.is_err() {
+            // The runtime is going away; the connection ends with it.
+            return std::future::pending().await;
+        }
+        let d = recheck();
+        if !d.is_allowed() || d.http_required {
+            return d;
+        }
+    }
+}
+
+/// Counts and logs a live connection closed by a policy swap.
+pub fn terminated(
+    rt: &Runtime,
+    direction: metrics::Direction,
+    d: &Decision,
+    peer: &str,
+    client: SocketAddr,
+) {
+    rt.metrics.authz.terminated(direction, d, peer);
+    tracing::info!(
+        direction = direction.as_str(), client.addr = %client, peer,
+        authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
+        reason = %d.matched, "open connection closed: the new policy denies it"
+    );
 }
 
 fn no_local_identity() -> Decision {

@@ -96,20 +96,27 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
                 &format_args!("plaintext to {app}"),
             );
         }
+        // Subscribe before deciding, so no policy swap goes unseen.
+        let mut policy = rt.policy.subscribe();
         let check = InboundCheck {
             peer: None,
             source: client,
             port: app.port(),
         };
-        if !authz::inbound(&rt, &check).is_allowed() {
-            return refuse(&rt, client, "denied", &"plaintext denied by policy");
+        if !allowed_opaque(&rt, &check, client) {
+            return;
         }
         let Some(upstream) = connect_app(&rt, app, client).await else {
             return;
         };
         let m = rt.metrics.conn(DIR, UNAUTHENTICATED, false);
         let open = OpenConn::new(m);
-        let ended = forward(tcp, upstream, &open.0, t.idle).await;
+        let ended = tokio::select! {
+            ended = forward(tcp, upstream, &open.0, t.idle) => ended,
+            d = authz::revoked(&mut policy, || authz::inbound(&rt, &check)) => {
+                return authz::terminated(&rt, DIR, &d, UNAUTHENTICATED, client);
+            }
+        };
         return log_end(client, UNAUTHENTICATED, ended);
     }
 
@@ -144,18 +151,14 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         },
         None => return refuse(&rt, client, "no_client_cert", &"no client certificate"),
     };
+    let mut policy = rt.policy.subscribe();
     let check = InboundCheck {
         peer: Some(&peer),
         source: client,
         port: app.port(),
     };
-    if !authz::inbound(&rt, &check).is_allowed() {
-        return refuse(
-            &rt,
-            client,
-            "denied",
-            &format_args!("{peer} denied by policy"),
-        );
+    if !allowed_opaque(&rt, &check, client) {
+        return;
     }
     let Some(upstream) = connect_app(&rt, app, client).await else {
         return;
@@ -163,8 +166,31 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
     let m = rt.metrics.conn(DIR, peer.as_str(), true);
     let open = OpenConn::new(m);
     tracing::debug!(client.addr = %client, client.id = %peer, app = %app, "inbound mTLS connection");
-    let ended = forward(stream, upstream, &open.0, t.idle).await;
+    let ended = tokio::select! {
+        ended = forward(stream, upstream, &open.0, t.idle) => ended,
+        d = authz::revoked(&mut policy, || authz::inbound(&rt, &check)) => {
+            return authz::terminated(&rt, DIR, &d, peer.as_str(), client);
+        }
+    };
     log_end(client, peer.as_str(), ended);
+}
+
+/// The connection-level check before forwarding opaque bytes, counted and
+/// logged. A connection that only HTTP rules allow is refused here: opaque
+/// TCP cannot be checked per request.
+fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> bool {
+    let d = authz::inbound(rt, check);
+    authz::record(rt, DIR, &d, authz::peer_label(check.peer), client, check.port);
+    if d.is_allowed() && d.http_required {
+        refuse(
+            rt,
+            client,
+            "http_only",
+            &format_args!("{} allows only HTTP requests", d.matched),
+        );
+        return false;
+    }
+    d.is_allowed()
 }
 
 async fn connect_app(rt: &Runtime, app: SocketAddr, client: SocketAddr) -> Option<TcpStream> {

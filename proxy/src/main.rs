@@ -18,7 +18,7 @@ use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager}
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::outbound::{endpoints, EndpointMap};
 use palisade_proxy::tls::Bundle;
-use palisade_proxy::{admin, drain, inbound, outbound, Runtime};
+use palisade_proxy::{admin, drain, inbound, outbound, policy, Runtime};
 
 /// Palisade's sidecar: SPIFFE mTLS between workloads. Settings and their
 /// defaults: proxy/README.md.
@@ -94,15 +94,25 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     let metrics = Arc::new(Metrics::new());
     let creds = Arc::new(ArcSwapOption::empty());
+    let background = CancellationToken::new();
+    // Loaded before anything listens, so the first connection sees it.
+    let policies = policy::start(
+        &cfg.policy,
+        metrics.clone(),
+        cp.clone(),
+        creds.clone(),
+        background.clone(),
+    )
+    .await
+    .context("watching the policy path")?;
     let rt = Arc::new(Runtime {
         timeouts: cfg.timeouts.clone(),
         creds: creds.clone(),
         metrics: metrics.clone(),
         permits: Arc::new(Semaphore::new(cfg.max_connections)),
         drain: drain::Drain::default(),
-        policy: Default::default(),
+        policy: policies.live.clone(),
     });
-    let background = CancellationToken::new();
 
     // Bind everything first so a port clash fails at start, not later.
     let admin_listener = bind("admin", cfg.admin.bind).await?;
@@ -192,6 +202,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let left = rt.drain.run(cfg.drain_grace_period).await;
     background.cancel();
+    drop(policies);
     tracing::info!(closed_unfinished = left, "drained; exiting");
     Ok(())
 }

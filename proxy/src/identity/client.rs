@@ -6,7 +6,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use palisade_control_plane::api::{Attestation, EndpointsResponse, SvidRequest, SvidResponse};
+use palisade_control_plane::api::{
+    Attestation, EndpointsResponse, PoliciesResponse, SvidRequest, SvidResponse,
+};
 use palisade_control_plane::client::{ApiClient, ClientError};
 use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
@@ -88,5 +90,26 @@ impl ControlPlane {
     pub async fn endpoints(&self, current: &Credentials) -> Result<EndpointsResponse, CpError> {
         let client = self.client(Some(current))?;
         self.deadline(client.endpoints()).await
+    }
+
+    /// The policies that select this workload; a long poll: with `known`,
+    /// the control plane answers once its version differs, or after `wait`.
+    pub async fn policies(
+        &self,
+        current: &Credentials,
+        known: Option<u64>,
+        wait: Duration,
+    ) -> Result<PoliciesResponse, CpError> {
+        let client = self.client(Some(current))?;
+        let path = match known {
+            Some(v) => format!("/v1/policies?version={v}&wait={}", wait.as_secs()),
+            None => "/v1/policies".to_owned(),
+        };
+        let deadline = wait + self.timeout;
+        let fetch = async { client.connect().await?.get_json(&path).await };
+        tokio::time::timeout(deadline, fetch)
+            .await
+            .map_err(|_| CpError::Timeout(deadline))?
+            .map_err(CpError::from)
     }
 }

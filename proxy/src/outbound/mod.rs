@@ -71,16 +71,24 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
             (dst, endpoints.load().lookup(dst).cloned(), *unmeshed)
         }
     };
+    // Subscribe before deciding, so no policy swap goes unseen.
+    let mut policy = rt.policy.subscribe();
     let check = OutboundCheck {
         destination_id: expected.as_ref(),
         destination: dst,
     };
-    if !authz::outbound(&rt, &check).is_allowed() {
+    let peer = authz::peer_label(expected.as_ref());
+    let decision = authz::outbound(&rt, &check);
+    authz::record(&rt, DIR, &decision, peer, client, dst.port());
+    if !decision.is_allowed() {
+        return;
+    }
+    if decision.http_required {
         return refuse(
             &rt,
             client,
-            "denied",
-            &format_args!("{dst} denied by policy"),
+            "http_only",
+            &format_args!("{} allows only HTTP requests", decision.matched),
         );
     }
     if expected.is_none() && unmeshed == Unmeshed::Deny {
@@ -112,13 +120,18 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
     };
     let _ = tcp.set_nodelay(true);
 
-    let (Some(expected), Some(creds)) = (expected, creds) else {
+    let (Some(expected), Some(creds)) = (&expected, creds) else {
         // Unmeshed destination, passthrough chosen.
         let open = OpenConn::new(rt.metrics.conn(DIR, UNAUTHENTICATED, false));
-        let ended = forward(app, tcp, &open.0, t.idle).await;
+        let ended = tokio::select! {
+            ended = forward(app, tcp, &open.0, t.idle) => ended,
+            d = authz::revoked(&mut policy, || authz::outbound(&rt, &check)) => {
+                return authz::terminated(&rt, DIR, &d, UNAUTHENTICATED, client);
+            }
+        };
         return log_end(client, UNAUTHENTICATED, ended);
     };
-    let connector = TlsConnector::from(creds.client_config(&expected));
+    let connector = TlsConnector::from(creds.client_config(expected));
     drop(creds);
     let name = ServerName::IpAddress(dst.ip().into());
     let stream = match tokio::time::timeout(t.handshake, connector.connect(name, tcp)).await {
@@ -128,6 +141,11 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
     };
     let open = OpenConn::new(rt.metrics.conn(DIR, expected.as_str(), true));
     tracing::debug!(client.addr = %client, server.addr = %dst, server.id = %expected, "outbound mTLS connection");
-    let ended = forward(app, stream, &open.0, t.idle).await;
-    log_end(client, expected.as_str(), ended);
+    let ended = tokio::select! {
+        ended = forward(app, stream, &open.0, t.idle) => ended,
+        d = authz::revoked(&mut policy, || authz::outbound(&rt, &check)) => {
+            return authz::terminated(&rt, DIR, &d, peer, client);
+        }
+    };
+    log_end(client, peer, ended);
 }

@@ -2,12 +2,22 @@
 //! `ArcSwap` the hot path loads once per connection, and a generation
 //! counter that live connections watch so a reload re-authorizes them.
 
+pub mod file;
+pub mod reload;
+pub mod remote;
+
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use palisade_policy::{CompiledPolicy, DefaultPolicy};
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PolicyConfig;
+use crate::identity::{ControlPlane, CredentialsCell};
+use crate::metrics::Metrics;
+use reload::Reloader;
 
 /// Where the policy in force came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,6 +55,12 @@ impl ActivePolicy {
             generation: 0,
             loaded_at: now_unix(),
         }
+    }
+
+    /// The fail-closed stand-in (`FailClosed`) is replaced by the first set
+    /// every configured source has delivered; until then, not ready.
+    pub fn is_loaded(&self) -> bool {
+        self.source != PolicySource::FailClosed
     }
 
     /// The content-hash version, e.g. `sha256:3fa2…`.
@@ -104,6 +120,11 @@ impl LivePolicy {
         self.last_error.store(Some(Arc::new(error)));
     }
 
+    /// An update that changed nothing was still good: the error is stale.
+    pub fn clear_error(&self) {
+        self.last_error.store(None);
+    }
+
     pub fn last_error(&self) -> Option<Arc<String>> {
         self.last_error.load_full()
     }
@@ -139,4 +160,49 @@ fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Keeps the policy sources running; drop it to stop watching files.
+pub struct Sources {
+    pub live: Arc<LivePolicy>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Builds the live policy from `cfg`: loads the file (if any) before the
+/// proxy listens, then watches it and/or long-polls the control plane.
+/// Until every configured source has delivered, everything is denied.
+pub async fn start(
+    cfg: &PolicyConfig,
+    metrics: Arc<Metrics>,
+    cp: Arc<ControlPlane>,
+    creds: CredentialsCell,
+    stop: CancellationToken,
+) -> Result<Sources, notify::Error> {
+    let path = cfg.path.clone().filter(|_| cfg.source.uses_file());
+    let initial = if path.is_none() && !cfg.source.uses_control_plane() {
+        ActivePolicy::empty(cfg.default, PolicySource::None)
+    } else {
+        ActivePolicy::empty(DefaultPolicy::Deny, PolicySource::FailClosed)
+    };
+    let live = Arc::new(LivePolicy::new(initial));
+    let reloader = Arc::new(Reloader::new(
+        live.clone(),
+        metrics,
+        cfg.default,
+        cfg.source,
+        path.clone(),
+    ));
+    let mut watcher = None;
+    if let Some(path) = path {
+        let (r, p) = (reloader.clone(), path.clone());
+        let _ = tokio::task::spawn_blocking(move || file::load_now(&r, &p)).await;
+        watcher = Some(file::watch(reloader.clone(), path, cfg.debounce, stop.clone())?);
+    }
+    if cfg.source.uses_control_plane() {
+        tokio::spawn(remote::poll_loop(cp, creds, reloader, stop));
+    }
+    Ok(Sources {
+        live,
+        _watcher: watcher,
+    })
 }
