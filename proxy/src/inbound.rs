@@ -180,7 +180,14 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
 /// TCP cannot be checked per request.
 fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> bool {
     let d = authz::inbound(rt, check);
-    authz::record(rt, DIR, &d, authz::peer_label(check.peer), client, check.port);
+    authz::record(
+        rt,
+        DIR,
+        &d,
+        authz::peer_label(check.peer),
+        client,
+        check.port,
+    );
     if d.is_allowed() && d.http_required {
         refuse(
             rt,

@@ -6,6 +6,7 @@ pub mod badcerts;
 pub mod cp;
 pub mod netns;
 pub mod pki;
+pub mod policy;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,7 +43,10 @@ impl ChildGuard {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        ChildGuard { child, name: name.to_owned() }
+        ChildGuard {
+            child,
+            name: name.to_owned(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -75,7 +79,11 @@ impl Drop for ChildGuard {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait until something accepts TCP connections at `addr`.
@@ -85,7 +93,10 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return;
         }
-        assert!(Instant::now() < deadline, "nothing listening on {addr} after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -97,7 +108,10 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }

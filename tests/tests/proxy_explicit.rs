@@ -86,7 +86,11 @@ fn config_dump_and_metrics_show_the_identity_and_its_expiry() {
                 .iter()
                 .all(|f| f.as_str().is_some_and(|s| s.len() == 64))
     );
-    assert!(dump["policy_version"].is_null());
+    // No policy configured: the empty set under the default.
+    assert!(dump["policy_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("sha256:")));
+    assert_eq!(dump["policy"]["source"]["kind"], "none");
     assert_eq!(dump["ready"], true);
     let listeners = dump["listeners"].as_array().unwrap();
     assert!(
@@ -107,6 +111,8 @@ fn plaintext_is_refused_on_a_strict_port_and_accepted_on_a_permissive_one() {
     let mut permissive_in = None;
     let m = Mesh::start(ControlPlane::start(), |b| {
         permissive_in = Some(b.inbound(permissive_echo.addr, true));
+        // The default `all-authenticated` would deny every plaintext peer.
+        b.extra_yaml += "policy:\n  default: all-unauthenticated\n";
     });
 
     let refused = echo_roundtrip(m.b_in, b"plaintext secret");

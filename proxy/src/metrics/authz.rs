@@ -104,7 +104,9 @@ impl DecisionCounters {
         );
         registry.register(
             format!("{prefix}_would_deny"),
-            format!("{what} an audit-mode policy or the audit default would have denied (let through)"),
+            format!(
+                "{what} an audit-mode policy or the audit default would have denied (let through)"
+            ),
             self.would_deny.family(),
         );
     }
@@ -199,10 +201,19 @@ mod tests {
         let mut reg = Registry::default();
         m.register(&mut reg);
         let c = &m.inbound_tcp;
-        c.count(&decision(Verdict::Allow, false, "from-api"), "spiffe://td/api");
-        c.count(&decision(Verdict::Allow, false, "from-api"), "spiffe://td/api");
+        c.count(
+            &decision(Verdict::Allow, false, "from-api"),
+            "spiffe://td/api",
+        );
+        c.count(
+            &decision(Verdict::Allow, false, "from-api"),
+            "spiffe://td/api",
+        );
         c.count(&decision(Verdict::Deny, false, "no-fe"), "spiffe://td/fe");
-        c.count(&decision(Verdict::Allow, true, "audit-x"), "unauthenticated");
+        c.count(
+            &decision(Verdict::Allow, true, "audit-x"),
+            "unauthenticated",
+        );
         let default = Decision {
             matched: Matched::Default(DefaultPolicy::Deny),
             ..decision(Verdict::Deny, false, "")

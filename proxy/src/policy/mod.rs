@@ -196,7 +196,12 @@ pub async fn start(
     if let Some(path) = path {
         let (r, p) = (reloader.clone(), path.clone());
         let _ = tokio::task::spawn_blocking(move || file::load_now(&r, &p)).await;
-        watcher = Some(file::watch(reloader.clone(), path, cfg.debounce, stop.clone())?);
+        watcher = Some(file::watch(
+            reloader.clone(),
+            path,
+            cfg.debounce,
+            stop.clone(),
+        )?);
     }
     if cfg.source.uses_control_plane() {
         tokio::spawn(remote::poll_loop(cp, creds, reloader, stop));
