@@ -103,6 +103,10 @@ pub struct Config {
     /// reloaded when it changes.
     #[arg(long)]
     pub endpoints: Option<PathBuf>,
+    /// Directory of segmentation policies served at GET /v1/policies (each
+    /// proxy gets the documents that select it); reloaded when it changes.
+    #[arg(long, env = "PALISADE_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
     /// Most concurrent connections on the API port; further ones are closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

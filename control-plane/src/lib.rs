@@ -11,5 +11,6 @@ pub mod client;
 pub mod config;
 pub mod endpoints;
 pub mod metrics;
+pub mod policy_source;
 pub mod server;
 pub mod svid;

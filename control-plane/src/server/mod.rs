@@ -22,6 +22,7 @@ use crate::ca::{Authority, CaError, Upstream};
 use crate::config::Config;
 use crate::endpoints::{EndpointMap, EndpointsError};
 use crate::metrics::Metrics;
+use crate::policy_source::{PolicySourceError, PolicyStore};
 use tls::{ServingTls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum ServerError {
     Jwks(#[from] JwksError),
     #[error(transparent)]
     Endpoints(#[from] EndpointsError),
+    #[error("--policy-dir: {0}")]
+    Policies(#[from] PolicySourceError),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -46,6 +49,8 @@ pub struct State {
     pub k8s: Option<K8sVerifier>,
     pub metrics: Metrics,
     pub endpoints: Arc<EndpointMap>,
+    /// `--policy-dir`, served at GET /v1/policies.
+    pub policies: Option<Arc<PolicyStore>>,
     pub tls: ArcSwap<ServingTls>,
     pub control_plane_id: SpiffeId,
 }
@@ -69,6 +74,11 @@ impl State {
             }
             _ => None,
         };
+        let policies = config
+            .policy_dir
+            .clone()
+            .map(PolicyStore::open)
+            .transpose()?;
         let serving = tls::build(&authority)?;
         let control_plane_id = tls::control_plane_id(&authority);
         let state = State {
@@ -78,6 +88,7 @@ impl State {
             k8s,
             metrics: Metrics::new(),
             endpoints: Arc::new(EndpointMap::default()),
+            policies,
             tls: ArcSwap::from_pointee(serving),
             control_plane_id,
         };
@@ -139,6 +150,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Some(path) => Some(state.endpoints.watch(path)?),
         None => None,
     };
+    let _policy_watcher = state.policies.as_ref().map(|p| p.watch()).transpose()?;
 
     let listen = state.config.listen;
     let api = TcpListener::bind(listen)

@@ -28,18 +28,21 @@ pub async fn handle(
         (&Method::POST, "/v1/svid/renew") => renew(state, peer, req).await,
         (&Method::GET, "/v1/bundle") => bundle(state),
         (&Method::GET, "/v1/endpoints") => endpoints(state, peer),
+        (&Method::GET, "/v1/policies") => policies(state, peer, req.uri().query()).await,
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
             state.metrics.encode(),
         )),
-        (_, "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/metrics") => {
-            Err(Failure::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed on {path}", req.method()),
-            ))
-        }
+        (
+            _,
+            "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/v1/policies"
+            | "/metrics",
+        ) => Err(Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )),
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -165,4 +168,44 @@ fn bundle(state: &State) -> Result<Resp, Failure> {
 fn endpoints(state: &State, peer: Option<&CertificateDer<'static>>) -> Result<Resp, Failure> {
     peer_id(state, peer)?;
     Ok(json(StatusCode::OK, &*state.endpoints.load()))
+}
+
+/// `?version=N&wait=S`: long poll for the caller's policies.
+async fn policies(
+    state: &State,
+    peer: Option<&CertificateDer<'static>>,
+    query: Option<&str>,
+) -> Result<Resp, Failure> {
+    let id = peer_id(state, peer)?;
+    let mut known = None;
+    let mut wait = crate::policy_source::MAX_WAIT / 2;
+    for (k, v) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        let bad = || {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("{k}={v:?} is not a number"),
+            )
+        };
+        match k {
+            "version" => known = Some(v.parse::<u64>().map_err(|_| bad())?),
+            "wait" => wait = std::time::Duration::from_secs(v.parse().map_err(|_| bad())?),
+            _ => {}
+        }
+    }
+    let answer = match &state.policies {
+        Some(store) => store.poll(&id, known, wait).await,
+        // No --policy-dir: nothing selects anyone; the proxies' defaults apply.
+        None => {
+            if known == Some(0) {
+                tokio::time::sleep(wait.min(crate::policy_source::MAX_WAIT)).await;
+            }
+            Default::default()
+        }
+    };
+    Ok(json(StatusCode::OK, &answer))
 }

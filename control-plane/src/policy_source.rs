@@ -1,0 +1,284 @@
+//! The policies served at `GET /v1/policies`: a directory of segmentation
+//! policies, validated by compiling them with palisade-policy, reloaded when
+//! it changes (a bad change keeps the last good set), and served to each
+//! proxy as the documents that select it, with a long poll on their version.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::api::{PoliciesResponse, PolicyDocument};
+
+/// The longest a client may ask a poll to be held.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Quiet time after the last file event before the directory is read again.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicySourceError {
+    /// Located diagnostics, one per line (`file:line:col: error: ...`).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot watch {0}: {1}")]
+    Watch(String, notify::Error),
+}
+
+/// One servable piece of YAML and the documents in it.
+#[derive(Debug)]
+struct Chunk {
+    served: PolicyDocument,
+    docs: Vec<PolicyDoc>,
+}
+
+/// The live, validated policy set.
+pub struct PolicyStore {
+    dir: PathBuf,
+    chunks: ArcSwap<Vec<Chunk>>,
+    changed: watch::Sender<u64>,
+}
+
+impl PolicyStore {
+    /// Loads `dir`; an invalid set at start is an error.
+    pub fn open(dir: PathBuf) -> Result<Arc<PolicyStore>, PolicySourceError> {
+        let chunks = load(&dir)?;
+        Ok(Arc::new(PolicyStore {
+            dir,
+            chunks: ArcSwap::from_pointee(chunks),
+            changed: watch::channel(0).0,
+        }))
+    }
+
+    /// Re-reads the directory; on error the last good set stays.
+    pub fn reload(&self) -> Result<usize, PolicySourceError> {
+        let chunks = load(&self.dir)?;
+        let n = chunks.len();
+        self.chunks.store(Arc::new(chunks));
+        self.changed.send_modify(|g| *g += 1);
+        Ok(n)
+    }
+
+    /// The documents that select `workload`, and their version.
+    pub fn for_workload(&self, workload: &SpiffeId) -> PoliciesResponse {
+        let chunks = self.chunks.load();
+        let documents: Vec<PolicyDocument> = chunks
+            .iter()
+            .filter(|c| c.docs.iter().any(|d| d.selects(workload)))
+            .map(|c| c.served.clone())
+            .collect();
+        let mut h = Sha256::new();
+        for d in &documents {
+            h.update(d.name.as_bytes());
+            h.update([0]);
+            h.update(d.yaml.as_bytes());
+            h.update([0]);
+        }
+        let digest = h.finalize();
+        let version = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        PoliciesResponse { version, documents }
+    }
+
+    /// Answers at once unless the caller already has the current version
+    /// (`known`); then waits until it changes or `wait` passes.
+    pub async fn poll(
+        &self,
+        workload: &SpiffeId,
+        known: Option<u64>,
+        wait: Duration,
+    ) -> PoliciesResponse {
+        // Subscribed before the first look, so no reload is missed.
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let resp = self.for_workload(workload);
+            if known != Some(resp.version) {
+                return resp;
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return resp },
+                _ = tokio::time::sleep_until(deadline) => return resp,
+            }
+        }
+    }
+
+    /// Reloads whenever the directory changes, after `DEBOUNCE` of quiet.
+    /// The returned watcher must be kept alive.
+    pub fn watch(self: &Arc<Self>) -> Result<notify::RecommendedWatcher, PolicySourceError> {
+        let watch_err = |e| PolicySourceError::Watch(self.dir.display().to_string(), e);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .map_err(watch_err)?;
+        watcher
+            .watch(&self.dir, RecursiveMode::NonRecursive)
+            .map_err(watch_err)?;
+        let store = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("policy-watch".into())
+            .spawn(move || {
+                // Ends when the watcher (and so the sender) is dropped.
+                while rx.recv().is_ok() {
+                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                    match store.reload() {
+                        Ok(n) => tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded"),
+                        Err(e) => tracing::error!(dir = %store.dir.display(), error = %e, "policies rejected; the last good set is still served"),
+                    }
+                }
+            })
+            .map_err(|e| PolicySourceError::Invalid(format!("policy-watch thread: {e}")))?;
+        Ok(watcher)
+    }
+}
+
+/// Reads, validates (by compiling) and splits the directory's policies.
+fn load(dir: &Path) -> Result<Vec<Chunk>, PolicySourceError> {
+    let invalid = |e: String| PolicySourceError::Invalid(e);
+    let files = palisade_policy::fs::policy_files(dir).map_err(|e| invalid(e.to_string()))?;
+    let mut chunks = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
+        let name = file.display().to_string();
+        match parse_documents(&name, &text) {
+            Ok(docs) => chunks.extend(split(&name, &text, docs)),
+            Err(diags) => errors.extend(diags.iter().map(ToString::to_string)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(errors.join("\n")));
+    }
+    // Duplicate names across files are only seen when merged.
+    let all: Vec<PolicyDoc> = chunks.iter().flat_map(|c| c.docs.clone()).collect();
+    if let Err(diags) = compile(all, Defaults::new(DefaultPolicy::Deny)) {
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        return Err(invalid(text.join("\n")));
+    }
+    Ok(chunks)
+}
+
+/// One chunk per document, cut from the file at each document's first line,
+/// so a proxy receives only the documents that select it. A cut that does
+/// not parse back to the same document falls back to the whole file.
+fn split(name: &str, text: &str, docs: Vec<PolicyDoc>) -> Vec<Chunk> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts: Vec<usize> = docs.iter().map(|d| d.pos.line as usize - 1).collect();
+    let mut chunks = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(lines.len());
+        let mut piece = &lines[starts[i].min(end)..end];
+        while let Some(last) = piece.last() {
+            let t = last.trim();
+            if t.is_empty() || t == "---" || t == "..." || t.starts_with('#') {
+                piece = &piece[..piece.len() - 1];
+            } else {
+                break;
+            }
+        }
+        let yaml = piece.concat();
+        let same = match parse_documents(name, &yaml).as_deref() {
+            Ok([back]) => serde_json::to_value(back).ok() == serde_json::to_value(doc).ok(),
+            _ => false,
+        };
+        if !same {
+            return vec![whole_file(name, text, docs)];
+        }
+        chunks.push(Chunk {
+            served: PolicyDocument {
+                name: doc.id(),
+                source: format!("{name}:{}", doc.pos.line),
+                yaml,
+            },
+            docs: vec![doc.clone()],
+        });
+    }
+    chunks
+}
+
+fn whole_file(name: &str, text: &str, docs: Vec<PolicyDoc>) -> Chunk {
+    tracing::warn!(
+        file = name,
+        "cannot cut this file into documents; serving it whole"
+    );
+    Chunk {
+        served: PolicyDocument {
+            name: docs.iter().map(PolicyDoc::id).collect::<Vec<_>>().join(","),
+            source: format!("{name}:1"),
+            yaml: text.to_owned(),
+        },
+        docs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = "# shop policies\n\
+apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: api, namespace: shop}\n\
+spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/api}]\n  ingress: []\n\
+---\n# the database\n\
+apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: db, namespace: shop}\n\
+spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
+
+    #[test]
+    fn each_workload_gets_only_the_documents_that_select_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shop.yaml"), TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let api = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap());
+        assert_eq!(api.documents.len(), 1);
+        assert_eq!(api.documents[0].name, "shop/api");
+        assert!(!api.documents[0].yaml.contains("name: db"));
+        let db = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/db").unwrap());
+        assert_eq!(db.documents[0].name, "shop/db");
+        assert_ne!(api.version, db.version);
+        let none = store.for_workload(&SpiffeId::parse("spiffe://td/ns/web/sa/x").unwrap());
+        assert!(none.documents.is_empty());
+    }
+
+    #[test]
+    fn a_bad_change_is_rejected_with_its_location_and_the_last_good_set_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shop.yaml");
+        std::fs::write(&f, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
+        let before = store.for_workload(&api);
+        std::fs::write(&f, TWO.replace("ingress: []", "ingres: []")).unwrap();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(err.contains("shop.yaml:7:3"), "{err}");
+        assert_eq!(store.for_workload(&api), before);
+    }
+
+    #[tokio::test]
+    async fn a_poll_with_the_current_version_waits_for_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shop.yaml");
+        std::fs::write(&f, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
+        let v = store.for_workload(&api).version;
+        let s = store.clone();
+        let waiting = tokio::spawn(async move {
+            let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
+            s.poll(&api, Some(v), Duration::from_secs(30)).await
+        });
+        tokio::task::yield_now().await;
+        std::fs::write(
+            &f,
+            TWO.replace("ingress: []\n---", "ingress: []\n  egress: []\n---"),
+        )
+        .unwrap();
+        store.reload().unwrap();
+        let got = waiting.await.unwrap();
+        assert_ne!(got.version, v);
+        assert!(got.documents[0].yaml.contains("egress: []"));
+    }
+}
