@@ -1,0 +1,310 @@
+//! Hot reload with real proxies: a thousand swaps under traffic break no
+//! allowed connection, a swap that denies a live connection closes it, bad
+//! files (truncated, half-written, a ConfigMap symlink flip to an invalid
+//! file) keep the last good policy, and the control plane's policy directory
+//! reaches the proxies it selects.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::eventually;
+use palisade_tests::policy::{
+    policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir,
+};
+use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
+
+const OTHER_ID: &str = "spiffe://cluster.local/ns/demo/sa/other";
+
+/// The server's policy: ingress from `peer` under rule `rule`.
+fn allow(peer: &str, rule: &str) -> String {
+    let body = format!(
+        "  ingress:\n    - name: {rule}\n      action: allow\n      from:\n        - identity: {peer}\n"
+    );
+    policy_doc("server", SERVER_ID, &body)
+}
+
+/// client app → client proxy → server proxy (policy at `policy`) → echo.
+struct Pair {
+    _cp: ControlPlane,
+    _echo: Echo,
+    server: Proxy,
+    _client: Proxy,
+    /// Where the client app connects.
+    entry: SocketAddr,
+}
+
+fn start_pair(cp: ControlPlane, policy: Option<&Path>, policy_yaml: &str) -> Pair {
+    let echo = Echo::start();
+    let mut b = spec(&cp, "server", SERVER_ID);
+    let b_in = b.inbound(echo.addr, false);
+    match policy {
+        Some(p) => use_policy(&mut b, p, policy_yaml),
+        None => b.extra_yaml += policy_yaml,
+    }
+    let mut a = spec(&cp, "client", CLIENT_ID);
+    let entry = a.route(b_in, SERVER_ID);
+    let server = Proxy::start_ready(b);
+    let client = Proxy::start_ready(a);
+    Pair {
+        _cp: cp,
+        _echo: echo,
+        server,
+        _client: client,
+        entry,
+    }
+}
+
+fn allowed(entry: SocketAddr) -> bool {
+    echo_roundtrip(entry, b"ping").is_ok_and(|b| b == b"ping")
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    eventually(what, Duration::from_secs(15), || f().then_some(()));
+}
+
+/// One echo exchange on a kept-open connection.
+fn ping(s: &mut TcpStream, n: u64) -> std::io::Result<()> {
+    let msg = n.to_be_bytes();
+    s.write_all(&msg)?;
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back)?;
+    if back != msg {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_reload_closes_the_live_one(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    let (v1, v2) = (
+        allow(CLIENT_ID, "from-client"),
+        allow(CLIENT_ID, "client-v2"),
+    );
+    std::fs::write(&file, &v1).unwrap();
+    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 2ms\n");
+    let entry = p.entry;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let new_ok = Arc::new(AtomicU64::new(0));
+    let long_pings = Arc::new(AtomicU64::new(0));
+    let mut live = TcpStream::connect(entry).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    ping(&mut live, 0).unwrap();
+    let long_lived = {
+        let (stop, failures, pings) = (stop.clone(), failures.clone(), long_pings.clone());
+        let mut s = live.try_clone().unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = pings.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Err(e) = ping(&mut s, n) {
+                    eprintln!("long-lived connection failed: {e}");
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        })
+    };
+    let fresh = {
+        let (stop, failures, ok) = (stop.clone(), failures.clone(), new_ok.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match echo_roundtrip(entry, b"new connection") {
+                    Ok(b) if b == b"new connection" => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("new connection failed: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+
+    let reloads = |p: &Proxy| p.metric("policy_reloads_total", &[]);
+    let base = reloads(&p.server);
+    for i in 0..1000u32 {
+        write_atomic(&file, if i % 2 == 0 { &v2 } else { &v1 });
+        let want = base + f64::from(i) + 1.0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(&p.server) < want {
+            assert!(Instant::now() < deadline, "reload {i} not applied");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    long_lived.join().unwrap();
+    fresh.join().unwrap();
+    assert_eq!(reloads(&p.server), base + 1000.0);
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "allowed traffic failed"
+    );
+    assert!(new_ok.load(Ordering::Relaxed) > 0 && long_pings.load(Ordering::Relaxed) > 0);
+    assert_eq!(p.server.metric("tcp_authz_terminate_total", &[]), 0.0);
+
+    // Now a policy that no longer admits the client: the live connection
+    // is closed and counted, new ones are refused.
+    ping(&mut live, u64::MAX).unwrap();
+    write_atomic(&file, &allow(OTHER_ID, "only-other"));
+    let mut buf = [0u8; 8];
+    let closed = match live.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        Ok(_) => false,
+    };
+    assert!(closed, "the live connection must be closed by the reload");
+    let terminated = [
+        ("direction", "inbound"),
+        ("policy", "demo/server"),
+        ("peer", CLIENT_ID),
+    ];
+    wait_until("terminate counted", || {
+        p.server.metric("tcp_authz_terminate_total", &terminated) == 1.0
+    });
+    assert!(!allowed(entry), "new connections are denied too");
+}
+
+/// Checks the error was counted and shown, and the last good policy (which
+/// admits the client, at `version`) is still the one in force.
+fn assert_kept(p: &Pair, errors_before: f64, version: &serde_json::Value, needle: &str) {
+    wait_until("reload error counted", || {
+        p.server.metric("policy_reload_errors_total", &[]) > errors_before
+    });
+    let dump = p.server.config_dump();
+    let err = dump["policy"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains(needle), "last_error {err:?} lacks {needle:?}");
+    assert_eq!(
+        &dump["policy_version"], version,
+        "the last good policy stays"
+    );
+    assert!(allowed(p.entry), "traffic follows the last good policy");
+}
+
+/// `server.yaml:<line>:<col>:` somewhere in `err`.
+fn located(err: &str) -> bool {
+    err.split("server.yaml:").skip(1).any(|rest| {
+        let mut parts = rest.splitn(3, ':');
+        let digits = |s: Option<&str>| {
+            s.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+        };
+        digits(parts.next()) && digits(parts.next())
+    })
+}
+
+#[test]
+fn a_truncated_file_is_rejected_with_its_location_and_the_last_good_policy_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    let good = allow(CLIENT_ID, "from-client");
+    std::fs::write(&file, &good).unwrap();
+    let p = start_pair(ControlPlane::start(), Some(&file), "");
+    assert!(allowed(p.entry));
+    let version = p.server.config_dump()["policy_version"].clone();
+
+    // Cut inside the rule: `action` is gone.
+    let cut = good.find("      action").unwrap();
+    std::fs::write(&file, &good[..cut]).unwrap();
+    assert_kept(&p, 0.0, &version, "server.yaml:");
+    let err = p.server.config_dump()["policy"]["last_error"].to_string();
+    assert!(located(&err), "file:line:col in {err}");
+
+    // A good file is picked up and clears the error.
+    write_atomic(&file, &allow(OTHER_ID, "only-other"));
+    wait_until("the denying policy applies", || !allowed(p.entry));
+    assert!(p.server.config_dump()["policy"]["last_error"].is_null());
+}
+
+#[test]
+fn a_half_written_file_is_rejected_until_the_writer_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
+    let p = start_pair(ControlPlane::start(), Some(&file), "");
+    let version = p.server.config_dump()["policy_version"].clone();
+
+    // A slow writer stops inside a flow mapping and keeps the file open.
+    let next = allow(OTHER_ID, "only-other");
+    let half = next.find("identity: ").unwrap();
+    let mut writer = write_partial(&file, &next, half);
+    assert_kept(&p, 0.0, &version, "server.yaml:");
+
+    writer.write_all(&next.as_bytes()[half..]).unwrap();
+    drop(writer);
+    wait_until("the finished file applies", || !allowed(p.entry));
+    assert_ne!(p.server.config_dump()["policy_version"], version);
+}
+
+#[test]
+fn a_configmap_symlink_flip_to_an_invalid_file_keeps_the_last_good_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cm = ConfigMapDir::create(dir.path(), "server.yaml", &allow(CLIENT_ID, "from-client"));
+    let p = start_pair(ControlPlane::start(), Some(&cm.path()), "");
+    assert!(allowed(p.entry));
+    let version = p.server.config_dump()["policy_version"].clone();
+
+    let typo = allow(OTHER_ID, "only-other").replace("      from:", "      form:");
+    cm.flip(&typo);
+    assert_kept(&p, 0.0, &version, "unknown field `form`");
+
+    cm.flip(&allow(OTHER_ID, "only-other"));
+    wait_until("the valid flip applies", || !allowed(p.entry));
+    let dump = p.server.config_dump();
+    assert!(dump["policy"]["last_error"].is_null());
+    assert_eq!(dump["policy"]["source"]["kind"], "file");
+}
+
+#[test]
+fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let unrelated = policy_doc("other", OTHER_ID, "  ingress: []\n");
+    std::fs::write(dir.path().join("other.yaml"), &unrelated).unwrap();
+    std::fs::write(
+        dir.path().join("server.yaml"),
+        allow(CLIENT_ID, "from-client"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
+        ..Default::default()
+    });
+    let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
+    assert!(allowed(p.entry));
+    let dump = p.server.config_dump();
+    assert_eq!(dump["policy"]["source"]["kind"], "control-plane");
+    assert_eq!(
+        dump["policy"]["policies"], 1,
+        "only the document selecting it"
+    );
+    let allow_labels = [("policy", "demo/server"), ("rule", "from-client")];
+    assert_eq!(
+        p.server
+            .metric("inbound_tcp_authz_allow_total", &allow_labels),
+        1.0
+    );
+
+    write_atomic(
+        &dir.path().join("server.yaml"),
+        &allow(OTHER_ID, "only-other"),
+    );
+    wait_until("the control plane's change applies", || !allowed(p.entry));
+    let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
+    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) >= 1.0);
+    let after = p.server.config_dump();
+    assert_ne!(
+        after["policy"]["source"]["version"],
+        dump["policy"]["source"]["version"]
+    );
+}
