@@ -179,6 +179,7 @@ mod tests {
             permits: Arc::new(tokio::sync::Semaphore::new(1)),
             drain: Drain::default(),
             policy: Default::default(),
+            http: Default::default(),
         });
         let mut cfg = Config::default();
         cfg.validate().unwrap();

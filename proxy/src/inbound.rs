@@ -2,16 +2,19 @@
 //! workload's SVID, identify the peer, authorize, forward to the local app.
 //! Plaintext is accepted only on permissive ports.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use palisade_policy::SpiffeId;
+use palisade_policy::{Decision, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, InboundCheck};
-use crate::config::InboundTarget;
+use crate::config::{InboundTarget, Protocol};
 use crate::forward::{forward, Ended};
+use crate::http;
+use crate::http::detect::{self, detect, Detected};
 use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
 use crate::{accept_loop, tls, transparent, Runtime};
 
@@ -21,11 +24,17 @@ const DIR: Direction = Direction::Inbound;
 #[derive(Debug, Clone)]
 pub enum Target {
     /// Explicit mode: one listener, one app address.
-    Fixed { app: SocketAddr, permissive: bool },
+    Fixed {
+        app: SocketAddr,
+        permissive: bool,
+        protocol: Protocol,
+    },
     /// Transparent mode: the app port is the original destination port.
     Transparent {
         permissive_ports: Arc<[u16]>,
         forward_to: InboundTarget,
+        /// App port → protocol; absent ports are detected.
+        protocols: Arc<BTreeMap<u16, Protocol>>,
     },
 }
 
@@ -33,10 +42,13 @@ impl Target {
     /// The app address and whether plaintext is allowed there.
     fn resolve(&self, tcp: &TcpStream) -> Result<(SocketAddr, bool), &'static str> {
         match self {
-            Target::Fixed { app, permissive } => Ok((*app, *permissive)),
+            Target::Fixed {
+                app, permissive, ..
+            } => Ok((*app, *permissive)),
             Target::Transparent {
                 permissive_ports,
                 forward_to,
+                ..
             } => {
                 let orig = transparent::original_dst(tcp).map_err(|_| "no_original_dst")?;
                 if tcp.local_addr().ok() == Some(orig) {
@@ -50,6 +62,16 @@ impl Target {
                     InboundTarget::Original => orig,
                 };
                 Ok((app, permissive_ports.contains(&orig.port())))
+            }
+        }
+    }
+
+    /// What the app on `port` speaks.
+    fn protocol(&self, port: u16) -> Protocol {
+        match self {
+            Target::Fixed { protocol, .. } => *protocol,
+            Target::Transparent { protocols, .. } => {
+                protocols.get(&port).copied().unwrap_or_default()
             }
         }
     }
@@ -96,6 +118,12 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
                 &format_args!("plaintext to {app}"),
             );
         }
+        let (proto, tcp) = match detect(tcp, target.protocol(app.port()), None, t.detect).await {
+            Ok(x) => x,
+            Err(e) => {
+                return tracing::debug!(client.addr = %client, error = %e, "closed during detection")
+            }
+        };
         // Subscribe before deciding, so no policy swap goes unseen.
         let mut policy = rt.policy.subscribe();
         let check = InboundCheck {
@@ -103,6 +131,13 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
             source: client,
             port: app.port(),
         };
+        if proto != Detected::Opaque {
+            if decided(&rt, &check, client).is_allowed() {
+                let protocol = target.protocol(app.port());
+                http::server::serve_inbound(rt, tcp, None, client, app, protocol, proto).await;
+            }
+            return;
+        }
         if !allowed_opaque(&rt, &check, client) {
             return;
         }
@@ -151,12 +186,26 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         },
         None => return refuse(&rt, client, "no_client_cert", &"no client certificate"),
     };
+    let alpn = detect::alpn(stream.get_ref().1.alpn_protocol());
+    let (proto, stream) = match detect(stream, target.protocol(app.port()), alpn, t.detect).await {
+        Ok(x) => x,
+        Err(e) => {
+            return tracing::debug!(client.addr = %client, error = %e, "closed during detection")
+        }
+    };
     let mut policy = rt.policy.subscribe();
     let check = InboundCheck {
         peer: Some(&peer),
         source: client,
         port: app.port(),
     };
+    if proto != Detected::Opaque {
+        if decided(&rt, &check, client).is_allowed() {
+            let protocol = target.protocol(app.port());
+            http::server::serve_inbound(rt, stream, Some(peer), client, app, protocol, proto).await;
+        }
+        return;
+    }
     if !allowed_opaque(&rt, &check, client) {
         return;
     }
@@ -175,10 +224,9 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
     log_end(client, peer.as_str(), ended);
 }
 
-/// The connection-level check before forwarding opaque bytes, counted and
-/// logged. A connection that only HTTP rules allow is refused here: opaque
-/// TCP cannot be checked per request.
-fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> bool {
+/// The connection-level decision, counted and logged. An HTTP connection
+/// that only HTTP rules allow goes on: each request is then checked.
+fn decided(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> Decision {
     let d = authz::inbound(rt, check);
     authz::record(
         rt,
@@ -188,6 +236,14 @@ fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) ->
         client,
         check.port,
     );
+    d
+}
+
+/// The connection-level check before forwarding opaque bytes, counted and
+/// logged. A connection that only HTTP rules allow is refused here: opaque
+/// TCP cannot be checked per request.
+fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> bool {
+    let d = decided(rt, check, client);
     if d.is_allowed() && d.http_required {
         refuse(
             rt,

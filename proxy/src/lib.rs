@@ -8,6 +8,7 @@ pub mod authz;
 pub mod config;
 pub mod drain;
 pub mod forward;
+pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
@@ -39,6 +40,8 @@ pub struct Runtime {
     pub drain: drain::Drain,
     /// The segmentation policy in force; `authz` loads it once per decision.
     pub policy: Arc<policy::LivePolicy>,
+    /// HTTP settings, the access log and pooled upstream connections.
+    pub http: http::Http,
 }
 
 /// Accept on `listener` until drain, running `handle` for each connection

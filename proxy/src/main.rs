@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use palisade_proxy::config::{Config, Mode};
+use palisade_proxy::http::Http;
 use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::outbound::{endpoints, EndpointMap};
@@ -112,6 +113,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         permits: Arc::new(Semaphore::new(cfg.max_connections)),
         drain: drain::Drain::default(),
         policy: policies.live.clone(),
+        http: Http::new(cfg.http.clone(), &cfg.access_log, metrics.clone())
+            .context("opening the access log")?,
     });
 
     // Bind everything first so a port clash fails at start, not later.
@@ -125,6 +128,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             let target = inbound::Target::Transparent {
                 permissive_ports: cfg.inbound.permissive_ports.clone().into(),
                 forward_to: cfg.inbound.forward_to,
+                protocols: Arc::new(cfg.inbound.protocols.clone()),
             };
             tokio::spawn(inbound::serve(rt.clone(), l, target));
 
@@ -143,6 +147,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             let target = outbound::Target::Transparent {
                 endpoints: map,
                 unmeshed: cfg.outbound.unmeshed,
+                protocols: Arc::new(cfg.outbound.protocols.clone()),
             };
             tokio::spawn(outbound::serve(rt.clone(), l, target));
         }
@@ -153,6 +158,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 let target = inbound::Target::Fixed {
                     app: p.app,
                     permissive: p.permissive,
+                    protocol: p.protocol,
                 };
                 tokio::spawn(inbound::serve(rt.clone(), l, target));
             }
@@ -165,6 +171,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 let target = outbound::Target::Route {
                     destination: r.destination,
                     identity: r.identity.clone(),
+                    protocol: r.protocol,
                 };
                 tokio::spawn(outbound::serve(rt.clone(), l, target));
             }

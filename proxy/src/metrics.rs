@@ -3,6 +3,7 @@
 //! never takes the registry's locks once a peer has been seen.
 
 pub mod authz;
+pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub struct Metrics {
     pub endpoints_refresh_failures: Counter,
     /// Policy decisions, terminations and reloads.
     pub authz: authz::AuthzMetrics,
+    /// HTTP requests, responses, per-request decisions and limits.
+    pub http: http::HttpMetrics,
     /// Indexed by [`Self::slot`]: (direction, tls).
     cache: [ArcSwap<PeerMap>; 4],
 }
@@ -108,6 +111,7 @@ impl Metrics {
             cert_refresh_failures: Counter::default(),
             endpoints_refresh_failures: Counter::default(),
             authz: Default::default(),
+            http: Default::default(),
             cache: Default::default(),
             registry: Registry::default(),
         };
@@ -155,6 +159,7 @@ impl Metrics {
             m.endpoints_refresh_failures.clone(),
         );
         m.authz.register(&mut registry);
+        m.http.register(&mut registry);
         Metrics { registry, ..m }
     }
 

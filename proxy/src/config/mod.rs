@@ -2,6 +2,7 @@
 //! environment overrides, then validation. Every setting and its default is
 //! documented in proxy/README.md.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +80,10 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +100,9 @@ pub struct InboundConfig {
     /// Explicit mode: one listener per local app port.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Transparent mode: app port → protocol (default `detect`).
+    #[serde(default)]
+    pub protocols: BTreeMap<u16, Protocol>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +112,8 @@ pub struct PortMapping {
     pub app: SocketAddr,
     #[serde(default)]
     pub permissive: bool,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +130,9 @@ pub struct OutboundConfig {
     /// Explicit mode: one listener per destination sidecar.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Transparent mode: destination port → protocol (default `detect`).
+    #[serde(default)]
+    pub protocols: BTreeMap<u16, Protocol>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +143,8 @@ pub struct Route {
     pub destination: SocketAddr,
     /// The SPIFFE ID the destination must present.
     pub identity: SpiffeId,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +199,7 @@ impl Default for InboundConfig {
             permissive_ports: Vec::new(),
             forward_to: default_inbound_target(),
             ports: Vec::new(),
+            protocols: BTreeMap::new(),
         }
     }
 }
@@ -195,6 +211,7 @@ impl Default for OutboundConfig {
             unmeshed: default_unmeshed(),
             endpoints_refresh: default_endpoints_refresh(),
             routes: Vec::new(),
+            protocols: BTreeMap::new(),
         }
     }
 }
@@ -244,6 +261,8 @@ impl Default for Config {
             drain_grace_period: default_drain_grace(),
             identity: IdentityConfig::default(),
             policy: PolicyConfig::default(),
+            http: HttpConfig::default(),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -424,6 +443,8 @@ impl Config {
     pub fn validate(&mut self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         self.policy.validate()?;
+        self.http.validate().map_err(ConfigError::Invalid)?;
+        self.access_log.validate().map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }
@@ -494,8 +515,10 @@ impl Config {
 }
 
 pub mod duration;
+pub mod http;
 pub mod policy;
 
+pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
 pub use policy::{PolicyConfig, SourceKind};
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod endpoints;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,8 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::authz::{self, OutboundCheck};
-use crate::config::Unmeshed;
+use crate::config::{Protocol, Unmeshed};
 use crate::forward::forward;
+use crate::http;
+use crate::http::detect::{detect, Detected};
+use crate::http::io::Prefixed;
 use crate::inbound::log_end;
 use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
 use crate::{accept_loop, tls, transparent, Runtime};
@@ -30,12 +34,27 @@ pub enum Target {
     Route {
         destination: SocketAddr,
         identity: SpiffeId,
+        protocol: Protocol,
     },
     /// Transparent mode: the original destination, looked up in the map.
     Transparent {
         endpoints: Arc<ArcSwap<EndpointMap>>,
         unmeshed: Unmeshed,
+        /// Destination port → protocol; absent ports are detected.
+        protocols: Arc<BTreeMap<u16, Protocol>>,
     },
+}
+
+impl Target {
+    /// What the app speaks to a destination on `port`.
+    fn protocol(&self, port: u16) -> Protocol {
+        match self {
+            Target::Route { protocol, .. } => *protocol,
+            Target::Transparent { protocols, .. } => {
+                protocols.get(&port).copied().unwrap_or_default()
+            }
+        }
+    }
 }
 
 pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
@@ -52,10 +71,12 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
         Target::Route {
             destination,
             identity,
+            ..
         } => (*destination, Some(identity.clone()), Unmeshed::Deny),
         Target::Transparent {
             endpoints,
             unmeshed,
+            ..
         } => {
             let dst = match transparent::original_dst(&app) {
                 Ok(d) if app.local_addr().ok() != Some(d) => d,
@@ -82,6 +103,22 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
     authz::record(&rt, DIR, &decision, peer, client, dst.port());
     if !decision.is_allowed() {
         return;
+    }
+    // Only meshed destinations are spoken to in HTTP: their sidecar enforces
+    // ingress per request. Unmeshed traffic stays opaque.
+    let protocol = target.protocol(dst.port());
+    let (proto, app) = match &expected {
+        Some(_) => match detect(app, protocol, None, t.detect).await {
+            Ok(x) => x,
+            Err(e) => {
+                return tracing::debug!(client.addr = %client, error = %e, "closed during detection")
+            }
+        },
+        None => (Detected::Opaque, Prefixed::new(app)),
+    };
+    if let (Some(id), true) = (&expected, proto != Detected::Opaque) {
+        let id = id.clone();
+        return http::server::serve_outbound(rt, app, id, client, dst, protocol, proto).await;
     }
     if decision.http_required {
         return refuse(

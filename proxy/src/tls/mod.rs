@@ -162,6 +162,9 @@ impl Credentials {
             .expect("ring supports TLS 1.3")
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Always(svid.key.clone())));
+        // Sidecars negotiate HTTP/2 (or HTTP/1.1 for upgrades) between them;
+        // a client offering nothing gets opaque TCP as before.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
         Ok(Credentials {

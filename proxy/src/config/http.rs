@@ -1,0 +1,151 @@
+//! The `http:` and `access_log:` sections and the per-port `protocol`
+//! setting: how the proxy treats HTTP, its limits, and its access log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+
+/// What a port carries. `detect` looks at the first bytes (or ALPN).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    /// Never parsed: L4 forwarding only (server-speaks-first protocols,
+    /// databases, anything not HTTP).
+    Opaque,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Request line plus headers, in bytes; larger gets 431.
+    #[serde(default = "d_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Header fields per request; more gets 431.
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
+    /// From a request's first byte to the end of its headers; slower gets 408.
+    #[serde(default = "d_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// From a request's headers to the response's headers; longer gets 504.
+    #[serde(default = "d_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// HTTP/2 streams one client may have open at once.
+    #[serde(default = "d_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may open and reset before they are served;
+    /// beyond it the connection gets GOAWAY (rapid reset).
+    #[serde(default = "d_max_pending_resets")]
+    pub max_pending_resets: usize,
+    /// Idle pooled connections (to the app and between sidecars) close after this.
+    #[serde(default = "d_pool_idle_timeout", with = "duration")]
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `stdout`, or a file path (appended to).
+    #[serde(default = "d_access_log_path")]
+    pub path: PathBuf,
+    /// Fraction of requests logged, 0.0 to 1.0.
+    #[serde(default = "d_sample")]
+    pub sample: f64,
+    /// Lines waiting for the writer; beyond it lines are dropped and counted.
+    #[serde(default = "d_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_header_bytes: d_max_header_bytes(),
+            max_headers: d_max_headers(),
+            header_read_timeout: d_header_read_timeout(),
+            request_timeout: d_request_timeout(),
+            max_concurrent_streams: d_max_concurrent_streams(),
+            max_pending_resets: d_max_pending_resets(),
+            pool_idle_timeout: d_pool_idle_timeout(),
+        }
+    }
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: false,
+            path: d_access_log_path(),
+            sample: d_sample(),
+            buffer: d_buffer(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        // hyper cannot parse a request head into a smaller buffer than this.
+        if self.max_header_bytes < 8192 {
+            return Err("http.max_header_bytes must be at least 8192".into());
+        }
+        if self.max_headers == 0 || self.max_concurrent_streams == 0 {
+            return Err(
+                "http.max_headers and http.max_concurrent_streams must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl AccessLogConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.sample) {
+            return Err(format!(
+                "access_log.sample must be between 0.0 and 1.0, got {}",
+                self.sample
+            ));
+        }
+        if self.buffer == 0 {
+            return Err("access_log.buffer must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn d_max_header_bytes() -> usize {
+    60 * 1024
+}
+fn d_max_headers() -> usize {
+    100
+}
+fn d_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_max_concurrent_streams() -> u32 {
+    100
+}
+fn d_max_pending_resets() -> usize {
+    20
+}
+fn d_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn d_access_log_path() -> PathBuf {
+    PathBuf::from("stdout")
+}
+fn d_sample() -> f64 {
+    1.0
+}
+fn d_buffer() -> usize {
+    8192
+}

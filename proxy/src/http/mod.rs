@@ -1,0 +1,291 @@
+//! L7: HTTP/1.1 and HTTP/2 proxying. After protocol detection a connection
+//! is served by hyper; each request is authorized against the policy in
+//! force, counted, logged, rewritten (hop-by-hop headers, XFCC) and sent
+//! upstream over pooled connections with its body streamed.
+
+pub mod access_log;
+pub mod authz;
+pub mod body;
+pub mod client;
+pub mod detect;
+pub mod h1_guard;
+pub mod headers;
+pub mod inbound;
+pub mod io;
+pub mod outbound;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use palisade_policy::{Decision, SpiffeId};
+
+use self::access_log::{AccessLog, Entry};
+use self::body::{PendingLog, RespBody};
+use self::detect::Detected;
+use crate::config::{AccessLogConfig, HttpConfig, Protocol};
+use crate::metrics::http::PeerHttp;
+use crate::metrics::{Direction, Metrics, UNAUTHENTICATED};
+use crate::Runtime;
+
+/// HTTP state shared by every connection.
+pub struct Http {
+    pub settings: HttpConfig,
+    pub access_log: Option<Arc<AccessLog>>,
+    pub apps: client::AppClients,
+    pub peers: client::PeerPool,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            settings: HttpConfig::default(),
+            access_log: None,
+            apps: Default::default(),
+            peers: Default::default(),
+        }
+    }
+}
+
+impl Http {
+    pub fn new(
+        settings: HttpConfig,
+        log: &AccessLogConfig,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Http> {
+        Ok(Http {
+            settings,
+            access_log: AccessLog::start(log, metrics)?.map(Arc::new),
+            ..Http::default()
+        })
+    }
+}
+
+/// One proxied HTTP connection, shared by its requests.
+pub struct Conn {
+    pub rt: Arc<Runtime>,
+    pub direction: Direction,
+    /// Inbound: the caller (`None` for plaintext). Outbound: the destination.
+    pub peer: Option<SpiffeId>,
+    /// The peer as logged: its SPIFFE ID, or the caller's address.
+    pub peer_name: Arc<str>,
+    /// This workload's own SPIFFE ID.
+    pub own_name: Arc<str>,
+    /// The caller's address.
+    pub client: SocketAddr,
+    /// Inbound: the local app. Outbound: the destination sidecar.
+    pub upstream: SocketAddr,
+    /// Inbound: the app port. Outbound: the destination port.
+    pub port: u16,
+    /// The port's configured protocol (inbound: what the app speaks).
+    pub protocol: Protocol,
+    pub detected: Detected,
+    /// Inbound: the XFCC value every request to the app carries.
+    pub xfcc: Option<HeaderValue>,
+    pub metrics: Arc<PeerHttp>,
+    pub guard: Arc<h1_guard::GuardFlags>,
+}
+
+impl h1_guard::Report for Conn {
+    fn violation(&self, reason: &'static str) {
+        self.rt.metrics.http.violation(self.direction, reason);
+    }
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rt: Arc<Runtime>,
+        direction: Direction,
+        peer: Option<SpiffeId>,
+        client: SocketAddr,
+        upstream: SocketAddr,
+        port: u16,
+        protocol: Protocol,
+        detected: Detected,
+    ) -> Conn {
+        let own_name: Arc<str> = rt
+            .creds
+            .load()
+            .as_ref()
+            .map_or("", |c| c.svid.id.as_str())
+            .into();
+        let label = peer.as_ref().map_or(UNAUTHENTICATED, |p| p.as_str());
+        let metrics = rt.metrics.http.peer(direction, label);
+        let peer_name: Arc<str> = match &peer {
+            Some(p) => p.as_str().into(),
+            None => client.ip().to_string().into(),
+        };
+        let xfcc = match (direction, &peer) {
+            (Direction::Inbound, Some(p)) => headers::xfcc_value(&own_name, p.as_str()),
+            _ => None,
+        };
+        Conn {
+            rt,
+            direction,
+            peer,
+            peer_name,
+            own_name,
+            client,
+            upstream,
+            port,
+            protocol,
+            detected,
+            xfcc,
+            metrics,
+            guard: Default::default(),
+        }
+    }
+
+    /// The metrics label for the peer.
+    pub fn peer_label(&self) -> &str {
+        self.metrics.peer()
+    }
+
+    /// The start of every request: counted, authorized against the policy
+    /// in force, maybe logged. `Err` is the finished answer to a request
+    /// that goes no further (denied, or CONNECT).
+    pub fn begin<B>(&self, req: &Request<B>) -> Result<Started, Response<RespBody>> {
+        let start = Instant::now();
+        self.metrics.requests.inc();
+        let decision = authz::check(self, req);
+        let (log, request_bytes) = self.log_start(req, &decision);
+        let upgrade = headers::wants_upgrade(req.headers(), req.version());
+        if !decision.is_allowed() {
+            let mut r = authz::denied(req, &decision);
+            if upgrade {
+                server::close_after(&mut r);
+            }
+            return Err(self.finish(r, start, log));
+        }
+        if req.method() == http::Method::CONNECT {
+            let mut r = self.local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n");
+            server::close_after(&mut r);
+            return Err(self.finish(r, start, log));
+        }
+        Ok(Started {
+            start,
+            log,
+            request_bytes,
+            upgrade,
+        })
+    }
+
+    /// Start a log line if the access log is on and samples this request.
+    pub fn log_start<B>(
+        &self,
+        req: &Request<B>,
+        decision: &Decision,
+    ) -> (Option<Box<PendingLog>>, Option<Arc<AtomicU64>>) {
+        let Some(log) = self.rt.http.access_log.as_ref().filter(|l| l.sampled()) else {
+            return (None, None);
+        };
+        let (source, destination) = match self.direction {
+            Direction::Inbound => (self.peer_name.clone(), self.own_name.clone()),
+            Direction::Outbound => (self.own_name.clone(), self.peer_name.clone()),
+        };
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let entry = Entry {
+            time: access_log::now_rfc3339(),
+            direction: self.direction.as_str(),
+            source,
+            destination,
+            protocol: protocol_of(req.version()),
+            method: req.method().as_str().to_owned(),
+            authority: authority(req).unwrap_or_default().to_owned(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            status: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            duration_us: 0,
+            decision: decision_name(decision),
+            policy: decision.label(),
+        };
+        let pending = PendingLog {
+            entry,
+            start: Instant::now(),
+            request_bytes: request_bytes.clone(),
+            log: log.clone(),
+        };
+        (Some(Box::new(pending)), Some(request_bytes))
+    }
+
+    /// Count the response, observe latency, attach the log line.
+    pub fn finish(
+        &self,
+        mut resp: Response<RespBody>,
+        start: Instant,
+        log: Option<Box<PendingLog>>,
+    ) -> Response<RespBody> {
+        let status = resp.status();
+        let grpc_failed = resp
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|v| v.as_bytes() != b"0");
+        self.metrics
+            .response(status.as_u16(), status.is_server_error() || grpc_failed);
+        self.metrics
+            .latency_ms
+            .observe(start.elapsed().as_secs_f64() * 1000.0);
+        let log = log.map(|mut l| {
+            l.entry.status = status.as_u16();
+            l
+        });
+        let body = std::mem::replace(resp.body_mut(), RespBody::empty());
+        *resp.body_mut() = body.with_log(log);
+        resp
+    }
+
+    /// A response of the proxy's own (502, 504, ...).
+    pub fn local(&self, status: StatusCode, text: &'static str) -> Response<RespBody> {
+        let mut r = Response::new(RespBody::local(text));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+}
+
+/// A request that may go upstream.
+pub struct Started {
+    pub start: Instant,
+    pub log: Option<Box<PendingLog>>,
+    /// Counts the request body when the request is logged.
+    pub request_bytes: Option<Arc<AtomicU64>>,
+    /// An HTTP/1.1 upgrade (WebSocket) is asked for.
+    pub upgrade: bool,
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute form) or `Host`.
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+}
+
+fn protocol_of(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        _ => "other",
+    }
+}
+
+fn decision_name(d: &Decision) -> &'static str {
+    match (d.is_allowed(), d.would_deny) {
+        (false, _) => "deny",
+        (true, true) => "would_deny",
+        (true, false) => "allow",
+    }
+}
