@@ -240,15 +240,25 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 }
 
 fn run_line(config: &serde_json::Value, mode: &str) -> String {
-    let get = |k: &str| config.get(k).map(|v| v.to_string()).unwrap_or_default();
+    let get = |k: &str| match config.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    };
+    let load = if mode == "open-loop" {
+        format!("open loop at {} RPS", get("rps"))
+    } else {
+        "closed loop, as fast as possible".to_owned()
+    };
     format!(
-        "{mode}, {} RPS target over {} connections, {} B bodies, {} trials of {} s after {} s warm-up, {} proxy worker thread(s)",
-        get("rps"),
+        "{load} over {} connections, {} B bodies, {} trials of {} s after {} s warm-up, \
+         proxy worker threads {}, SVIDs {}",
         get("connections"),
         get("body_bytes"),
         get("trials"),
         get("trial_seconds"),
         get("warmup_seconds"),
         get("proxy_workers"),
+        get("certs"),
     )
 }
