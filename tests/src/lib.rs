@@ -4,6 +4,7 @@
 
 pub mod badcerts;
 pub mod cp;
+pub mod http;
 pub mod netns;
 pub mod pki;
 pub mod policy;

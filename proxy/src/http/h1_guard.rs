@@ -81,6 +81,9 @@ pub struct H1Guard<S> {
     timer: Pin<Box<Sleep>>,
     /// Whether any byte of the current head has arrived (408 vs quiet close).
     head_started: bool,
+    /// Lines of the current head so far: hyper refuses a head with too many
+    /// fields before it is complete, so the guard counts as it goes.
+    head_lines: usize,
     /// Bytes hyper reads instead of a refused head; then end of stream.
     inject: Vec<u8>,
     injected: usize,
@@ -114,6 +117,7 @@ impl<S> H1Guard<S> {
             limits,
             timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             head_started: false,
+            head_lines: 0,
             inject: Vec::new(),
             injected: 0,
             last_write: Instant::now(),
@@ -147,9 +151,18 @@ impl<S> H1Guard<S> {
                     }
                     let start = i;
                     let (consumed, done) = take_block(&mut self.line, &data[i..]);
+                    self.head_lines += data[i..i + consumed]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count();
                     i += consumed;
                     if !done {
-                        if self.line.len() > self.limits.max_header_bytes {
+                        // The request line and the fields so far.
+                        if self.head_lines > self.limits.max_headers + 1 {
+                            self.violation("too_many_headers");
+                            self.line = Vec::new();
+                            self.state = State::Passthrough;
+                        } else if self.line.len() > self.limits.max_header_bytes {
                             // hyper holds the same bytes and refuses them with
                             // 431 once its buffer passes the same limit.
                             self.violation("header_too_large");
@@ -161,6 +174,7 @@ impl<S> H1Guard<S> {
                     let verdict = check_head(&self.line, &self.limits);
                     self.line.clear();
                     self.head_started = false;
+                    self.head_lines = 0;
                     self.arm(self.limits.idle_timeout);
                     match verdict {
                         Verdict::Ok(next) => self.state = next,

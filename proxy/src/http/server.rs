@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::body::RespBody;
 use super::detect::Detected;
 use super::h1_guard::{GuardLimits, H1Guard};
+use super::h2_frames::{FrameCounter, FrameCounts};
 use super::io::Metered;
 use super::Conn;
 use crate::config::Protocol;
@@ -60,8 +61,10 @@ where
         service_fn(move |req| handle(conn.clone(), req))
     };
     let stop = rt.drain.stop_accepting().clone();
+    let frames = Arc::new(FrameCounts::default());
     let result = match proto {
         Detected::Http2 => {
+            let io = FrameCounter::new(io, frames.clone());
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(s.max_concurrent_streams)
@@ -88,7 +91,7 @@ where
         }
     };
     if let Err(e) = result {
-        let reason = classify(&e);
+        let reason = classify(&e, &frames);
         if let Some(reason) = reason {
             if !conn.guard.reported.swap(true, Ordering::Relaxed) {
                 rt.metrics.http.violation(conn.direction, reason);
@@ -98,7 +101,7 @@ where
             direction = conn.direction.as_str(),
             client.addr = %conn.client,
             reason = reason.unwrap_or("other"),
-            error = %e,
+            error = ?e,
             "HTTP connection ended with an error"
         );
     }
@@ -106,26 +109,23 @@ where
 
 /// The limit a connection error stands for, if any. Only on the error path,
 /// so formatting the error chain is fine.
-fn classify(e: &hyper::Error) -> Option<&'static str> {
+fn classify(e: &hyper::Error, frames: &FrameCounts) -> Option<&'static str> {
     if e.is_parse_too_large() {
         return Some("header_too_large");
     }
     if e.is_parse() {
         return Some("malformed_request");
     }
-    let mut text = e.to_string();
+    let mut text = format!("{e:?}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
-    if text.contains("too_many_resets") {
-        Some("h2_rapid_reset")
-    } else if text.contains("too_many_continuations") || text.contains("CONTINUATION") {
-        Some("h2_continuation_flood")
-    } else if text.contains("ENHANCE_YOUR_CALM") || text.contains("enhance your calm") {
-        Some("h2_enhance_your_calm")
+    // h2 drops the GOAWAY's debug data from the error it returns.
+    if text.contains("ENHANCE_YOUR_CALM") {
+        Some(frames.calm_reason())
     } else {
         None
     }
