@@ -7,6 +7,7 @@ pub mod cp;
 pub mod http;
 pub mod netns;
 pub mod pki;
+pub mod pods;
 pub mod policy;
 pub mod proxy;
 

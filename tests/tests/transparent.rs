@@ -6,113 +6,25 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
-use palisade_tests::netns::{self, Network, Pod};
-use palisade_tests::proxy::{echo_roundtrip, http, metric, Echo};
-use palisade_tests::{bin, eventually, ChildGuard};
+use palisade_tests::netns::{Network, Pod};
+use palisade_tests::pods::{
+    admin_metrics, init_program, install_redirect, logs, run_ok, shared_dir, skip_unless_root,
+    start_sidecar, TD,
+};
+use palisade_tests::proxy::{echo_roundtrip, metric, Echo};
+use palisade_tests::{eventually, ChildGuard};
 
-const PROXY_UID: u32 = 2102;
 const APP_PORT: u16 = 8080;
-const TD: &str = "cluster.local";
-
-fn init_program() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/init/palisade-init")
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn nat_rules(pod: &Pod) -> String {
     let mut c = pod.command("iptables");
     c.args(["-t", "nat", "-S"]);
     run_ok(c)
-}
-
-fn skip_unless_root() -> bool {
-    if netns::available() && Command::new("iptables").arg("--version").output().is_ok() {
-        return false;
-    }
-    eprintln!("skipped: needs root, iproute2 and iptables (bash .ci/run installs them)");
-    true
-}
-
-/// A directory the unprivileged proxy user can read.
-fn shared_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("palisade-tp-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// Start a transparent-mode sidecar in `pod` as the proxy user and wait for
-/// its readiness (read through the pod's own loopback).
-fn start_sidecar(
-    pod: &Pod,
-    dir: &Path,
-    cp: &ControlPlane,
-    cp_addr: SocketAddr,
-    id: &str,
-) -> ChildGuard {
-    let bundle = dir.join("bundle.pem");
-    std::fs::copy(cp.bundle_path(), &bundle).unwrap();
-    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let token = cp.join_token(id);
-    let cfg = dir.join(format!("{}.yaml", pod.ns));
-    std::fs::write(
-        &cfg,
-        format!(
-            "mode: transparent\n\
-             drain_grace_period: 1s\n\
-             identity:\n  control_plane: \"{cp_addr}\"\n  trust_domain: {TD}\n  bootstrap_bundle: \"{}\"\n  join_token: \"{token}\"\n",
-            bundle.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let log = std::fs::File::create(dir.join(format!("{}.log", pod.ns))).unwrap();
-    let mut cmd = pod.command_as(PROXY_UID, bin("palisade-proxy"));
-    cmd.arg("--config")
-        .arg(&cfg)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let guard = ChildGuard::spawn(&format!("palisade-proxy in {}", pod.ns), &mut cmd);
-    eventually("sidecar ready", Duration::from_secs(30), || {
-        pod.enter(|| {
-            TcpStream::connect_timeout(
-                &"127.0.0.1:4191".parse().unwrap(),
-                Duration::from_millis(200),
-            )
-            .ok()
-            .map(|_| http("127.0.0.1:4191".parse().unwrap(), "GET", "/ready").0)
-        })
-        .filter(|s| *s == 200)
-    });
-    guard
-}
-
-fn admin_metrics(pod: &Pod) -> String {
-    pod.enter(|| http("127.0.0.1:4191".parse().unwrap(), "GET", "/metrics").1)
-}
-
-fn install_redirect(pod: &Pod) {
-    let mut c = pod.command(init_program());
-    c.args(["install", "--proxy-uid", &PROXY_UID.to_string()]);
-    run_ok(c);
 }
 
 /// tcpdump on the switch side of a pod's veth, written to a pcap file.
@@ -151,21 +63,6 @@ fn capture(
     (guard, err)
 }
 
-/// Every sidecar log in `dir`, for failure messages.
-fn logs(dir: &Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|e| e == "log") {
-            out += &format!(
-                "--- {}\n{}",
-                entry.path().display(),
-                std::fs::read_to_string(entry.path()).unwrap_or_default()
-            );
-        }
-    }
-    out
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -200,8 +97,8 @@ fn unmodified_client_reaches_peer_pod_over_mtls_and_unmeshed_pod_is_refused() {
 
     install_redirect(&a);
     install_redirect(&b);
-    let _proxy_a = start_sidecar(&a, dir.path(), &cp, cp_in_pods, &id_a);
-    let _proxy_b = start_sidecar(&b, dir.path(), &cp, cp_in_pods, &id_b);
+    let _proxy_a = start_sidecar(&a, dir.path(), &cp, cp_in_pods, &id_a, "");
+    let _proxy_b = start_sidecar(&b, dir.path(), &cp, cp_in_pods, &id_b, "");
 
     let pcap = dir.path().join("a.pcap");
     let (mut tcpdump, mut tcpdump_err) = capture(&net, &net.veth_of(1), &pcap);
