@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use mesh::Mesh;
 use traffic::{Call, Tally};
@@ -78,13 +79,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .to_path_buf(),
     };
 
+    // Registered before anything starts, so a Ctrl-C at any moment (even
+    // mid-call) is kept until the loop sees it.
+    let stop = Stop {
+        interrupt: signal(SignalKind::interrupt())?,
+        terminate: signal(SignalKind::terminate())?,
+    };
     let mut mesh = Mesh::start(&bin_dir, args.dir.clone(), policy.as_deref()).await?;
-    let result = drive(&mesh, &args, policy.as_deref()).await;
+    let result = drive(&mesh, &args, policy.as_deref(), stop).await;
     mesh.stop().await;
     result
 }
 
-async fn drive(mesh: &Mesh, args: &UpArgs, policy: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// Ctrl-C and SIGTERM, both of which stop the demo.
+struct Stop {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+async fn drive(
+    mesh: &Mesh,
+    args: &UpArgs,
+    policy: Option<&std::path::Path>,
+    mut stop: Stop,
+) -> anyhow::Result<()> {
     let plain = args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let calls: Vec<Call> = CALLS
         .iter()
@@ -107,7 +125,8 @@ async fn drive(mesh: &Mesh, args: &UpArgs, policy: Option<&std::path::Path>) -> 
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.interrupt.recv() => break,
+            _ = stop.terminate.recv() => break,
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;

@@ -90,19 +90,18 @@ fn sidecar_report(seen: &[(&'static str, String)]) -> String {
                     label(&s, "tls")
                 );
             } else if s.name.contains("authz") {
-                let extra: Vec<String> = s
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| !matches!(*k, "peer"))
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
+                // An empty rule means no rule matched: the policy's default deny.
+                let rule = match label(&s, "rule") {
+                    "" | "-" => "(no rule matched: default deny)",
+                    r => r,
+                };
                 let _ = writeln!(
                     out,
-                    "  {workload:<9} {:<32} {:>4}  peer {} {}",
+                    "  {workload:<9} {:<32} {:>4}  peer {}  policy {} rule {rule}",
                     s.name,
                     s.value,
                     label(&s, "peer"),
-                    extra.join(" ")
+                    label(&s, "policy"),
                 );
             }
         }
