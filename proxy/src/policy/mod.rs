@@ -101,10 +101,11 @@ impl LivePolicy {
         self.generation.subscribe()
     }
 
-    /// Swaps in a new compiled set. Returns its generation.
-    pub fn swap(&self, compiled: CompiledPolicy, source: PolicySource) -> u64 {
+    /// Swaps in a new compiled set. Returns its generation and the set it
+    /// replaced.
+    pub fn swap(&self, compiled: CompiledPolicy, source: PolicySource) -> (u64, Arc<ActivePolicy>) {
         let generation = self.active.load().generation + 1;
-        self.active.store(Arc::new(ActivePolicy {
+        let old = self.active.swap(Arc::new(ActivePolicy {
             compiled,
             source,
             generation,
@@ -112,7 +113,7 @@ impl LivePolicy {
         }));
         self.last_error.store(None);
         self.generation.send_replace(generation);
-        generation
+        (generation, old)
     }
 
     /// Records a rejected reload; the policy in force does not change.

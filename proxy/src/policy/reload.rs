@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc};
 
-use super::{LivePolicy, PolicySource};
+use super::{ActivePolicy, LivePolicy, PolicySource};
 use crate::config::SourceKind;
 use crate::metrics::Metrics;
 
@@ -36,6 +36,8 @@ pub struct Reloader {
     path: Option<PathBuf>,
     /// Held across a compile, which also serializes reloads.
     inputs: Mutex<Inputs>,
+    /// The policy replaced by the last swap, freed at the next one.
+    retired: Mutex<Option<Arc<ActivePolicy>>>,
 }
 
 impl Reloader {
@@ -53,34 +55,47 @@ impl Reloader {
             kind,
             path,
             inputs: Mutex::default(),
+            retired: Mutex::default(),
         }
     }
 
-    /// Merges `update` with the other source's last good documents,
-    /// compiles and swaps. Blocking (compiling 100k rules takes a while):
+    /// Compiles `update` (merged, with `both`, with the other source's last
+    /// good documents) and swaps it in. Blocking (100k rules take a while):
     /// call it from `spawn_blocking`. Returns the new generation, or `None`
-    /// when nothing changed or a source has not delivered yet.
+    /// when it was rejected, changed nothing, or waits for the other source.
     pub fn apply(&self, update: Update) -> Option<u64> {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = Inputs {
-            file: inputs.file.clone(),
-            control_plane: inputs.control_plane.clone(),
-        };
         let origin = match update {
-            Update::File(docs) => {
-                next.file = Some(docs);
-                "file"
-            }
-            Update::ControlPlane { version, docs } => {
-                next.control_plane = Some((version, docs));
-                "control-plane"
-            }
+            Update::File(_) => "file",
+            Update::ControlPlane { .. } => "control-plane",
         };
-        let (docs, source) = match self.merge(&next) {
-            Some(x) => x,
-            None => {
-                // Remember it; the swap waits for the other source.
-                *inputs = next;
+        // With one source its documents go straight to the compiler; only
+        // `both` keeps copies to merge with the other source's next update.
+        let (docs, source, next) = match (self.kind, update) {
+            (SourceKind::File, Update::File(docs)) => (docs, self.file_source(), None),
+            (SourceKind::ControlPlane, Update::ControlPlane { version, docs }) => {
+                (docs, PolicySource::ControlPlane { version }, None)
+            }
+            (SourceKind::Both, update) => {
+                let next = match update {
+                    Update::File(d) => Inputs {
+                        file: Some(d),
+                        control_plane: inputs.control_plane.clone(),
+                    },
+                    Update::ControlPlane { version, docs } => Inputs {
+                        file: inputs.file.clone(),
+                        control_plane: Some((version, docs)),
+                    },
+                };
+                let Some((docs, source)) = self.merge(&next) else {
+                    // The swap waits for the other source's first delivery.
+                    *inputs = next;
+                    return None;
+                };
+                (docs, source, Some(next))
+            }
+            (kind, _) => {
+                tracing::warn!(source = origin, configured = ?kind, "update from an unconfigured source ignored");
                 return None;
             }
         };
@@ -102,7 +117,9 @@ impl Reloader {
                 return None;
             }
         };
-        *inputs = next;
+        if let Some(next) = next {
+            *inputs = next;
+        }
         let active = self.live.load();
         if active.version() == compiled.version() && active.source == source {
             self.live.clear_error();
@@ -110,10 +127,25 @@ impl Reloader {
         }
         drop(active);
         let (version, rules) = (compiled.version().to_owned(), compiled.rule_count());
-        let generation = self.live.swap(compiled, source);
+        let (generation, old) = self.live.swap(compiled, source);
         self.metrics.authz.reloads.inc();
         tracing::info!(source = origin, policy.version = %version, rules, generation, "policy swapped in");
+        // Freeing a large policy takes a while: keep the old one until the
+        // next reload so this thread frees it, not a connection that
+        // happened to hold the last reference.
+        *self.retired.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
         Some(generation)
+    }
+
+    fn file_source(&self) -> PolicySource {
+        PolicySource::File {
+            path: self.path_label(),
+        }
+    }
+
+    fn path_label(&self) -> String {
+        let path = self.path.as_deref().map(|p| p.display().to_string());
+        path.unwrap_or_default()
     }
 
     /// A rejected update: the policy in force stays.
@@ -128,33 +160,18 @@ impl Reloader {
         self.live.reject(error);
     }
 
-    /// The documents to compile and where they came from, once every
-    /// configured source has delivered.
+    /// `both`: the file's documents plus the control plane's whose
+    /// `namespace/name` the file does not define, once both have delivered.
     fn merge(&self, i: &Inputs) -> Option<(Vec<PolicyDoc>, PolicySource)> {
-        let path = || {
-            self.path
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
+        let mut docs = i.file.clone()?;
+        let (version, remote) = i.control_plane.as_ref()?;
+        let local: HashSet<String> = docs.iter().map(PolicyDoc::id).collect();
+        docs.extend(remote.iter().filter(|d| !local.contains(&d.id())).cloned());
+        let source = PolicySource::Both {
+            path: self.path_label(),
+            version: *version,
         };
-        match self.kind {
-            SourceKind::File => Some((i.file.clone()?, PolicySource::File { path: path() })),
-            SourceKind::ControlPlane => {
-                let (version, docs) = i.control_plane.clone()?;
-                Some((docs, PolicySource::ControlPlane { version }))
-            }
-            SourceKind::Both => {
-                let mut docs = i.file.clone()?;
-                let (version, remote) = i.control_plane.as_ref()?;
-                let local: HashSet<String> = docs.iter().map(PolicyDoc::id).collect();
-                docs.extend(remote.iter().filter(|d| !local.contains(&d.id())).cloned());
-                let source = PolicySource::Both {
-                    path: path(),
-                    version: *version,
-                };
-                Some((docs, source))
-            }
-        }
+        Some((docs, source))
     }
 }
 
@@ -182,5 +199,85 @@ pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, String> {
         Ok(docs)
     } else {
         Err(errors.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(name: &str, rule: &str) -> Vec<PolicyDoc> {
+        let yaml = format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\n\
+             metadata: {{name: {name}, namespace: demo}}\n\
+             spec:\n  targets: [{{namespace: demo}}]\n  ingress: [{{name: {rule}, action: allow}}]\n"
+        );
+        parse_documents("test.yaml", &yaml).unwrap()
+    }
+
+    fn reloader(kind: SourceKind) -> Reloader {
+        let live = Arc::new(LivePolicy::new(ActivePolicy::empty(
+            DefaultPolicy::Deny,
+            PolicySource::FailClosed,
+        )));
+        let path = Some(PathBuf::from("/p"));
+        Reloader::new(live, Arc::default(), DefaultPolicy::Deny, kind, path)
+    }
+
+    fn rules(r: &Reloader) -> Vec<String> {
+        let active = r.live.load();
+        let docs = active.compiled.docs();
+        docs.iter()
+            .flat_map(|d| d.ingress.iter().flatten().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn both_waits_for_each_source_then_the_files_copy_of_a_name_wins() {
+        let r = reloader(SourceKind::Both);
+        assert_eq!(r.apply(Update::File(doc("a", "from-file"))), None);
+        assert!(
+            !r.live.load().is_loaded(),
+            "fail-closed until both delivered"
+        );
+        let mut remote = doc("a", "from-cp");
+        remote.extend(doc("b", "only-cp"));
+        let update = Update::ControlPlane {
+            version: 7,
+            docs: remote,
+        };
+        assert_eq!(r.apply(update), Some(1));
+        assert_eq!(rules(&r), ["from-file", "only-cp"]);
+        let source = &r.live.load().source;
+        assert_eq!(
+            *source,
+            PolicySource::Both {
+                path: "/p".into(),
+                version: 7
+            }
+        );
+    }
+
+    #[test]
+    fn a_duplicate_name_is_rejected_and_the_policy_in_force_stays() {
+        let r = reloader(SourceKind::File);
+        assert_eq!(r.apply(Update::File(doc("a", "first"))), Some(1));
+        let mut dup = doc("a", "second");
+        dup.extend(doc("a", "third"));
+        assert_eq!(r.apply(Update::File(dup)), None);
+        assert_eq!(rules(&r), ["first"]);
+        assert!(r.live.last_error().unwrap().contains("duplicate policy"));
+        assert_eq!(r.metrics.authz.reload_errors.get(), 1);
+    }
+
+    #[test]
+    fn an_identical_update_changes_nothing_and_clears_the_error() {
+        let r = reloader(SourceKind::File);
+        r.apply(Update::File(doc("a", "x")));
+        r.reject("file", "earlier mistake".into());
+        assert_eq!(r.apply(Update::File(doc("a", "x"))), None);
+        assert_eq!(r.live.load().generation, 1);
+        assert!(r.live.last_error().is_none());
+        assert_eq!(r.metrics.authz.reloads.get(), 1);
     }
 }
