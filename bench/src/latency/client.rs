@@ -120,6 +120,28 @@ impl Reconnecting {
     }
 }
 
+/// Check that the path enforces its HTTP rule: a `GET` (only `POST /echo` is
+/// allowed) must be answered 403 by the proxy, never reach the echo server.
+pub async fn expect_denied(target: SocketAddr) -> anyhow::Result<()> {
+    let check = async {
+        let mut conn = HttpConn::connect(target).await?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(ECHO_PATH)
+            .header(header::HOST, ECHO_HOST)
+            .body(Full::new(Bytes::new()))?;
+        conn.sender.ready().await?;
+        let status = conn.sender.send_request(request).await?.status();
+        if status != StatusCode::FORBIDDEN {
+            bail!("GET {ECHO_PATH} got {status}, expected 403: the HTTP rule is not enforced");
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), check)
+        .await
+        .map_err(|_| anyhow!("no answer to the policy check within 10s"))?
+}
+
 /// Send one request on a fresh connection, retrying until `timeout`; used to
 /// wait until a freshly started path answers end to end.
 pub async fn probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<()> {

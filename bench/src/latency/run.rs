@@ -76,6 +76,10 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     for m in &mut measured {
         rt.block_on(client::probe(m.path.http, Duration::from_secs(10)))
             .with_context(|| format!("{} path does not answer HTTP", m.path.kind.name()))?;
+        if m.path.kind.enforces_http_rule() {
+            rt.block_on(client::expect_denied(m.path.http))
+                .with_context(|| format!("{} path", m.path.kind.name()))?;
+        }
         m.rss_idle = m
             .path
             .pids()

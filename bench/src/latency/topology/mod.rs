@@ -63,6 +63,13 @@ pub struct RunningPath {
     pub proxies: Vec<ProxyProcess>,
 }
 
+impl PathKind {
+    /// Whether the path enforces an HTTP rule (only `POST /echo` allowed).
+    pub fn enforces_http_rule(self) -> bool {
+        matches!(self, PathKind::Palisade | PathKind::Envoy)
+    }
+}
+
 impl RunningPath {
     pub fn pids(&self) -> Vec<u32> {
         self.proxies.iter().map(ProxyProcess::pid).collect()
