@@ -60,18 +60,14 @@ impl Outcome<'_> {
 /// and an optional `default`.
 pub fn parse_cases(source_name: &str, text: &str) -> Result<Cases, Vec<Diagnostic>> {
     let mut cx = Cx::new(source_name);
-    let docs = match yaml::parse_stream(text) {
-        Ok(docs) => docs,
-        Err(e) => return Err(vec![Diagnostic::error(&cx.source, e.pos, e.message)]),
-    };
     let mut out = Cases {
         default_policy: None,
         cases: Vec::new(),
     };
-    for doc in &docs {
+    let parsed = yaml::parse_stream(text, |doc| {
         let list = match &doc.kind {
-            Kind::Seq(_) => Some(doc),
-            _ => cx.fields(doc, "a cases file", FILE_FIELDS).and_then(|f| {
+            Kind::Seq(_) => Some(&doc),
+            _ => cx.fields(&doc, "a cases file", FILE_FIELDS).and_then(|f| {
                 if let Some(d) = f.get("default") {
                     out.default_policy = default_policy(&mut cx, d);
                 }
@@ -82,6 +78,9 @@ pub fn parse_cases(source_name: &str, text: &str) -> Result<Cases, Vec<Diagnosti
             out.cases
                 .extend(items.iter().filter_map(|n| case(&mut cx, n)));
         }
+    });
+    if let Err(e) = parsed {
+        cx.error(e.pos, e.message);
     }
     if cx.diags.is_empty() {
         Ok(out)

@@ -83,15 +83,20 @@ pub fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 
 /// "unknown field `prots`, did you mean `ports`? expected one of `a`, `b`".
 pub(crate) fn unknown_name(what: &str, word: &str, candidates: &[&str]) -> String {
-    let list = candidates
-        .iter()
-        .map(|c| format!("`{c}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = quoted_list(candidates);
     match nearest(word, candidates) {
         Some(s) => format!("unknown {what} `{word}`, did you mean `{s}`? expected one of {list}"),
         None => format!("unknown {what} `{word}`, expected one of {list}"),
     }
+}
+
+/// "`a`, `b`, `c`".
+pub(crate) fn quoted_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

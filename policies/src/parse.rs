@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::diag::{unknown_name, Diagnostic};
+use crate::diag::{quoted_list, unknown_name, Diagnostic};
 use crate::model::{Action, Direction, Mode, PolicyDoc, Rule, Target, API_VERSION, KIND};
 use crate::values;
 use crate::yaml::{self, Kind, Node, Pos};
@@ -26,11 +26,11 @@ use fields::{
 /// returned here; `compile` reports them.
 pub fn parse_documents(source_name: &str, text: &str) -> Result<Vec<PolicyDoc>, Vec<Diagnostic>> {
     let mut cx = Cx::new(source_name);
-    let nodes = match yaml::parse_stream(text) {
-        Ok(nodes) => nodes,
-        Err(e) => return Err(vec![Diagnostic::error(&cx.source, e.pos, e.message)]),
-    };
-    let docs: Vec<PolicyDoc> = nodes.iter().filter_map(|n| cx.document(n)).collect();
+    let mut docs = Vec::new();
+    let parsed = yaml::parse_stream(text, |node| docs.extend(cx.document(&node)));
+    if let Err(e) = parsed {
+        cx.error(e.pos, e.message);
+    }
     if cx.diags.is_empty() {
         Ok(docs)
     } else {
@@ -62,7 +62,7 @@ impl Cx {
     /// unknown keys (with the nearest valid name) and non-mappings.
     pub fn fields<'n>(
         &mut self,
-        node: &'n Node,
+        node: &'n Node<'n>,
         what: &str,
         allowed: &[&str],
     ) -> Option<Fields<'n>> {
@@ -76,8 +76,8 @@ impl Cx {
         let mut fields = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             match &k.kind {
-                Kind::Str(name) if allowed.contains(&name.as_str()) => {
-                    fields.push((name.as_str(), k, v))
+                Kind::Str(name) if allowed.contains(&name.as_ref()) => {
+                    fields.push((name.as_ref(), k, v))
                 }
                 Kind::Str(name) => self.error(k.pos, unknown_name("field", name, allowed)),
                 other => self.error(
@@ -94,7 +94,7 @@ impl Cx {
 
     pub fn string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.kind {
-            Kind::Str(s) => Some(s.clone()),
+            Kind::Str(s) => Some(s.clone().into_owned()),
             other => {
                 self.error(
                     node.pos,
@@ -106,7 +106,7 @@ impl Cx {
     }
 
     /// A non-empty list; `what` names the field for the message.
-    pub fn list<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [Node]> {
+    pub fn list<'n>(&mut self, node: &'n Node<'n>, what: &str) -> Option<&'n [Node<'n>]> {
         match &node.kind {
             Kind::Seq(items) if items.is_empty() => {
                 self.error(
@@ -355,11 +355,11 @@ impl Cx {
 /// The known fields of one mapping.
 pub(crate) struct Fields<'n> {
     pub pos: Pos,
-    fields: Vec<(&'n str, &'n Node, &'n Node)>,
+    fields: Vec<(&'n str, &'n Node<'n>, &'n Node<'n>)>,
 }
 
 impl<'n> Fields<'n> {
-    pub fn get(&self, name: &str) -> Option<&'n Node> {
+    pub fn get(&self, name: &str) -> Option<&'n Node<'n>> {
         self.fields
             .iter()
             .find(|(k, _, _)| *k == name)
@@ -367,14 +367,14 @@ impl<'n> Fields<'n> {
     }
 
     /// The key node of field `name`, for errors about the field itself.
-    pub fn key(&self, name: &str) -> Option<&'n Node> {
+    pub fn key(&self, name: &str) -> Option<&'n Node<'n>> {
         self.fields
             .iter()
             .find(|(k, _, _)| *k == name)
             .map(|(_, k, _)| *k)
     }
 
-    pub fn require(&self, cx: &mut Cx, name: &str) -> Option<&'n Node> {
+    pub fn require(&self, cx: &mut Cx, name: &str) -> Option<&'n Node<'n>> {
         let v = self.get(name);
         if v.is_none() {
             cx.error(self.pos, format!("missing field `{name}`"));
@@ -386,7 +386,7 @@ impl<'n> Fields<'n> {
         self.fields.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&'n str, &'n Node)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&'n str, &'n Node<'n>)> + '_ {
         self.fields.iter().map(|(k, _, v)| (*k, *v))
     }
 
@@ -396,22 +396,21 @@ impl<'n> Fields<'n> {
         cx: &mut Cx,
         what: &str,
         allowed: &[&str],
-    ) -> Option<(&'n str, &'n Node)> {
-        let list = allowed
-            .iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
+    ) -> Option<(&'n str, &'n Node<'n>)> {
+        let list = || quoted_list(allowed);
         match self.fields.as_slice() {
             [(k, _, v)] => Some((k, v)),
             [] => {
-                cx.error(self.pos, format!("{what} needs exactly one of {list}"));
+                cx.error(self.pos, format!("{what} needs exactly one of {}", list()));
                 None
             }
             [_, (_, second, _), ..] => {
                 cx.error(
                     second.pos,
-                    format!("{what} takes exactly one of {list}; split it into separate entries"),
+                    format!(
+                        "{what} takes exactly one of {}; split it into separate entries",
+                        list()
+                    ),
                 );
                 None
             }

@@ -74,11 +74,12 @@ pub(crate) fn peers(cx: &mut Cx, node: &Node, key: &str) -> Option<Vec<PeerMatch
     let items = cx.list(node, key)?;
     let before = cx.diags.len();
     let mut out = Vec::with_capacity(items.len());
+    let what = format!("a `{key}` entry");
     for item in items {
-        let Some(f) = cx.fields(item, &format!("a `{key}` entry"), PEER_FIELDS) else {
+        let Some(f) = cx.fields(item, &what, PEER_FIELDS) else {
             continue;
         };
-        let Some((k, v)) = f.exactly_one(cx, &format!("a `{key}` entry"), PEER_FIELDS) else {
+        let Some((k, v)) = f.exactly_one(cx, &what, PEER_FIELDS) else {
             continue;
         };
         let peer = match k {
