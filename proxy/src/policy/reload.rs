@@ -5,10 +5,10 @@
 //! /config_dump, and changes nothing.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc};
+use palisade_policy::{compile, DefaultPolicy, Defaults, PolicyDoc};
 
 use super::{ActivePolicy, LivePolicy, PolicySource};
 use crate::config::SourceKind;
@@ -130,10 +130,19 @@ impl Reloader {
         let (generation, old) = self.live.swap(compiled, source);
         self.metrics.authz.reloads.inc();
         tracing::info!(source = origin, policy.version = %version, rules, generation, "policy swapped in");
-        // Freeing a large policy takes a while: keep the old one until the
-        // next reload so this thread frees it, not a connection that
-        // happened to hold the last reference.
-        *self.retired.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+        // Freeing 100k rules takes a while: the replaced set is kept until
+        // the next swap, so a connection that happened to hold the last
+        // reference never frees it, and then freed off this thread.
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = retired.replace(old) {
+            let free = move || drop(previous);
+            if let Err(e) = std::thread::Builder::new()
+                .name("policy-free".into())
+                .spawn(free)
+            {
+                tracing::debug!(error = %e, "freeing the old policy inline");
+            }
+        }
         Some(generation)
     }
 
@@ -175,36 +184,10 @@ impl Reloader {
     }
 }
 
-/// Reads every policy file under `path` (a file, or a directory's
-/// `*.yaml`/`*.yml`, following ConfigMap symlinks). Unlike the CLI, a file
-/// with no document is an error: it is most likely caught mid-write, and
-/// reading it as "no policies" would open everything to the default.
-pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, String> {
-    let files = palisade_policy::fs::policy_files(path).map_err(|e| e.to_string())?;
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let name = file.display().to_string();
-        match parse_documents(&name, &text) {
-            Ok(d) if d.is_empty() => errors.push(format!(
-                "{name}:1:1: error: no policy document (empty, or caught mid-write?); delete the file to remove its policies"
-            )),
-            Ok(d) => docs.extend(d),
-            Err(diags) => errors.extend(diags.iter().map(ToString::to_string)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(docs)
-    } else {
-        Err(errors.join("\n"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_policy::parse_documents;
 
     fn doc(name: &str, rule: &str) -> Vec<PolicyDoc> {
         let yaml = format!(
