@@ -129,16 +129,16 @@ fn ask(
     )
 }
 
-struct Case {
-    name: &'static str,
-    direction: Direction,
-    local: &'static str,
-    peer: &'static str,
-    port: u16,
-    http: Option<(&'static str, &'static str)>,
-    verdict: Verdict,
-    label: &'static str,
-}
+/// (what, direction, local workload, peer, port, verdict, deciding label)
+type Case = (
+    &'static str,
+    Direction,
+    &'static str,
+    &'static str,
+    u16,
+    Verdict,
+    &'static str,
+);
 
 const IN: Direction = Direction::Ingress;
 const OUT: Direction = Direction::Egress;
@@ -148,293 +148,86 @@ const PAYMENTS: &str = "ns/shop/sa/payments";
 
 fn run(cases: &[Case], default: DefaultPolicy) {
     let p = policy(default);
-    for c in cases {
-        let d = ask(&p, c.direction, c.local, c.peer, c.port, c.http);
+    for &(name, direction, local, peer, port, verdict, label) in cases {
+        let d = ask(&p, direction, local, peer, port, None);
         assert_eq!(
             (d.verdict, d.label().as_str()),
-            (c.verdict, c.label),
-            "{}: {d}",
-            c.name
+            (verdict, label),
+            "{name}: {d}"
         );
-        assert!(
-            !d.would_deny,
-            "{}: no audit policy is involved: {d}",
-            c.name
-        );
+        assert!(!d.would_deny, "{name}: no audit policy is involved: {d}");
     }
 }
 
 #[test]
+#[rustfmt::skip]
 fn deny_rule_wins_over_matching_allow() {
     run(
         &[
-            Case {
-                name: "namespace allow, specific deny",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/frontend",
-                port: 9999,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments/no-debug-from-frontend",
-            },
-            Case {
-                name: "other shop workload",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/api",
-                port: 9999,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/shop-debug",
-            },
+            ("namespace allow, specific deny", IN, PAYMENTS, "ns/shop/sa/frontend", 9999, DENY, "shop/payments/no-debug-from-frontend"),
+            ("other shop workload", IN, PAYMENTS, "ns/shop/sa/api", 9999, ALLOW, "shop/payments/shop-debug"),
         ],
         DefaultPolicy::Deny,
     );
 }
 
 #[test]
+#[rustfmt::skip]
 fn selected_workload_is_default_deny_when_no_rule_matches() {
     run(
         &[
-            Case {
-                name: "unlisted port",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/frontend",
-                port: 22,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "unlisted peer",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "ns/other/sa/x",
-                port: 8080,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "empty ingress list",
-                direction: IN,
-                local: "ns/vault/sa/vault",
-                peer: "ns/shop/sa/api",
-                port: 8200,
-                http: None,
-                verdict: DENY,
-                label: "vault/lockdown",
-            },
+            ("unlisted port", IN, PAYMENTS, "ns/shop/sa/frontend", 22, DENY, "shop/payments"),
+            ("unlisted peer", IN, PAYMENTS, "ns/other/sa/x", 8080, DENY, "shop/payments"),
+            ("empty ingress list", IN, "ns/vault/sa/vault", "ns/shop/sa/api", 8200, DENY, "vault/lockdown"),
         ],
         DefaultPolicy::AllUnauthenticated,
     );
 }
 
 #[test]
+#[rustfmt::skip]
 fn namespace_and_glob_matches() {
     run(
         &[
-            Case {
-                name: "peer namespace",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "ns/checkout/sa/cart",
-                port: 8080,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/frontend-charges",
-            },
-            Case {
-                name: "peer namespace in another trust domain",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "spiffe://other.org/ns/checkout/sa/cart",
-                port: 8080,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "target glob and peer glob",
-                direction: IN,
-                local: "ns/batch/sa/nightly",
-                peer: "ns/ops/sa/oncall",
-                port: 1234,
-                http: None,
-                verdict: ALLOW,
-                label: "batch/batch-jobs/ops-only",
-            },
-            Case {
-                name: "peer glob does not match a sibling prefix",
-                direction: IN,
-                local: "ns/batch/sa/nightly",
-                peer: "ns/opsx/sa/oncall",
-                port: 1234,
-                http: None,
-                verdict: DENY,
-                label: "batch/batch-jobs",
-            },
-            Case {
-                name: "target glob does not match its parent",
-                direction: IN,
-                local: "ns/batchx/sa/nightly",
-                peer: "ns/ops/sa/oncall",
-                port: 1234,
-                http: None,
-                verdict: DENY,
-                label: "default/deny",
-            },
-            Case {
-                name: "target namespace",
-                direction: IN,
-                local: "ns/vault/sa/other",
-                peer: "ns/ops/sa/oncall",
-                port: 1,
-                http: None,
-                verdict: DENY,
-                label: "vault/lockdown",
-            },
+            ("peer namespace", IN, PAYMENTS, "ns/checkout/sa/cart", 8080, ALLOW, "shop/payments/frontend-charges"),
+            ("peer namespace in another trust domain", IN, PAYMENTS, "spiffe://other.org/ns/checkout/sa/cart", 8080, DENY, "shop/payments"),
+            ("target glob and peer glob", IN, "ns/batch/sa/nightly", "ns/ops/sa/oncall", 1234, ALLOW, "batch/batch-jobs/ops-only"),
+            ("peer glob does not match a sibling prefix", IN, "ns/batch/sa/nightly", "ns/opsx/sa/oncall", 1234, DENY, "batch/batch-jobs"),
+            ("target glob does not match its parent", IN, "ns/batchx/sa/nightly", "ns/ops/sa/oncall", 1234, DENY, "default/deny"),
+            ("target namespace", IN, "ns/vault/sa/other", "ns/ops/sa/oncall", 1, DENY, "vault/lockdown"),
         ],
         DefaultPolicy::Deny,
     );
 }
 
 #[test]
+#[rustfmt::skip]
 fn cidrs_and_port_ranges() {
     run(
         &[
-            Case {
-                name: "in cidr, range start",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "10.1.0.1",
-                port: 9000,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/frontend-charges",
-            },
-            Case {
-                name: "in cidr, range end",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "10.1.255.254",
-                port: 9010,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/frontend-charges",
-            },
-            Case {
-                name: "ipv4-mapped ipv6 source",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "::ffff:10.1.2.3",
-                port: 8080,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/frontend-charges",
-            },
-            Case {
-                name: "past range end",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "10.1.0.1",
-                port: 9011,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "before range start",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "10.1.0.1",
-                port: 8999,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "outside cidr",
-                direction: IN,
-                local: PAYMENTS,
-                peer: "10.2.0.1",
-                port: 8080,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
-            Case {
-                name: "an identity never matches a cidr",
-                direction: OUT,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/cache",
-                port: 5432,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
+            ("in cidr, range start", IN, PAYMENTS, "10.1.0.1", 9000, ALLOW, "shop/payments/frontend-charges"),
+            ("in cidr, range end", IN, PAYMENTS, "10.1.255.254", 9010, ALLOW, "shop/payments/frontend-charges"),
+            ("ipv4-mapped ipv6 source", IN, PAYMENTS, "::ffff:10.1.2.3", 8080, ALLOW, "shop/payments/frontend-charges"),
+            ("past range end", IN, PAYMENTS, "10.1.0.1", 9011, DENY, "shop/payments"),
+            ("before range start", IN, PAYMENTS, "10.1.0.1", 8999, DENY, "shop/payments"),
+            ("outside cidr", IN, PAYMENTS, "10.2.0.1", 8080, DENY, "shop/payments"),
+            ("an identity never matches a cidr", OUT, PAYMENTS, "ns/shop/sa/cache", 5432, DENY, "shop/payments"),
         ],
         DefaultPolicy::AllUnauthenticated,
     );
 }
 
 #[test]
+#[rustfmt::skip]
 fn ingress_and_egress_are_selected_separately() {
     run(
         &[
-            Case {
-                name: "egress to db identity",
-                direction: OUT,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/db",
-                port: 5432,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/to-db",
-            },
-            Case {
-                name: "egress to db cidr",
-                direction: OUT,
-                local: PAYMENTS,
-                peer: "10.9.0.200",
-                port: 5432,
-                http: None,
-                verdict: ALLOW,
-                label: "shop/payments/to-db",
-            },
-            Case {
-                name: "egress elsewhere",
-                direction: OUT,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/api",
-                port: 8080,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
+            ("egress to db identity", OUT, PAYMENTS, "ns/shop/sa/db", 5432, ALLOW, "shop/payments/to-db"),
+            ("egress to db cidr", OUT, PAYMENTS, "10.9.0.200", 5432, ALLOW, "shop/payments/to-db"),
+            ("egress elsewhere", OUT, PAYMENTS, "ns/shop/sa/api", 8080, DENY, "shop/payments"),
             // batch-jobs has no egress key: its targets fall back to the default.
-            Case {
-                name: "no egress section",
-                direction: OUT,
-                local: "ns/batch/sa/nightly",
-                peer: "ns/shop/sa/api",
-                port: 8080,
-                http: None,
-                verdict: ALLOW,
-                label: "default/all-authenticated",
-            },
-            Case {
-                name: "ingress rule is not an egress rule",
-                direction: OUT,
-                local: PAYMENTS,
-                peer: "ns/shop/sa/frontend",
-                port: 8080,
-                http: None,
-                verdict: DENY,
-                label: "shop/payments",
-            },
+            ("no egress section", OUT, "ns/batch/sa/nightly", "ns/shop/sa/api", 8080, ALLOW, "default/all-authenticated"),
+            ("ingress rule is not an egress rule", OUT, PAYMENTS, "ns/shop/sa/frontend", 8080, DENY, "shop/payments"),
         ],
         DefaultPolicy::AllAuthenticated,
     );

@@ -138,18 +138,16 @@ fn load<P: AsRef<Path>>(
     default_policy: DefaultPolicy,
 ) -> anyhow::Result<Option<CompiledPolicy>> {
     match load_and_report(paths, default_policy, &mut std::io::stderr(), false)? {
-        Loaded::Valid { policy, .. } => Ok(Some(policy)),
-        Loaded::Invalid => Ok(None),
+        Some(Valid { policy, .. }) => Ok(Some(policy)),
+        None => Ok(None),
     }
 }
 
-enum Loaded {
-    Valid {
-        policy: CompiledPolicy,
-        files: usize,
-        warnings: usize,
-    },
-    Invalid,
+/// A policy set that loaded and compiled.
+struct Valid {
+    policy: CompiledPolicy,
+    files: usize,
+    warnings: usize,
 }
 
 /// Loads, compiles and prints diagnostics to `out` (warnings too when
@@ -159,12 +157,12 @@ fn load_and_report<P: AsRef<Path>>(
     default_policy: DefaultPolicy,
     out: &mut dyn Write,
     warnings: bool,
-) -> anyhow::Result<Loaded> {
+) -> anyhow::Result<Option<Valid>> {
     let loaded = match load_paths(paths) {
         Ok(l) => l,
         Err(LoadError::Invalid(diags)) => {
             print_diagnostics(out, &diags)?;
-            return Ok(Loaded::Invalid);
+            return Ok(None);
         }
         Err(e @ LoadError::Io { .. }) => return Err(e.into()),
     };
@@ -174,15 +172,15 @@ fn load_and_report<P: AsRef<Path>>(
             if warnings {
                 print_diagnostics(out, &warns)?;
             }
-            Ok(Loaded::Valid {
+            Ok(Some(Valid {
                 policy,
                 files,
                 warnings: warns.len(),
-            })
+            }))
         }
         Err(diags) => {
             print_diagnostics(out, &diags)?;
-            Ok(Loaded::Invalid)
+            Ok(None)
         }
     }
 }
@@ -198,11 +196,11 @@ fn check(paths: &[PathBuf]) -> i32 {
     let mut out = std::io::stdout().lock();
     // Validity does not depend on the default; any will do.
     match load_and_report(paths, DefaultPolicy::Deny, &mut out, true) {
-        Ok(Loaded::Valid {
+        Ok(Some(Valid {
             policy,
             files,
             warnings,
-        }) => {
+        })) => {
             let _ = writeln!(
                 out,
                 "ok: {} policies, {} rules in {files} file(s); version {}; {warnings} warning(s)",
@@ -212,7 +210,7 @@ fn check(paths: &[PathBuf]) -> i32 {
             );
             0
         }
-        Ok(Loaded::Invalid) => {
+        Ok(None) => {
             let _ = writeln!(out, "invalid: fix the errors above");
             1
         }
