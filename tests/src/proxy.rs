@@ -18,6 +18,8 @@ pub struct PortMap {
     pub listen: SocketAddr,
     pub app: SocketAddr,
     pub permissive: bool,
+    /// `detect`, `http1`, `http2` or `opaque`.
+    pub protocol: &'static str,
 }
 
 /// One explicit-mode outbound listener: `listen` → `destination`, which must
@@ -27,6 +29,8 @@ pub struct RouteSpec {
     pub listen: SocketAddr,
     pub destination: SocketAddr,
     pub identity: String,
+    /// `detect`, `http1`, `http2` or `opaque`.
+    pub protocol: &'static str,
 }
 
 /// What a test proxy needs; see proxy/README.md for every setting.
@@ -66,6 +70,7 @@ impl ProxySpec {
             listen,
             app,
             permissive,
+            protocol: "detect",
         });
         listen
     }
@@ -77,6 +82,7 @@ impl ProxySpec {
             listen,
             destination,
             identity: identity.to_owned(),
+            protocol: "detect",
         });
         listen
     }
@@ -87,8 +93,8 @@ impl ProxySpec {
         y += "inbound:\n  ports:\n";
         for p in &self.inbound {
             y += &format!(
-                "    - {{listen: \"{}\", app: \"{}\", permissive: {}}}\n",
-                p.listen, p.app, p.permissive
+                "    - {{listen: \"{}\", app: \"{}\", permissive: {}, protocol: {}}}\n",
+                p.listen, p.app, p.permissive, p.protocol
             );
         }
         if self.inbound.is_empty() {
@@ -97,8 +103,8 @@ impl ProxySpec {
         y += "outbound:\n  routes:\n";
         for r in &self.routes {
             y += &format!(
-                "    - {{listen: \"{}\", destination: \"{}\", identity: \"{}\"}}\n",
-                r.listen, r.destination, r.identity
+                "    - {{listen: \"{}\", destination: \"{}\", identity: \"{}\", protocol: {}}}\n",
+                r.listen, r.destination, r.identity, r.protocol
             );
         }
         if self.routes.is_empty() {

@@ -18,11 +18,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::h1_head::{check_head, chunk_size, take_block, too_large_head, Verdict};
+
 /// Bytes that end hyper's parse with a 400: NUL is never valid in a head.
 const POISON: &[u8] = b"\0\r\n\r\n";
-/// A request line for the head that makes hyper answer 431 (more header
-/// fields than it accepts), for heads the guard finds too large.
-const TOO_LARGE_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 /// A chunk-size line longer than this is not a client we want.
@@ -51,7 +50,7 @@ pub struct GuardFlags {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Waiting for (the rest of) a request head.
     Head,
     /// A Content-Length body with this many bytes left.
@@ -90,17 +89,6 @@ pub struct H1Guard<S> {
     last_write: Instant,
     report: Arc<dyn Report>,
     flags: Arc<GuardFlags>,
-}
-
-/// The checks on one complete request head.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Next state after the head.
-    Ok(State),
-    /// Replace it so hyper answers 431.
-    TooLarge(&'static str),
-    /// Replace it so hyper answers 400.
-    Refuse(&'static str),
 }
 
 impl<S> H1Guard<S> {
@@ -150,6 +138,8 @@ impl<S> H1Guard<S> {
                         self.arm(self.limits.header_read_timeout);
                     }
                     let start = i;
+                    // Head bytes hyper already holds from earlier reads.
+                    let prior_tail = self.line.last().copied();
                     let (consumed, done) = take_block(&mut self.line, &data[i..]);
                     self.head_lines += data[i..i + consumed]
                         .iter()
@@ -180,7 +170,7 @@ impl<S> H1Guard<S> {
                         Verdict::Ok(next) => self.state = next,
                         Verdict::TooLarge(reason) => {
                             self.violation(reason);
-                            self.poison(too_large_head(self.limits.max_headers));
+                            self.poison(too_large_head(self.limits.max_headers, prior_tail));
                             return start;
                         }
                         Verdict::Refuse(reason) => {
@@ -398,131 +388,118 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
     }
 }
 
-/// Append `data` to `block` up to and including the empty line that ends a
-/// header block. Returns (bytes taken, whether the block is complete).
-fn take_block(block: &mut Vec<u8>, data: &[u8]) -> (usize, bool) {
-    let mut from = 0;
-    while let Some(p) = data[from..].iter().position(|b| *b == b'\n') {
-        let end = from + p + 1;
-        block.extend_from_slice(&data[from..end]);
-        from = end;
-        if block.ends_with(b"\n\r\n") || block.ends_with(b"\n\n") {
-            return (from, true);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Default)]
+    struct Count(AtomicUsize, std::sync::Mutex<Vec<&'static str>>);
+
+    impl Report for Count {
+        fn violation(&self, reason: &'static str) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            self.1.lock().unwrap().push(reason);
         }
     }
-    block.extend_from_slice(&data[from..]);
-    (data.len(), false)
-}
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &v[start..end.max(start)]
-}
+    const LIMITS: GuardLimits = GuardLimits {
+        max_header_bytes: 8192,
+        max_headers: 10,
+        header_read_timeout: Duration::from_millis(100),
+        idle_timeout: Duration::from_secs(60),
+    };
 
-fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|b| *b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token))
-}
+    /// What the HTTP server behind the guard reads, for `input`.
+    async fn through(input: &[u8]) -> (Vec<u8>, Arc<Count>) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let count = Arc::new(Count::default());
+        let mut g = H1Guard::new(server, LIMITS, count.clone(), Default::default());
+        let mut seen = Vec::new();
+        g.read_to_end(&mut seen).await.unwrap();
+        (seen, count)
+    }
 
-/// The checks on a complete request head, and where its body ends.
-fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let (mut fields, mut cl_lines, mut te_lines) = (0usize, 0usize, 0usize);
-    let mut length: Option<u64> = None;
-    let (mut chunked, mut te_list, mut bad_cl) = (false, false, false);
-    let (mut upgrade, mut connection_upgrade) = (false, false);
-    for line in lines.filter(|l| !l.is_empty()) {
-        fields += 1;
-        // A line without a colon is hyper's to refuse.
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"content-length") {
-            cl_lines += 1;
-            match std::str::from_utf8(value)
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            {
-                Some(v) => {
-                    length = v.parse().ok().or_else(|| {
-                        bad_cl = true;
-                        None
-                    })
-                }
-                None => bad_cl = true,
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_lines += 1;
-            te_list |= value.contains(&b',');
-            chunked = value.eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            connection_upgrade |= has_token(value, b"upgrade");
+    #[tokio::test]
+    async fn valid_pipelined_requests_with_bodies_pass_untouched() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+                      POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      3;x=y\r\nGET\r\n0\r\nT: 1\r\n\r\n\
+                      GET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (seen, count) = through(input).await;
+        assert_eq!(seen, input);
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_smuggling_head_is_replaced_and_nothing_after_it_is_read() {
+        let first = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
+        let bad = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let (seen, count) = through(&[&first[..], &bad[..]].concat()).await;
+        // hyper may already hold part of the bad head; it never gets its end.
+        assert!(
+            seen.starts_with(first) && seen.ends_with(POISON),
+            "{seen:?}"
+        );
+        let bad_part = &seen[first.len()..seen.len() - POISON.len()];
+        assert!(bad.starts_with(bad_part) && !bad_part.windows(4).any(|w| w == b"\r\n\r\n"));
+        assert_eq!(
+            *count.1.lock().unwrap(),
+            vec!["content_length_with_transfer_encoding"]
+        );
+    }
+
+    #[tokio::test]
+    async fn content_length_forms_are_checked() {
+        for (cl, reason) in [
+            ("+5", "invalid_content_length"),
+            ("5, 5", "invalid_content_length"),
+            ("0x5", "invalid_content_length"),
+        ] {
+            let req = format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\nhello");
+            let (seen, count) = through(req.as_bytes()).await;
+            assert!(seen.ends_with(POISON), "{cl}");
+            assert!(!seen.ends_with(b"hello"), "{cl}");
+            assert_eq!(*count.1.lock().unwrap(), vec![reason], "{cl}");
         }
     }
-    if fields > limits.max_headers {
-        return Verdict::TooLarge("too_many_headers");
-    }
-    if head.len() > limits.max_header_bytes {
-        return Verdict::TooLarge("header_too_large");
-    }
-    if te_lines > 0 && cl_lines > 0 {
-        return Verdict::Refuse("content_length_with_transfer_encoding");
-    }
-    if te_lines > 1 || te_list {
-        return Verdict::Refuse("repeated_transfer_encoding");
-    }
-    if bad_cl {
-        return Verdict::Refuse("invalid_content_length");
-    }
-    if cl_lines > 1 {
-        return Verdict::Refuse("repeated_content_length");
-    }
-    if te_lines == 1 && !chunked {
-        return Verdict::Refuse("unsupported_transfer_encoding");
-    }
-    if request_line.starts_with(b"CONNECT ") || (upgrade && connection_upgrade) {
-        return Verdict::Ok(State::Passthrough);
-    }
-    Verdict::Ok(match (chunked, length) {
-        (true, _) => State::ChunkSize,
-        (false, Some(n)) if n > 0 => State::Body(n),
-        _ => State::Head,
-    })
-}
 
-/// The size in a chunk-size line (`1a;ext=1`), or `None` if it is not one.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r")?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
-        return None;
+    #[tokio::test]
+    async fn too_many_fields_become_a_head_hyper_answers_431() {
+        let fields: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
+        let (seen, count) = through(format!("GET / HTTP/1.1\r\n{fields}\r\n").as_bytes()).await;
+        // Whatever part hyper held, what it reads has more fields than it takes.
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            text.lines().filter(|l| l.contains(':')).count() > LIMITS.max_headers,
+            "{text}"
+        );
+        assert!(text.starts_with("GET / HTTP/1.1\r\n") && text.ends_with("\r\n\r\n"));
+        assert_eq!(*count.1.lock().unwrap(), vec!["too_many_headers"]);
     }
-    let rest = trim(&line[digits..]);
-    if !(rest.is_empty() || rest.starts_with(b";")) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
-}
 
-/// A head with one header field more than hyper accepts: hyper answers 431.
-fn too_large_head(max_headers: usize) -> Vec<u8> {
-    let mut v = TOO_LARGE_LINE.to_vec();
-    for _ in 0..=max_headers {
-        v.extend_from_slice(b"x: y\r\n");
+    #[tokio::test]
+    async fn a_slow_head_gets_408() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        let count = Arc::new(Count::default());
+        let mut g = H1Guard::new(server, LIMITS, count.clone(), Default::default());
+        let mut seen = Vec::new();
+        g.read_to_end(&mut seen).await.unwrap();
+        let mut answer = vec![0u8; TIMEOUT_408.len()];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer, TIMEOUT_408);
+        assert_eq!(*count.1.lock().unwrap(), vec!["header_read_timeout"]);
     }
-    v.extend_from_slice(b"\r\n");
-    v
+
+    #[test]
+    fn chunk_size_lines_parse_with_extensions_and_refuse_junk() {
+        assert_eq!(chunk_size(b"1a;name=v\r"), Some(26));
+        assert_eq!(chunk_size(b"0\r"), Some(0));
+        assert_eq!(chunk_size(b"zz\r"), None);
+        assert_eq!(chunk_size(b"5 x\r"), None);
+    }
 }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod client;
 pub mod detect;
 pub mod h1_guard;
+mod h1_head;
 pub mod h2_frames;
 pub mod headers;
 pub mod inbound;
