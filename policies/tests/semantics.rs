@@ -234,70 +234,24 @@ fn ingress_and_egress_are_selected_separately() {
 }
 
 #[test]
+#[rustfmt::skip]
 fn http_rules_allow_at_l4_pending_each_request() {
     let p = policy(DefaultPolicy::Deny);
-    let l4 = ask(&p, IN, PAYMENTS, "ns/shop/sa/api", 8080, None);
-    assert_eq!(
-        (l4.verdict, l4.label().as_str()),
-        (ALLOW, "shop/payments/refunds-api")
-    );
-    assert!(
-        l4.http_required,
-        "an allow restricted to HTTP must require per-request checks: {l4}"
-    );
-
-    let ok = ask(
-        &p,
-        IN,
-        PAYMENTS,
-        "ns/shop/sa/api",
-        8080,
-        Some(("POST", "/v1/refunds/7")),
-    );
-    assert_eq!(
-        (ok.verdict, ok.label().as_str()),
-        (ALLOW, "shop/payments/refunds-api")
-    );
-    let wrong_method = ask(
-        &p,
-        IN,
-        PAYMENTS,
-        "ns/shop/sa/api",
-        8080,
-        Some(("DELETE", "/v1/refunds/7")),
-    );
-    assert_eq!(
-        (wrong_method.verdict, wrong_method.label().as_str()),
-        (DENY, "shop/payments")
-    );
-
-    // An HTTP-restricted deny does not block the connection, only matching requests.
-    let plain = ask(&p, IN, PAYMENTS, "ns/shop/sa/frontend", 8080, None);
-    assert_eq!((plain.verdict, plain.http_required), (ALLOW, false));
-    let admin = ask(
-        &p,
-        IN,
-        PAYMENTS,
-        "ns/shop/sa/frontend",
-        8080,
-        Some(("GET", "/admin/users")),
-    );
-    assert_eq!(
-        (admin.verdict, admin.label().as_str()),
-        (DENY, "shop/payments/no-admin")
-    );
-    let charge = ask(
-        &p,
-        IN,
-        PAYMENTS,
-        "ns/shop/sa/frontend",
-        8080,
-        Some(("POST", "/v1/charge")),
-    );
-    assert_eq!(
-        (charge.verdict, charge.label().as_str()),
-        (ALLOW, "shop/payments/frontend-charges")
-    );
+    // (peer, request, verdict, deciding label, http_required)
+    let table: &[(&str, Option<(&str, &str)>, Verdict, &str, bool)] = &[
+        // An allow restricted to HTTP allows the connection pending each request.
+        ("ns/shop/sa/api", None, ALLOW, "shop/payments/refunds-api", true),
+        ("ns/shop/sa/api", Some(("POST", "/v1/refunds/7")), ALLOW, "shop/payments/refunds-api", false),
+        ("ns/shop/sa/api", Some(("DELETE", "/v1/refunds/7")), DENY, "shop/payments", false),
+        // A deny restricted to HTTP does not block the connection, only matching requests.
+        ("ns/shop/sa/frontend", None, ALLOW, "shop/payments/frontend-charges", false),
+        ("ns/shop/sa/frontend", Some(("GET", "/admin/users")), DENY, "shop/payments/no-admin", false),
+        ("ns/shop/sa/frontend", Some(("POST", "/v1/charge")), ALLOW, "shop/payments/frontend-charges", false),
+    ];
+    for &(peer, http, verdict, label, http_required) in table {
+        let d = ask(&p, IN, PAYMENTS, peer, 8080, http);
+        assert_eq!((d.verdict, d.label().as_str(), d.http_required), (verdict, label, http_required), "{peer} {http:?}: {d}");
+    }
 }
 
 #[test]

@@ -12,6 +12,28 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// Asserts the exit code, showing the output when it differs.
+    fn exits(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "{}{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts that stdout contains `needle`.
+    fn prints(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "expected {needle:?} in:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
 fn palisadectl(args: &[&str]) -> Run {
     let out = Command::new(bin("palisadectl"))
         .args(args)
@@ -36,128 +58,80 @@ fn id(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/shop/sa/{sa}")
 }
 
+/// A `shop` policy file in `dir` with the given `spec:` body lines.
+fn policy_file(dir: &Path, name: &str, spec: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 #[test]
 fn check_accepts_the_examples_with_exit_zero() {
     let demo = examples().join("demo.yaml").display().to_string();
-    let r = palisadectl(&["policy", "check", &shop(), &demo]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout
-            .starts_with("ok: 9 policies, 16 rules in 6 file(s)"),
-        "{}",
-        r.stdout
-    );
+    palisadectl(&["policy", "check", &shop(), &demo])
+        .exits(0)
+        .prints("ok: 9 policies, 16 rules in 6 file(s)");
 }
 
 #[test]
 fn check_rejects_mistakes_with_file_line_col_and_exit_one() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: palisade.dev/v1alpha1\n\
-         kind: SegmentationPolicy\n\
-         metadata: {name: api, namespace: shop}\n\
-         spec:\n\
-         \x20 targets: [{identity: spiffe://cluster.local/ns/shop/sa/api}]\n\
-         \x20 ingress:\n\
-         \x20   - name: from-frontend\n\
-         \x20     action: allow\n\
-         \x20     from: [{cidr: 10.1.0.1/16}]\n\
-         \x20     prots: [8080]\n",
-    )
-    .unwrap();
-    let r = palisadectl(&["policy", "check", dir.path().to_str().unwrap()]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let file = policy_file(
+        dir.path(),
+        "api",
+        "  targets: [{identity: spiffe://cluster.local/ns/shop/sa/api}]\n  ingress:\n    - name: from-frontend\n      action: allow\n      from: [{cidr: 10.1.0.1/16}]\n      prots: [8080]\n",
+    );
     let f = file.display();
-    assert!(
-        r.stdout.contains(&format!(
-            "{f}:9:21: error: bad CIDR `10.1.0.1/16`: host bits are set after the prefix; did you mean `10.1.0.0/16`?"
-        )),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains(&format!(
-            "{f}:10:7: error: unknown field `prots`, did you mean `ports`?"
-        )),
-        "{}",
-        r.stdout
-    );
+    palisadectl(&["policy", "check", dir.path().to_str().unwrap()])
+        .exits(1)
+        .prints(&format!("{f}:9:21: error: bad CIDR `10.1.0.1/16`: host bits are set after the prefix; did you mean `10.1.0.0/16`?"))
+        .prints(&format!("{f}:10:7: error: unknown field `prots`, did you mean `ports`?"));
 }
 
 #[test]
 fn check_prints_shadow_warnings_but_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("shadow.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: palisade.dev/v1alpha1\n\
-         kind: SegmentationPolicy\n\
-         metadata: {name: db, namespace: shop}\n\
-         spec:\n\
-         \x20 targets: [{namespace: shop}]\n\
-         \x20 ingress:\n\
-         \x20   - {name: nobody, action: deny}\n\
-         \x20   - {name: api, action: allow, from: [{namespace: shop}], ports: [5432]}\n",
-    )
-    .unwrap();
-    let r = palisadectl(&["policy", "check", file.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains(&format!(
+    let file = policy_file(
+        dir.path(),
+        "db",
+        "  targets: [{namespace: shop}]\n  ingress:\n    - {name: nobody, action: deny}\n    - {name: api, action: allow, from: [{namespace: shop}], ports: [5432]}\n",
+    );
+    palisadectl(&["policy", "check", file.to_str().unwrap()])
+        .exits(0)
+        .prints(&format!(
             "{}:8:7: warning: ingress allow rule `api` never applies",
             file.display()
-        )),
-        "{}",
-        r.stdout
-    );
-    assert!(r.stdout.contains("1 warning(s)"), "{}", r.stdout);
+        ))
+        .prints("1 warning(s)");
 }
 
 #[test]
 fn explain_names_the_policy_that_denies_each_side() {
-    let r = palisadectl(&[
+    let (fe, db) = (id("frontend"), id("db"));
+    palisadectl(&[
         "policy",
         "explain",
         "--policy",
         &shop(),
         "--from",
-        &id("frontend"),
+        &fe,
         "--to",
-        &id("db"),
+        &db,
         "--port",
         "5432",
-    ]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains(&format!(
-            "egress at {} (peer {}): DENY",
-            id("frontend"),
-            id("db")
-        )),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("policy shop/db selects the workload, so it is default-deny"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains(&format!(
-            "result: DENY (egress at {}: shop/frontend)",
-            id("frontend")
-        )),
-        "{}",
-        r.stdout
-    );
+    ])
+    .exits(0)
+    .prints(&format!("egress at {fe} (peer {db}): DENY"))
+    .prints("policy shop/db selects the workload, so it is default-deny")
+    .prints(&format!("result: DENY (egress at {fe}: shop/frontend)"));
 }
 
 #[test]
 fn explain_json_reports_the_allowing_rules_for_a_request() {
-    let r = palisadectl(&[
+    let v = palisadectl(&[
         "policy",
         "explain",
         "--policy",
@@ -174,9 +148,9 @@ fn explain_json_reports_the_allowing_rules_for_a_request() {
         "/v1/refunds/42",
         "--output",
         "json",
-    ]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    ])
+    .exits(0)
+    .json();
     assert_eq!(v["verdict"], "allow");
     assert_eq!(v["checks"][0]["direction"], "egress");
     assert_eq!(v["checks"][0]["connection"]["rule"], "to-payments");
@@ -188,7 +162,7 @@ fn explain_json_reports_the_allowing_rules_for_a_request() {
 
 #[test]
 fn explain_one_direction_with_an_address_peer() {
-    let r = palisadectl(&[
+    let v = palisadectl(&[
         "policy",
         "explain",
         "--policy",
@@ -205,9 +179,9 @@ fn explain_one_direction_with_an_address_peer() {
         "all-unauthenticated",
         "--output",
         "json",
-    ]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    ])
+    .exits(0)
+    .json();
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["checks"].as_array().unwrap().len(), 1);
     assert_eq!(v["checks"][0]["connection"]["matched"], "no-rule");
@@ -217,66 +191,74 @@ fn explain_one_direction_with_an_address_peer() {
 #[test]
 fn test_passes_the_example_cases() {
     let cases = examples().join("cases.yaml").display().to_string();
-    let r = palisadectl(&["policy", "test", "--policy", &shop(), &cases]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.starts_with("ok: 20 cases passed"), "{}", r.stdout);
+    palisadectl(&["policy", "test", "--policy", &shop(), &cases])
+        .exits(0)
+        .prints("ok: 20 cases passed");
 }
 
 #[test]
 fn test_fails_with_a_table_of_mismatches() {
     let dir = tempfile::tempdir().unwrap();
     let cases = dir.path().join("cases.yaml");
-    std::fs::write(
-        &cases,
+    let case = |name: &str, from: &str, to: &str, port: u16, extra: &str| {
         format!(
-            "- name: api reads the db\n  from: {api}\n  to: {db}\n  port: 5432\n  expect: allow\n\
-             - name: frontend reads the db\n  from: {fe}\n  to: {db}\n  port: 5432\n  expect: allow\n\
-             - name: api deletes a charge\n  from: {api}\n  to: {pay}\n  port: 8080\n  method: DELETE\n  path: /v1/charge\n  expect: allow\n",
-            api = id("api"),
-            db = id("db"),
-            fe = id("frontend"),
-            pay = id("payments"),
+            "- name: {name}\n  from: {}\n  to: {}\n  port: {port}\n{extra}  expect: allow\n",
+            id(from),
+            id(to)
+        )
+    };
+    let text = [
+        case("api reads the db", "api", "db", 5432, ""),
+        case("frontend reads the db", "frontend", "db", 5432, ""),
+        case(
+            "api deletes a charge",
+            "api",
+            "payments",
+            8080,
+            "  method: DELETE\n  path: /v1/charge\n",
         ),
-    )
-    .unwrap();
+    ]
+    .concat();
+    std::fs::write(&cases, text).unwrap();
     let r = palisadectl(&[
         "policy",
         "test",
         "--policy",
         &shop(),
         cases.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    ])
+    .exits(1);
     assert!(r.stdout.starts_with("FAILED: 2 of 3 cases"), "{}", r.stdout);
     let lines: Vec<&str> = r.stdout.lines().collect();
     let header = lines
         .iter()
         .position(|l| l.trim_start().starts_with("LOCATION"))
         .expect("a table header");
-    assert!(
-        lines[header].contains("CASE")
-            && lines[header].contains("EXPECTED")
-            && lines[header].contains("DECIDED BY")
-    );
+    for column in ["CASE", "EXPECTED", "GOT", "DECIDED BY"] {
+        assert!(lines[header].contains(column), "{}", lines[header]);
+    }
     let rows = &lines[header + 1..];
     assert_eq!(rows.len(), 2, "{}", r.stdout);
     let c = cases.display();
-    assert!(
-        rows[0].contains(&format!("{c}:6:3")) && rows[0].contains("frontend reads the db"),
-        "{}",
-        rows[0]
-    );
-    assert!(
-        rows[0].contains("allow") && rows[0].contains("deny"),
-        "{}",
-        rows[0]
-    );
-    assert!(
-        rows[1].contains(&format!("{c}:11:3")) && rows[1].contains("api deletes a charge"),
-        "{}",
-        rows[1]
-    );
-    assert!(rows[1].contains("shop/payments"), "{}", rows[1]);
+    for (row, want) in rows.iter().zip([
+        [
+            format!("{c}:6:3"),
+            "frontend reads the db".into(),
+            "allow".into(),
+            "deny".into(),
+        ],
+        [
+            format!("{c}:11:3"),
+            "api deletes a charge".into(),
+            "shop/payments".into(),
+            "deny".into(),
+        ],
+    ]) {
+        assert!(
+            want.iter().all(|w| row.contains(w.as_str())),
+            "{want:?} not all in {row}"
+        );
+    }
 }
 
 /// Copies the shop examples to a temp dir, for editing.
@@ -301,40 +283,20 @@ fn diff_finds_an_opened_and_a_closed_path() {
     // The database now takes the frontend instead of payments, and the
     // frontend may dial it.
     edit(&new.path().join("db.yaml"), "sa/payments", "sa/frontend");
-    edit(
-        &new.path().join("frontend.yaml"),
-        "  egress:\n",
-        &format!("  egress:\n    - name: to-db\n      action: allow\n      to: [{{identity: {}}}]\n      ports: [5432]\n", id("db")),
-    );
+    let to_db = format!("  egress:\n    - name: to-db\n      action: allow\n      to: [{{identity: {}}}]\n      ports: [5432]\n", id("db"));
+    edit(&new.path().join("frontend.yaml"), "  egress:\n", &to_db);
     let new_path = new.path().to_str().unwrap();
-    let r = palisadectl(&["policy", "diff", &shop(), new_path, "--output", "json"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let v = palisadectl(&["policy", "diff", &shop(), new_path, "--output", "json"])
+        .exits(0)
+        .json();
     let row = |src: &str, dst: &str| serde_json::json!({"source": id(src), "destination": id(dst), "port": "5432", "route": "any"});
-    assert_eq!(
-        v["opened"],
-        serde_json::json!([row("frontend", "db")]),
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        v["closed"],
-        serde_json::json!([row("payments", "db")]),
-        "{}",
-        r.stdout
-    );
+    assert_eq!(v["opened"], serde_json::json!([row("frontend", "db")]));
+    assert_eq!(v["closed"], serde_json::json!([row("payments", "db")]));
 
-    let text = palisadectl(&["policy", "diff", &shop(), new_path, "--exit-code"]);
-    assert_eq!(
-        text.code, 1,
-        "--exit-code fails on a change: {}",
-        text.stdout
-    );
-    assert!(
-        text.stdout.contains("opened (1):") && text.stdout.contains("closed (1):"),
-        "{}",
-        text.stdout
-    );
+    palisadectl(&["policy", "diff", &shop(), new_path, "--exit-code"])
+        .exits(1)
+        .prints("opened (1):")
+        .prints("closed (1):");
 }
 
 #[test]
@@ -345,31 +307,23 @@ fn diff_reports_a_single_http_route_change() {
         "methods: [POST]",
         "methods: [POST, GET]",
     );
-    let r = palisadectl(&[
+    let v = palisadectl(&[
         "policy",
         "diff",
         &shop(),
         new.path().to_str().unwrap(),
         "--output",
         "json",
-    ]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let routes: Vec<&str> = v["opened"]
-        .as_array()
-        .unwrap()
+    ])
+    .exits(0)
+    .json();
+    let opened = v["opened"].as_array().unwrap();
+    let routes: Vec<&str> = opened
         .iter()
         .map(|p| p["route"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        routes,
-        ["GET /v1/charge", "GET /v1/refunds/*"],
-        "{}",
-        r.stdout
-    );
-    assert!(v["opened"]
-        .as_array()
-        .unwrap()
+    assert_eq!(routes, ["GET /v1/charge", "GET /v1/refunds/*"]);
+    assert!(opened
         .iter()
         .all(|p| p["source"] == id("api") && p["destination"] == id("payments")));
     assert_eq!(v["closed"], serde_json::json!([]));
@@ -377,9 +331,9 @@ fn diff_reports_a_single_http_route_change() {
 
 #[test]
 fn diff_of_identical_policies_is_empty() {
-    let r = palisadectl(&["policy", "diff", &shop(), &shop(), "--exit-code"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("no change"), "{}", r.stdout);
+    palisadectl(&["policy", "diff", &shop(), &shop(), "--exit-code"])
+        .exits(0)
+        .prints("no change");
 }
 
 /// The `palisadectl up` demo must show real denials whatever the proxy's
