@@ -26,7 +26,7 @@ pub async fn handle(
         upgrade,
     } = match conn.begin(&req) {
         Ok(s) => s,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
 
     let h = req.headers_mut();
@@ -39,7 +39,7 @@ pub async fn handle(
         Protocol::Detect | Protocol::Opaque => req.version() == Version::HTTP_2 && !from_http1,
     };
     if let Err(resp) = set_app_uri(&conn, &mut req, to_h2) {
-        return Ok(conn.finish(resp, start, log));
+        return Ok(conn.finish(*resp, start, log));
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(|b| ReqBody::new(b, request_bytes));
@@ -82,13 +82,15 @@ fn set_app_uri<B>(
     conn: &Conn,
     req: &mut Request<B>,
     to_h2: bool,
-) -> Result<(), Response<RespBody>> {
+) -> Result<(), Box<Response<RespBody>>> {
     let authority = match super::authority(req) {
         Some(a) => Authority::try_from(a),
         None => Authority::try_from(conn.upstream.to_string()),
     };
     let Ok(authority) = authority else {
-        return Err(conn.local(StatusCode::BAD_REQUEST, "invalid authority\n"));
+        return Err(Box::new(
+            conn.local(StatusCode::BAD_REQUEST, "invalid authority\n"),
+        ));
     };
     if !to_h2 && !req.headers().contains_key(HOST) {
         if let Ok(v) = HeaderValue::try_from(authority.as_str()) {
@@ -105,7 +107,7 @@ fn set_app_uri<B>(
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     *req.uri_mut() = Uri::from_parts(parts)
-        .map_err(|_| conn.local(StatusCode::BAD_REQUEST, "invalid request target\n"))?;
+        .map_err(|_| Box::new(conn.local(StatusCode::BAD_REQUEST, "invalid request target\n")))?;
     *req.version_mut() = if to_h2 {
         Version::HTTP_2
     } else {

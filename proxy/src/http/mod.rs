@@ -34,22 +34,12 @@ use crate::metrics::{Direction, Metrics, UNAUTHENTICATED};
 use crate::Runtime;
 
 /// HTTP state shared by every connection.
+#[derive(Default)]
 pub struct Http {
     pub settings: HttpConfig,
     pub access_log: Option<Arc<AccessLog>>,
     pub apps: client::AppClients,
     pub peers: client::PeerPool,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http {
-            settings: HttpConfig::default(),
-            access_log: None,
-            apps: Default::default(),
-            peers: Default::default(),
-        }
-    }
 }
 
 impl Http {
@@ -150,7 +140,7 @@ impl Conn {
     /// The start of every request: counted, authorized against the policy
     /// in force, maybe logged. `Err` is the finished answer to a request
     /// that goes no further (denied, or CONNECT).
-    pub fn begin<B>(&self, req: &Request<B>) -> Result<Started, Response<RespBody>> {
+    pub fn begin<B>(&self, req: &Request<B>) -> Result<Started, Box<Response<RespBody>>> {
         let start = Instant::now();
         self.metrics.requests.inc();
         let decision = authz::check(self, req);
@@ -161,12 +151,12 @@ impl Conn {
             if upgrade {
                 server::close_after(&mut r);
             }
-            return Err(self.finish(r, start, log));
+            return Err(Box::new(self.finish(r, start, log)));
         }
         if req.method() == http::Method::CONNECT {
             let mut r = self.local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n");
             server::close_after(&mut r);
-            return Err(self.finish(r, start, log));
+            return Err(Box::new(self.finish(r, start, log)));
         }
         Ok(Started {
             start,

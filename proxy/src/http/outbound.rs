@@ -27,7 +27,7 @@ pub async fn handle(
         upgrade,
     } = match conn.begin(&req) {
         Ok(s) => s,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(*refused),
     };
     let Some(id) = conn.peer.clone() else {
         let r = conn.local(StatusCode::BAD_GATEWAY, "destination is not in the mesh\n");
@@ -60,7 +60,7 @@ pub async fn handle(
         tokio::time::timeout(timeout, send).await
     } else {
         if let Err(r) = to_sidecar_form(&mut req) {
-            return Ok(conn.finish(r, start, log));
+            return Ok(conn.finish(*r, start, log));
         }
         let req = req.map(|b| ReqBody::new(b, request_bytes));
         let send = rt.http.peers.send(rt, conn.upstream, &id, req);
@@ -98,11 +98,11 @@ pub async fn handle(
 
 /// HTTP/2 between sidecars: an absolute URI carrying the authority, and
 /// the app's HTTP/1 version remembered for the other side.
-fn to_sidecar_form<B>(req: &mut Request<B>) -> Result<(), Response<RespBody>> {
+fn to_sidecar_form<B>(req: &mut Request<B>) -> Result<(), Box<Response<RespBody>>> {
     let bad = |text: &'static str| {
         let mut r = Response::new(RespBody::local(text));
         *r.status_mut() = StatusCode::BAD_REQUEST;
-        r
+        Box::new(r)
     };
     if req.version() != Version::HTTP_2 {
         let orig = if req.version() == Version::HTTP_10 {
