@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::DefaultPolicy;
 use crate::diag::Diagnostic;
-use crate::index::{Atom, DirBuilder, DirIndex, PeerKey, RuleKind, TargetKey};
+use crate::index::{Atom, Cidr, DirBuilder, DirIndex, PeerKey, RuleKind, TargetKey};
 use crate::model::{
     Action, Direction, HttpMatch, IdMatch, Mode, PeerMatch, PolicyDoc, PortRange, Target,
 };
@@ -207,10 +207,7 @@ fn peer_key(p: &PeerMatch) -> PeerKey {
         PeerMatch::Identity(IdMatch::Exact(id)) => PeerKey::Exact(id.as_str().to_owned()),
         PeerMatch::Identity(IdMatch::Prefix(p)) => PeerKey::Prefix(p.clone()),
         PeerMatch::Namespace(ns) => PeerKey::Namespace(ns.clone()),
-        PeerMatch::Cidr(ipnet::IpNet::V4(n)) => PeerKey::V4(n.prefix_len(), u32::from(n.network())),
-        PeerMatch::Cidr(ipnet::IpNet::V6(n)) => {
-            PeerKey::V6(n.prefix_len(), u128::from(n.network()))
-        }
+        PeerMatch::Cidr(net) => PeerKey::Cidr(Cidr::from_net(net)),
     }
 }
 

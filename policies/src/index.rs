@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::decision::Peer;
 use crate::model::{Action, Mode};
 use crate::spiffe::SpiffeId;
@@ -134,9 +136,47 @@ pub(crate) enum PeerKey {
     Exact(String),
     Namespace(String),
     Prefix(String),
-    V4(u8, u32),
-    V6(u8, u128),
+    Cidr(Cidr),
     Any,
+}
+
+/// A network as an index key: both families in one `u128` space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Cidr {
+    /// 0 for IPv4, 1 for IPv6.
+    family: u8,
+    len: u8,
+    network: u128,
+}
+
+impl Cidr {
+    pub fn from_net(net: &IpNet) -> Cidr {
+        let (family, bits) = Cidr::family_and_bits(net.network());
+        Cidr::new(family, bits, net.prefix_len())
+    }
+
+    fn family_and_bits(ip: IpAddr) -> (u8, u128) {
+        match ip {
+            IpAddr::V4(v4) => (0, u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => (1, u128::from(v6)),
+        }
+    }
+
+    /// The network of `bits` with a `len`-bit prefix.
+    fn new(family: u8, bits: u128, len: u8) -> Cidr {
+        let width = if family == 0 { 32 } else { 128 };
+        let host_bits = u32::from(width - len);
+        let network = if host_bits >= 128 {
+            0
+        } else {
+            bits >> host_bits << host_bits
+        };
+        Cidr {
+            family,
+            len,
+            network,
+        }
+    }
 }
 
 /// How a policy names a target, as an index key.
@@ -152,10 +192,9 @@ pub(crate) struct PeerIndex {
     exact: HashMap<Box<str>, PortTable>,
     namespace: HashMap<Box<str>, PortTable>,
     prefix: PrefixMap<PortTable>,
-    v4: HashMap<(u8, u32), PortTable>,
-    v4_lens: Vec<u8>,
-    v6: HashMap<(u8, u128), PortTable>,
-    v6_lens: Vec<u8>,
+    cidr: HashMap<Cidr, PortTable>,
+    /// The prefix lengths present, per family: the only ones worth a lookup.
+    cidr_lens: [Vec<u8>; 2],
     any: Option<PortTable>,
 }
 
@@ -174,34 +213,14 @@ impl PeerIndex {
                 }
                 self.prefix.for_each(id.as_str(), &mut f);
             }
-            Peer::Address(ip) => match ip.to_canonical() {
-                IpAddr::V4(v4) => {
-                    let bits = u32::from(v4);
-                    for &len in &self.v4_lens {
-                        let masked = if len == 0 {
-                            0
-                        } else {
-                            bits & (u32::MAX << (32 - len))
-                        };
-                        if let Some(t) = self.v4.get(&(len, masked)) {
-                            f(t);
-                        }
+            Peer::Address(ip) => {
+                let (family, bits) = Cidr::family_and_bits(ip.to_canonical());
+                for &len in &self.cidr_lens[family as usize] {
+                    if let Some(t) = self.cidr.get(&Cidr::new(family, bits, len)) {
+                        f(t);
                     }
                 }
-                IpAddr::V6(v6) => {
-                    let bits = u128::from(v6);
-                    for &len in &self.v6_lens {
-                        let masked = if len == 0 {
-                            0
-                        } else {
-                            bits & (u128::MAX << (128 - len))
-                        };
-                        if let Some(t) = self.v6.get(&(len, masked)) {
-                            f(t);
-                        }
-                    }
-                }
-            },
+            }
         }
         if let Some(t) = &self.any {
             f(t);
@@ -353,19 +372,15 @@ fn build_peers(peers: HashMap<PeerKey, Vec<Atom>>, kinds: &[RuleKind]) -> PeerIn
             PeerKey::Prefix(s) => {
                 prefix.insert(s.into_boxed_str(), table);
             }
-            PeerKey::V4(len, net) => {
-                idx.v4.insert((len, net), table);
-                idx.v4_lens.push(len);
-            }
-            PeerKey::V6(len, net) => {
-                idx.v6.insert((len, net), table);
-                idx.v6_lens.push(len);
+            PeerKey::Cidr(c) => {
+                idx.cidr.insert(c, table);
+                idx.cidr_lens[c.family as usize].push(c.len);
             }
             PeerKey::Any => idx.any = Some(table),
         }
     }
     idx.prefix = PrefixMap::from_map(prefix);
-    for lens in [&mut idx.v4_lens, &mut idx.v6_lens] {
+    for lens in &mut idx.cidr_lens {
         lens.sort_unstable();
         lens.dedup();
     }

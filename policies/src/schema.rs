@@ -143,30 +143,24 @@ pub fn json_schema() -> Value {
             },
             "ruleName": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"},
             "action": {"enum": ["allow", "deny"]},
-            "ingressRule": {
-                "type": "object",
-                "required": ["name", "action"],
-                "additionalProperties": false,
-                "properties": {
-                    "name": {"$ref": "#/definitions/ruleName"},
-                    "action": {"$ref": "#/definitions/action"},
-                    "from": {"$ref": "#/definitions/peers", "description": "Sources, OR-ed; omitted = any source."},
-                    "ports": {"$ref": "#/definitions/ports"},
-                    "http": {"$ref": "#/definitions/http"}
-                }
-            },
-            "egressRule": {
-                "type": "object",
-                "required": ["name", "action"],
-                "additionalProperties": false,
-                "properties": {
-                    "name": {"$ref": "#/definitions/ruleName"},
-                    "action": {"$ref": "#/definitions/action"},
-                    "to": {"$ref": "#/definitions/peers", "description": "Destinations, OR-ed; omitted = any destination."},
-                    "ports": {"$ref": "#/definitions/ports"},
-                    "http": {"$ref": "#/definitions/http"}
-                }
-            }
+            "ingressRule": rule("from", "Sources, OR-ed; omitted = any source."),
+            "egressRule": rule("to", "Destinations, OR-ed; omitted = any destination.")
+        }
+    })
+}
+
+/// An ingress or egress rule, whose peers are under `peers_key`.
+fn rule(peers_key: &str, peers_description: &str) -> Value {
+    json!({
+        "type": "object",
+        "required": ["name", "action"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"$ref": "#/definitions/ruleName"},
+            "action": {"$ref": "#/definitions/action"},
+            peers_key: {"$ref": "#/definitions/peers", "description": peers_description},
+            "ports": {"$ref": "#/definitions/ports"},
+            "http": {"$ref": "#/definitions/http"}
         }
     })
 }
