@@ -233,12 +233,20 @@ fn ingress_and_egress_are_selected_separately() {
     );
 }
 
+/// (peer, request method and path, verdict, deciding label, http_required)
+type HttpCase = (
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    Verdict,
+    &'static str,
+    bool,
+);
+
 #[test]
 #[rustfmt::skip]
 fn http_rules_allow_at_l4_pending_each_request() {
     let p = policy(DefaultPolicy::Deny);
-    // (peer, request, verdict, deciding label, http_required)
-    let table: &[(&str, Option<(&str, &str)>, Verdict, &str, bool)] = &[
+    let table: &[HttpCase] = &[
         // An allow restricted to HTTP allows the connection pending each request.
         ("ns/shop/sa/api", None, ALLOW, "shop/payments/refunds-api", true),
         ("ns/shop/sa/api", Some(("POST", "/v1/refunds/7")), ALLOW, "shop/payments/refunds-api", false),
