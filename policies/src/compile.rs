@@ -222,8 +222,8 @@ fn version_of(docs: &[PolicyDoc], default_policy: DefaultPolicy) -> String {
     format!("sha256:{hex}")
 }
 
-/// The documents each target key's policies came from, for callers that
-/// stream "the policies that select this workload".
+/// The documents that select `workload` (in either direction): what a
+/// control plane streams to that workload's proxy.
 pub fn docs_selecting<'a>(
     policy: &'a CompiledPolicy,
     workload: &'a crate::SpiffeId,
