@@ -102,7 +102,7 @@ pub fn decide_now(
 
 /// The `peer` metrics label: the SPIFFE ID, or `unauthenticated` for an
 /// address (IPs are not labels: unbounded cardinality).
-pub fn peer_label<'a>(peer: Option<&'a SpiffeId>) -> &'a str {
+pub fn peer_label(peer: Option<&SpiffeId>) -> &str {
     peer.map_or(UNAUTHENTICATED, SpiffeId::as_str)
 }
 
