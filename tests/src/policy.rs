@@ -89,3 +89,18 @@ pub fn spec(cp: &crate::cp::ControlPlane, name: &str, id: &str) -> crate::proxy:
 pub fn use_policy(spec: &mut crate::proxy::ProxySpec, path: &Path, extra: &str) {
     spec.extra_yaml += &format!("policy:\n  path: \"{}\"\n{extra}", path.display());
 }
+
+/// A policy file in its own temporary directory.
+pub struct PolicyFile {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PolicyFile {
+    pub fn new(text: &str) -> PolicyFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, text).expect("write policy");
+        PolicyFile { path, _dir: dir }
+    }
+}

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::eventually;
-use palisade_tests::policy::{policy_doc, spec, use_policy};
+use palisade_tests::policy::{policy_doc, spec, use_policy, PolicyFile};
 use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
 
 const INTRUDER_ID: &str = "spiffe://cluster.local/ns/demo/sa/intruder";
 const DB_ID: &str = "spiffe://cluster.local/ns/demo/sa/db";
+
+/// The {policy, rule, peer} labels of an authorization counter.
+fn by<'a>(policy: &'a str, rule: &'a str, peer: &'a str) -> [(&'static str, &'a str); 3] {
+    [("policy", policy), ("rule", rule), ("peer", peer)]
+}
 
 /// The connection was closed without the app's echo coming back.
 fn refused(r: std::io::Result<Vec<u8>>) -> bool {
@@ -30,17 +35,15 @@ fn wait_metric(p: &Proxy, name: &str, labels: &[(&str, &str)], want: f64) {
 #[test]
 fn inbound_allows_the_listed_peer_and_denies_others_by_rule_with_labelled_counters() {
     let cp = ControlPlane::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let body = format!(
         "  ingress:\n    - name: no-intruder\n      action: deny\n      from: [{{identity: {INTRUDER_ID}}}]\n    \
          - name: from-client\n      action: allow\n      from: [{{identity: {CLIENT_ID}}}]\n"
     );
-    std::fs::write(&file, policy_doc("server", SERVER_ID, &body)).unwrap();
+    let file = PolicyFile::new(&policy_doc("server", SERVER_ID, &body));
     let echo = Echo::start();
     let mut b = spec(&cp, "server", SERVER_ID);
     let b_in = b.inbound(echo.addr, false);
-    use_policy(&mut b, &file, "");
+    use_policy(&mut b, &file.path, "");
     let mut a = spec(&cp, "client", CLIENT_ID);
     let a_out = a.route(b_in, SERVER_ID);
     let mut c = spec(&cp, "intruder", INTRUDER_ID);
@@ -52,19 +55,11 @@ fn inbound_allows_the_listed_peer_and_denies_others_by_rule_with_labelled_counte
     );
 
     assert_eq!(echo_roundtrip(a_out, b"allowed").unwrap(), b"allowed");
-    let allow = [
-        ("policy", "demo/server"),
-        ("rule", "from-client"),
-        ("peer", CLIENT_ID),
-    ];
+    let allow = by("demo/server", "from-client", CLIENT_ID);
     wait_metric(&b, "inbound_tcp_authz_allow_total", &allow, 1.0);
 
     assert!(refused(echo_roundtrip(c_out, b"let me in")));
-    let deny = [
-        ("policy", "demo/server"),
-        ("rule", "no-intruder"),
-        ("peer", INTRUDER_ID),
-    ];
+    let deny = by("demo/server", "no-intruder", INTRUDER_ID);
     wait_metric(&b, "inbound_tcp_authz_deny_total", &deny, 1.0);
     assert_eq!(
         b.metric("inbound_tcp_authz_allow_total", &[("peer", INTRUDER_ID)]),
@@ -86,12 +81,10 @@ fn inbound_allows_the_listed_peer_and_denies_others_by_rule_with_labelled_counte
 #[test]
 fn egress_is_decided_before_connecting_on_the_destination_identity() {
     let cp = ControlPlane::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("client.yaml");
     let body = format!(
         "  egress:\n    - name: to-server\n      action: allow\n      to: [{{identity: {SERVER_ID}}}]\n"
     );
-    std::fs::write(&file, policy_doc("client", CLIENT_ID, &body)).unwrap();
+    let file = PolicyFile::new(&policy_doc("client", CLIENT_ID, &body));
     let (server_app, db_app) = (Echo::start(), Echo::start());
     let mut b = spec(&cp, "server", SERVER_ID);
     let b_in = b.inbound(server_app.addr, false);
@@ -100,7 +93,7 @@ fn egress_is_decided_before_connecting_on_the_destination_identity() {
     let mut a = spec(&cp, "client", CLIENT_ID);
     let to_server = a.route(b_in, SERVER_ID);
     let to_db = a.route(d_in, DB_ID);
-    use_policy(&mut a, &file, "");
+    use_policy(&mut a, &file.path, "");
     let (b, d, a) = (
         Proxy::start_ready(b),
         Proxy::start_ready(d),
@@ -108,23 +101,15 @@ fn egress_is_decided_before_connecting_on_the_destination_identity() {
     );
 
     assert_eq!(echo_roundtrip(to_server, b"ok").unwrap(), b"ok");
-    let allow = [
-        ("policy", "demo/client"),
-        ("rule", "to-server"),
-        ("peer", SERVER_ID),
-    ];
+    let allow = by("demo/client", "to-server", SERVER_ID);
     wait_metric(&a, "outbound_tcp_authz_allow_total", &allow, 1.0);
     // The server selects no policy: the default `all-authenticated` applies.
-    let default = [
-        ("policy", "default"),
-        ("rule", "all-authenticated"),
-        ("peer", CLIENT_ID),
-    ];
+    let default = by("default", "all-authenticated", CLIENT_ID);
     wait_metric(&b, "inbound_tcp_authz_allow_total", &default, 1.0);
 
     assert!(refused(echo_roundtrip(to_db, b"select *")));
     // Selected for egress, no rule matched: default-deny, no rule label.
-    let deny = [("policy", "demo/client"), ("rule", ""), ("peer", DB_ID)];
+    let deny = by("demo/client", "", DB_ID);
     wait_metric(&a, "outbound_tcp_authz_deny_total", &deny, 1.0);
     assert_eq!(
         d.metric("tcp_open_total", &[]) + d.metric("tls_handshake_failures_total", &[]),
@@ -136,22 +121,20 @@ fn egress_is_decided_before_connecting_on_the_destination_identity() {
 #[test]
 fn audit_mode_lets_the_connection_through_and_counts_would_deny() {
     let cp = ControlPlane::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let body = format!(
         "  mode: audit\n  ingress:\n    - name: only-intruder\n      action: allow\n      from: [{{identity: {INTRUDER_ID}}}]\n"
     );
-    std::fs::write(&file, policy_doc("server", SERVER_ID, &body)).unwrap();
+    let file = PolicyFile::new(&policy_doc("server", SERVER_ID, &body));
     let echo = Echo::start();
     let mut b = spec(&cp, "server", SERVER_ID);
     let b_in = b.inbound(echo.addr, false);
-    use_policy(&mut b, &file, "");
+    use_policy(&mut b, &file.path, "");
     let mut a = spec(&cp, "client", CLIENT_ID);
     let a_out = a.route(b_in, SERVER_ID);
     let (b, _a) = (Proxy::start_ready(b), Proxy::start_ready(a));
 
     assert_eq!(echo_roundtrip(a_out, b"audited").unwrap(), b"audited");
-    let would = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
+    let would = by("demo/server", "", CLIENT_ID);
     wait_metric(&b, "inbound_tcp_authz_would_deny_total", &would, 1.0);
     assert_eq!(b.metric("inbound_tcp_authz_deny_total", &[]), 0.0);
     assert!(b.log().contains("audit: connection would be denied"));
@@ -169,7 +152,7 @@ fn default_deny_refuses_peers_when_no_policy_selects_the_workload() {
     let (b, _a) = (Proxy::start_ready(b), Proxy::start_ready(a));
 
     assert!(refused(echo_roundtrip(a_out, b"hello")));
-    let deny = [("policy", "default"), ("rule", "deny"), ("peer", CLIENT_ID)];
+    let deny = by("default", "deny", CLIENT_ID);
     wait_metric(&b, "inbound_tcp_authz_deny_total", &deny, 1.0);
     assert_eq!(b.config_dump()["policy"]["default"], "deny");
 }
@@ -187,26 +170,16 @@ fn plaintext_on_a_permissive_port_is_matched_by_source_cidr_and_port() {
         open_app.addr.port(),
         closed_app.addr.port()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, policy_doc("server", SERVER_ID, &body)).unwrap();
-    use_policy(&mut b, &file, "");
+    let file = PolicyFile::new(&policy_doc("server", SERVER_ID, &body));
+    use_policy(&mut b, &file.path, "");
     let b = Proxy::start_ready(b);
 
     assert_eq!(echo_roundtrip(open_in, b"legacy").unwrap(), b"legacy");
-    let allow = [
-        ("policy", "demo/server"),
-        ("rule", "loopback-clients"),
-        ("peer", "unauthenticated"),
-    ];
+    let allow = by("demo/server", "loopback-clients", "unauthenticated");
     wait_metric(&b, "inbound_tcp_authz_allow_total", &allow, 1.0);
 
     // 127.0.0.1 is not in 10.0.0.0/8, the only CIDR allowed on that port.
     assert!(refused(echo_roundtrip(closed_in, b"legacy")));
-    let deny = [
-        ("policy", "demo/server"),
-        ("rule", ""),
-        ("peer", "unauthenticated"),
-    ];
+    let deny = by("demo/server", "", "unauthenticated");
     wait_metric(&b, "inbound_tcp_authz_deny_total", &deny, 1.0);
 }
