@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{bin, eventually, free_port, wait_for_tcp, ChildGuard};
+use crate::{bin, eventually, free_port, ChildGuard};
 
 /// One explicit-mode inbound listener: `listen` → local app `app`.
 #[derive(Clone, Debug)]
@@ -142,7 +142,7 @@ impl Proxy {
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, spec.yaml(admin)).expect("write proxy config");
         let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy log");
-        let child = ChildGuard::spawn(
+        let mut child = ChildGuard::spawn(
             &spec.name,
             Command::new(bin("palisade-proxy"))
                 .arg("--config")
@@ -151,7 +151,18 @@ impl Proxy {
                 .stdout(log.try_clone().expect("dup log"))
                 .stderr(log),
         );
-        wait_for_tcp(admin, Duration::from_secs(20));
+        // Fail with the proxy's own words if it exits instead of listening.
+        let log_path = dir.path().join("proxy.log");
+        eventually("the proxy's admin port", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.child.try_wait() {
+                panic!(
+                    "{} exited with {status} before listening:\n{}",
+                    spec.name,
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()
+        });
         Proxy {
             child,
             admin,
