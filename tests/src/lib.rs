@@ -11,7 +11,6 @@ pub mod pods;
 pub mod policy;
 pub mod proxy;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,26 +78,10 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A loopback port that was free a moment ago, for a child process to bind.
-///
-/// Picked below the kernel's ephemeral range (32768 and up): a port the
-/// kernel handed out for `:0` can be handed out again as the local port of
-/// some other test's outgoing connection before the child binds it. Each
-/// call in this process gets a different port.
+/// A loopback port that was free a moment ago, for a child process to bind
+/// (below the ephemeral range; see `palisade_control_plane::cli::up::free_port`).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < SPAN, "no free test port left below the ephemeral range");
-        let port = (FIRST + (start.wrapping_add(n)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    palisade_control_plane::cli::up::free_port().expect("a free loopback port")
 }
 
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.

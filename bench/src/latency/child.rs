@@ -1,7 +1,7 @@
 //! Proxy processes started for a run: spawned with their output in a log file,
 //! watched for early exit, and killed when dropped so nothing outlives the bench.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,7 +91,8 @@ impl Drop for ProxyProcess {
 
 /// A loopback address whose port was free a moment ago.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    let port = palisade_control_plane::cli::up::free_port()?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Find an executable: an explicit path, else the first `PATH` entry holding `name`.
