@@ -343,3 +343,76 @@ async fn kubernetes_token_is_refused_when_kubernetes_attestation_is_off() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn kubernetes_token_not_valid_for_another_hour_is_rejected_and_counted() {
+    let (cp, issuer) = k8s_control_plane();
+    let mut claims = Issuer::claims(ISSUER, "palisade", sa(), 7200);
+    let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
+    claims["nbf"] = json!(now + 3600);
+    assert_refused(
+        &cp,
+        Attestation::K8sSaToken(issuer.rs256(&claims)),
+        403,
+        "jwt_not_yet_valid",
+    )
+    .await;
+    // Within the clock-skew leeway, the same token is fine.
+    claims["nbf"] = json!(now + 10);
+    assert_eq!(
+        attempt(&cp, Attestation::K8sSaToken(issuer.es256(&claims)))
+            .await
+            .unwrap(),
+        API
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_token_whose_subject_is_not_two_valid_names_is_rejected_and_counted() {
+    let (cp, issuer) = k8s_control_plane();
+    let long_ns = format!("system:serviceaccount:{}:api", "n".repeat(64));
+    let long_sa = format!("system:serviceaccount:shop:{}", "s".repeat(254));
+    for sub in [
+        "system:serviceaccount:demo:client/x/y",
+        "system:serviceaccount:a/b:c",
+        "system:serviceaccount:demo:client:extra",
+        "system:serviceaccount:Shop:api",
+        "system:serviceaccount:shop:API",
+        "system:serviceaccount::api",
+        "system:serviceaccount:shop:",
+        "system:serviceaccount:shop:..",
+        long_ns.as_str(),
+        long_sa.as_str(),
+    ] {
+        let claims = Issuer::claims(ISSUER, "palisade", sub, 600);
+        let token = Attestation::K8sSaToken(issuer.rs256(&claims));
+        let before = cp.metric("svid_rejected_total{reason=\"jwt_bad_subject\"}");
+        match attempt(&cp, token).await {
+            Err(ClientError::Status {
+                status: 403,
+                error,
+                message,
+            }) => {
+                assert_eq!(error, "jwt_bad_subject", "{sub}: {message}");
+                assert!(
+                    message.contains("namespace") || message.contains("service account"),
+                    "{sub}: the refusal names the bad part: {message}"
+                );
+            }
+            other => panic!("{sub} must be refused, got {other:?}"),
+        }
+        assert_eq!(
+            cp.metric("svid_rejected_total{reason=\"jwt_bad_subject\"}"),
+            before + 1.0,
+            "{sub} counted"
+        );
+    }
+    // A dotted service-account name is a valid subdomain.
+    let ok = Issuer::claims(ISSUER, "palisade", "system:serviceaccount:shop:api.v2", 600);
+    assert_eq!(
+        attempt(&cp, Attestation::K8sSaToken(issuer.rs256(&ok)))
+            .await
+            .unwrap(),
+        "spiffe://cluster.local/ns/shop/sa/api.v2"
+    );
+}

@@ -1,7 +1,7 @@
 //! Kubernetes projected service-account tokens, verified offline against the
-//! cluster issuer's JWKS file: RS256 or ES256 only, `iss`, `aud: palisade`
-//! and `exp` checked, `system:serviceaccount:<ns>:<sa>` mapped to
-//! `spiffe://<td>/ns/<ns>/sa/<sa>`.
+//! cluster issuer's JWKS file: RS256 or ES256 only, `iss`, `aud: palisade`,
+//! `exp` and `nbf` checked, `system:serviceaccount:<ns>:<sa>` (two valid
+//! Kubernetes names) mapped to `spiffe://<td>/ns/<ns>/sa/<sa>`.
 
 use std::path::Path;
 
@@ -123,6 +123,9 @@ impl K8sVerifier {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
+        // Off by default in jsonwebtoken; a token minted for later is refused
+        // with the same leeway as an expired one.
+        validation.validate_nbf = true;
         let mut last = AttestError::JwtBadSignature;
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
@@ -140,13 +143,62 @@ impl K8sVerifier {
     }
 
     fn map_subject(&self, sub: &str) -> Result<SpiffeId, AttestError> {
-        let bad = || AttestError::JwtBadSubject(sub.chars().take(128).collect());
-        let rest = sub.strip_prefix("system:serviceaccount:").ok_or_else(bad)?;
-        let (ns, sa) = rest.split_once(':').ok_or_else(bad)?;
-        if ns.is_empty() || sa.is_empty() || sa.contains(':') {
-            return Err(bad());
-        }
-        self.td.workload(ns, sa).map_err(|_| bad())
+        let (ns, sa) = service_account(sub).map_err(|why| AttestError::JwtBadSubject {
+            sub: sub.chars().take(128).collect(),
+            why,
+        })?;
+        self.td
+            .workload(ns, sa)
+            .map_err(|e| AttestError::JwtBadSubject {
+                sub: sub.chars().take(128).collect(),
+                why: e.to_string(),
+            })
+    }
+}
+
+/// The namespace and service account of `system:serviceaccount:<ns>:<sa>`:
+/// exactly two names, each valid in Kubernetes, so neither can add a path
+/// segment to the SPIFFE ID.
+fn service_account(sub: &str) -> Result<(&str, &str), String> {
+    let rest = sub
+        .strip_prefix("system:serviceaccount:")
+        .ok_or("it does not start with `system:serviceaccount:`")?;
+    let (ns, sa) = rest
+        .split_once(':')
+        .ok_or("it names no service account after the namespace")?;
+    dns1123_label(ns).map_err(|e| format!("namespace {ns:?} {e}"))?;
+    dns1123_subdomain(sa).map_err(|e| format!("service account {sa:?} {e}"))?;
+    Ok((ns, sa))
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn dns1123_label(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1 to 63 characters long");
+    }
+    label_chars(s)
+}
+
+/// A Kubernetes service-account name: an RFC 1123 subdomain, dot-separated
+/// labels.
+fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 253 {
+        return Err("must be 1 to 253 characters long");
+    }
+    s.split('.').try_for_each(label_chars)
+}
+
+fn label_chars(s: &str) -> Result<(), &'static str> {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Err("may hold only lowercase letters, digits, `-` (and `.` between labels)")
+    } else if !edge(s.chars().next()) || !edge(s.chars().last()) {
+        Err("must start and end with a lowercase letter or digit")
+    } else {
+        Ok(())
     }
 }
 
@@ -187,5 +239,34 @@ mod tests {
         let raw = raw_header(&format!("{h}.e30.")).unwrap();
         assert_eq!(raw.alg.as_deref(), Some("none"));
         assert!(raw_header("a.b").is_err());
+    }
+
+    #[test]
+    fn a_subject_names_exactly_two_valid_kubernetes_names() {
+        assert_eq!(
+            service_account("system:serviceaccount:shop:api.v2"),
+            Ok(("shop", "api.v2"))
+        );
+        for bad in [
+            "system:serviceaccount:demo:client/x/y",
+            "system:serviceaccount:a/b:c",
+            "system:serviceaccount:demo:a:b",
+            "system:serviceaccount:Demo:api",
+            "system:serviceaccount:demo:API",
+            "system:serviceaccount::api",
+            "system:serviceaccount:demo:",
+            "system:serviceaccount:-demo:api",
+            "system:serviceaccount:demo:api..x",
+            "system:serviceaccount:demo",
+            "system:node:worker-1",
+        ] {
+            assert!(service_account(bad).is_err(), "{bad} must be refused");
+        }
+        let long_ns = format!("system:serviceaccount:{}:api", "a".repeat(64));
+        assert!(service_account(&long_ns).is_err());
+        let ok_ns = format!("system:serviceaccount:{}:api", "a".repeat(63));
+        assert!(service_account(&ok_ns).is_ok());
+        let long_sa = format!("system:serviceaccount:demo:{}", "a".repeat(254));
+        assert!(service_account(&long_sa).is_err());
     }
 }

@@ -31,10 +31,10 @@ pub enum AttestError {
     JwtWrongAudience,
     #[error("JWT has expired")]
     JwtExpired,
-    #[error("JWT is not yet valid")]
+    #[error("JWT is not yet valid: its `nbf` is in the future (beyond 30s of clock skew)")]
     JwtNotYetValid,
-    #[error("JWT subject {0:?} is not `system:serviceaccount:<namespace>:<name>`")]
-    JwtBadSubject(String),
+    #[error("JWT subject {sub:?} is not `system:serviceaccount:<namespace>:<name>` with valid Kubernetes names: {why}")]
+    JwtBadSubject { sub: String, why: String },
     #[error("renewal needs a client certificate: connect with your current SVID")]
     RenewNoClientCert,
     #[error("client certificate is not a usable SVID of this trust domain: {0}")]
@@ -57,7 +57,7 @@ impl AttestError {
             AttestError::JwtWrongAudience => "jwt_wrong_audience",
             AttestError::JwtExpired => "jwt_expired",
             AttestError::JwtNotYetValid => "jwt_not_yet_valid",
-            AttestError::JwtBadSubject(_) => "jwt_bad_subject",
+            AttestError::JwtBadSubject { .. } => "jwt_bad_subject",
             AttestError::RenewNoClientCert => "renew_no_client_cert",
             AttestError::RenewBadClientCert(_) => "renew_bad_client_cert",
         }
