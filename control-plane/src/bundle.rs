@@ -37,6 +37,27 @@ pub struct BundleKey {
     pub x5c: Vec<String>,
 }
 
+impl SpiffeBundle {
+    /// The CA certificates of the `x509-svid` keys, each checked to parse.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, SvidError> {
+        let x509 = self.keys.iter().filter(|k| k.use_ == "x509-svid");
+        x509.map(|k| match k.x5c.as_slice() {
+            [one] => {
+                let der = STANDARD
+                    .decode(one)
+                    .map_err(|e| SvidError::Parse(format!("x5c is not base64: {e}")))?;
+                parse_cert(&der)?;
+                Ok(CertificateDer::from(der))
+            }
+            other => Err(SvidError::Parse(format!(
+                "an x509-svid key carries {} x5c certificates; exactly one is expected",
+                other.len()
+            ))),
+        })
+        .collect()
+    }
+}
+
 /// Builds the SPIFFE bundle document for a set of CA certificates.
 pub fn spiffe_bundle(
     cas: &[CertificateDer<'_>],

@@ -1,9 +1,14 @@
 //! X.509-SVID inspection: the SPIFFE ID a certificate carries, the ways a
-//! leaf or a signing certificate breaks the X509-SVID spec, and PEM helpers.
+//! leaf or a signing certificate breaks the X509-SVID spec, chain
+//! verification against a trust bundle, and PEM helpers.
+
+use std::sync::Arc;
 
 use palisade_policy::{SpiffeId, SpiffeIdError};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -97,6 +102,9 @@ pub fn check_x509_svid(cert_der: &[u8]) -> Vec<String> {
         Ok(None) => v.push("basicConstraints is missing; a leaf SVID must set cA=false".into()),
         Err(e) => v.push(format!("basicConstraints: {e}")),
     }
+    if let Some(why) = self_signed(&cert) {
+        v.push(why);
+    }
     match cert.key_usage() {
         Ok(Some(ku)) => {
             if !ku.critical {
@@ -173,6 +181,46 @@ pub fn check_x509_svid_ca(cert_der: &[u8]) -> Vec<String> {
     }
     check_validity(&cert, &mut v);
     v
+}
+
+/// Why a leaf vouches for itself, if it does: its own key verifies its
+/// signature, or it names itself as its issuer. Such a leaf conforms in
+/// every field yet chains to no trust domain's CA.
+fn self_signed(cert: &X509Certificate<'_>) -> Option<String> {
+    let own_key = cert.verify_signature(None).is_ok();
+    let self_issued = cert.issuer() == cert.subject();
+    let what = match (own_key, self_issued) {
+        (true, _) => "self-signed: its own key verifies its signature",
+        (false, true) => "self-issued: its issuer is its own subject",
+        (false, false) => return None,
+    };
+    Some(format!(
+        "{what}; a leaf SVID must be signed by a CA of its trust domain"
+    ))
+}
+
+/// Verifies `chain` (leaf first, then intermediates) against the CA
+/// certificates of a trust bundle, as an mTLS peer would: path building,
+/// signatures, validity now and key usage.
+pub fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    bundle: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+    let mut roots = RootCertStore::empty();
+    for ca in bundle {
+        roots.add(ca.clone()).map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn check_validity(cert: &X509Certificate<'_>, v: &mut Vec<String>) {
@@ -268,6 +316,7 @@ mod tests {
         let v = check_x509_svid(&der);
         assert!(v.iter().any(|s| s.contains("basicConstraints")), "{v:?}");
         assert!(v.iter().any(|s| s.contains("keyUsage is missing")), "{v:?}");
+        assert!(v.iter().any(|s| s.starts_with("self-signed")), "{v:?}");
     }
 
     #[test]

@@ -1,17 +1,12 @@
 //! Workload-side PKI for tests: CSRs made locally with rcgen, SVID answers
 //! turned into a presentable identity, and chain verification against a
-//! trust bundle with rustls' own WebPKI verifier.
-
-use std::sync::Arc;
+//! trust bundle (the control plane's, which uses rustls' WebPKI verifier).
 
 use palisade_control_plane::api::SvidResponse;
 use palisade_control_plane::client::ClientIdentity;
 use palisade_control_plane::svid::certs_from_pem;
 use rcgen::{CertificateParams, KeyPair};
-use rustls::crypto::ring;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A CSR that asks for nothing: the control plane decides every name.
 pub fn csr_pem(key: &KeyPair) -> String {
@@ -45,23 +40,4 @@ pub fn identity(resp: &SvidResponse, key: &KeyPair) -> ClientIdentity {
     )
 }
 
-/// Verifies `chain` (leaf first) against `bundle` as an mTLS peer would.
-pub fn verify_chain(
-    chain: &[CertificateDer<'static>],
-    bundle: &[CertificateDer<'static>],
-) -> Result<(), String> {
-    let mut roots = RootCertStore::empty();
-    for ca in bundle {
-        roots.add(ca.clone()).map_err(|e| e.to_string())?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(ring::default_provider()),
-    )
-    .build()
-    .map_err(|e| e.to_string())?;
-    verifier
-        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
+pub use palisade_control_plane::svid::verify_chain;

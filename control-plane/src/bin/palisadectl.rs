@@ -47,7 +47,7 @@ async fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Token(c) => cli::token::run(c).await.map(|()| 0),
         Cmd::Ca(c) => cli::ca::run(c).await.map(|()| 0),
-        Cmd::Cert(c) => cli::cert::run(c),
+        Cmd::Cert(c) => cli::cert::run(c).await,
         Cmd::Policy(c) => cli::policy::run(c),
         Cmd::Up(a) => cli::up::run(a).await.map(|()| 0),
         Cmd::Inject(a) => cli::inject::run(a),
