@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use palisade_policy::DefaultPolicy;
 use palisade_proxy::config::SourceKind;
 use palisade_proxy::metrics::Metrics;
-use palisade_proxy::policy::file::read_path;
+use palisade_proxy::policy::file::{read_path, FileRead, PathKind};
 use palisade_proxy::policy::reload::{Reloader, Update};
 use palisade_proxy::policy::LivePolicy;
 
@@ -112,7 +112,7 @@ fn bench_reload(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let docs = read_path(&dirs[i % 2]).expect("valid");
-            assert!(r.apply(Update::File(docs)).is_some(), "every reload swaps");
+            assert!(r.apply(file(docs)).is_some(), "every reload swaps");
         })
     });
     let mut k = 0usize;
@@ -129,11 +129,19 @@ fn bench_reload(c: &mut Criterion) {
                 j += 1;
                 parsed[j % 2].clone()
             },
-            |docs| r.apply(Update::File(docs)),
+            |docs| r.apply(file(docs)),
             BatchSize::PerIteration,
         )
     });
     g.finish();
+}
+
+fn file(docs: Vec<palisade_policy::PolicyDoc>) -> Update {
+    Update::File(FileRead {
+        docs,
+        kind: PathKind::Directory,
+        allow_empty: false,
+    })
 }
 
 criterion_group!(benches, bench_reload);

@@ -1,6 +1,7 @@
 //! Reading policy files from disk (feature `fs`): one file, a multi-document
-//! file, or a directory of `*.yaml`/`*.yml`. Shared by the CLI and the proxy
-//! so both see exactly the same files.
+//! file, or a directory of `*.yaml`/`*.yml`. Shared by the CLI, the proxy and
+//! the control plane so all see exactly the same files, and agree on when
+//! an empty source is deliberate.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,21 @@ use crate::compile::{compile, CompiledPolicy, Defaults};
 use crate::diag::Diagnostic;
 use crate::model::PolicyDoc;
 use crate::parse::parse_documents;
+
+/// The marker file that makes removing every policy deliberate: a running
+/// proxy or control plane otherwise refuses a reload that empties its policy
+/// source, because the default would then apply to everything.
+pub const ALLOW_EMPTY_MARKER: &str = ".palisade-allow-empty";
+
+/// Whether an empty policy source at `path` is deliberate: the marker sits in
+/// the directory `path`, or next to `path` (in the directory holding it).
+pub fn empty_allowed(path: &Path) -> bool {
+    let next_to = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    path.join(ALLOW_EMPTY_MARKER).is_file() || next_to.join(ALLOW_EMPTY_MARKER).is_file()
+}
 
 /// The documents read from a path, and which files they came from.
 #[derive(Debug)]

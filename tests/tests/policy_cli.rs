@@ -92,6 +92,21 @@ fn check_rejects_mistakes_with_file_line_col_and_exit_one() {
 }
 
 #[test]
+fn check_of_an_empty_directory_warns_that_a_proxy_refuses_it_without_the_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    palisadectl(&["policy", "check", path])
+        .exits(0)
+        .prints("ok: 0 policies")
+        .prints("warning: no policy document")
+        .prints(".palisade-allow-empty");
+    std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+    palisadectl(&["policy", "check", path])
+        .exits(0)
+        .prints("note: no policy document, and .palisade-allow-empty is present");
+}
+
+#[test]
 fn check_prints_shadow_warnings_but_passes() {
     let dir = tempfile::tempdir().unwrap();
     let file = policy_file(

@@ -1,8 +1,10 @@
 //! Hot reload with real proxies: a thousand swaps under traffic break no
 //! allowed connection, a swap that denies a live connection closes it, bad
 //! files (truncated, half-written, a ConfigMap symlink flip to an invalid
-//! file) keep the last good policy, and the control plane's policy directory
-//! reaches the proxies it selects.
+//! file) keep the last good policy, an emptied source (the file replaced by
+//! a directory, a directory's last file deleted) keeps it too until
+//! `.palisade-allow-empty` says so, a `touch` is read once, and the control
+//! plane's policy directory reaches the proxies it selects.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -57,6 +59,14 @@ fn start_pair(cp: ControlPlane, policy: Option<&Path>, policy_yaml: &str) -> Pai
         _client: client,
         entry,
     }
+}
+
+/// `policy_reload_errors_total` for one reason.
+fn reload_errors(p: &Proxy, reason: &str) -> f64 {
+    p.metric(
+        "policy_reload_errors_total",
+        &[("source", "file"), ("reason", reason)],
+    )
 }
 
 fn allowed(entry: SocketAddr) -> bool {
@@ -307,4 +317,106 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         after["policy"]["source"]["version"],
         dump["policy"]["source"]["version"]
     );
+}
+
+/// The client is denied by `only-other`, and the default (`all-authenticated`)
+/// would let it in: an emptied source must not.
+fn assert_still_denied(p: &Pair, reason: &str, version: &serde_json::Value) {
+    wait_until("the emptied source is refused", || {
+        reload_errors(&p.server, reason) >= 1.0
+    });
+    let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
+    let denials = p.server.metric("inbound_tcp_authz_deny_total", &deny);
+    assert!(!allowed(p.entry), "the last good policy still denies");
+    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) > denials);
+    let dump = p.server.config_dump();
+    assert_eq!(
+        &dump["policy_version"], version,
+        "the last good policy stays"
+    );
+    assert_eq!(dump["policy"]["policies"], 1);
+    assert_eq!(dump["policy"]["last_error_reason"], reason);
+    let err = dump["policy"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains(".palisade-allow-empty"),
+        "the error says how: {err}"
+    );
+}
+
+/// With the marker the removal is accepted: no policy, the default applies.
+fn assert_emptied_on_purpose(p: &Pair, marker: &Path) {
+    let reloads = p.server.metric("policy_reloads_total", &[]);
+    std::fs::write(marker, "").unwrap();
+    wait_until("the marked removal applies", || {
+        p.server.metric("policy_reloads_total", &[]) > reloads
+    });
+    let dump = p.server.config_dump();
+    assert_eq!(dump["policy"]["policies"], 0);
+    assert!(dump["policy"]["last_error"].is_null());
+    assert!(
+        allowed(p.entry),
+        "policy.default (all-authenticated) applies"
+    );
+}
+
+#[test]
+fn a_policy_file_replaced_by_an_empty_directory_keeps_denying_until_the_marker_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
+    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
+    assert!(!allowed(p.entry));
+    let version = p.server.config_dump()["policy_version"].clone();
+
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    assert_still_denied(&p, "path_kind_changed", &version);
+    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+}
+
+#[test]
+fn deleting_the_only_file_of_a_policy_directory_keeps_denying_until_the_marker_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
+    let p = start_pair(
+        ControlPlane::start(),
+        Some(dir.path()),
+        "  debounce: 20ms\n",
+    );
+    assert!(!allowed(p.entry));
+    let version = p.server.config_dump()["policy_version"].clone();
+
+    std::fs::remove_file(&file).unwrap();
+    assert_still_denied(&p, "emptied", &version);
+    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+}
+
+#[test]
+fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
+    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
+    let reads = || p.server.metric("policy_file_reads_total", &[]);
+    let reloads = p.server.metric("policy_reloads_total", &[]);
+    let before = reads();
+
+    // A touch: open for writing, new mtime, close. Nothing changes.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    drop(f);
+    wait_until("the touch is seen", || reads() > before);
+    // Fifty debounce periods: a watcher woken by its own reads would have
+    // read the file again and again by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = reads();
+    assert!(settled <= before + 2.0, "{settled} reads after one touch");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(reads(), settled, "no read without a change");
+    assert_eq!(p.server.metric("policy_reloads_total", &[]), reloads);
+    assert!(allowed(p.entry));
 }

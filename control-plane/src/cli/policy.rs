@@ -208,6 +208,9 @@ fn check(paths: &[PathBuf]) -> i32 {
                 policy.rule_count(),
                 policy.version(),
             );
+            if policy.docs().is_empty() {
+                let _ = writeln!(out, "{}", empty_note(paths));
+            }
             0
         }
         Ok(None) => {
@@ -218,6 +221,17 @@ fn check(paths: &[PathBuf]) -> i32 {
             let _ = writeln!(out, "error: {e:#}");
             1
         }
+    }
+}
+
+/// What a running proxy or control plane does with a source that holds no
+/// policy: a reload to it is refused unless the marker makes it deliberate.
+fn empty_note(paths: &[PathBuf]) -> String {
+    let marker = palisade_policy::fs::ALLOW_EMPTY_MARKER;
+    if paths.iter().all(|p| palisade_policy::fs::empty_allowed(p)) {
+        format!("note: no policy document, and {marker} is present: a running proxy or control plane accepts removing every policy")
+    } else {
+        format!("warning: no policy document: a running proxy or control plane refuses to reload to this (reason `emptied`) and keeps its policies, unless {marker} is in the policy directory or next to the policy file")
     }
 }
 

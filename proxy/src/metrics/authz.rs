@@ -34,6 +34,14 @@ pub struct TerminateLabels {
     pub peer: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadErrorLabels {
+    /// `file` or `control-plane`.
+    pub source: &'static str,
+    /// `unreadable`, `invalid`, `emptied` or `path_kind_changed`.
+    pub reason: &'static str,
+}
+
 type Slot = Vec<(AuthzLabels, Counter)>;
 
 /// One counter family keyed by {policy, rule, peer}, with a lock-free cache.
@@ -131,7 +139,8 @@ pub struct AuthzMetrics {
     pub outbound_tcp: DecisionCounters,
     terminate: Family<TerminateLabels, Counter>,
     pub reloads: Counter,
-    pub reload_errors: Counter,
+    pub reload_errors: Family<ReloadErrorLabels, Counter>,
+    pub file_reads: Counter,
 }
 
 impl AuthzMetrics {
@@ -152,9 +161,21 @@ impl AuthzMetrics {
         );
         registry.register(
             "policy_reload_errors",
-            "Policy updates rejected (the last good policy stays in force)",
+            "Policy updates rejected (the last good policy stays in force), by source and reason",
             self.reload_errors.clone(),
         );
+        registry.register(
+            "policy_file_reads",
+            "Times the policy path was read (at start and after each change event)",
+            self.file_reads.clone(),
+        );
+    }
+
+    /// Counts a rejected policy update.
+    pub fn reload_error(&self, source: &'static str, reason: &'static str) {
+        self.reload_errors
+            .get_or_create(&ReloadErrorLabels { source, reason })
+            .inc();
     }
 
     pub fn tcp(&self, direction: Direction) -> &DecisionCounters {

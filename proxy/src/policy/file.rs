@@ -1,28 +1,129 @@
 //! The file source: load `policy.path` at start, then watch it with notify
 //! and reload after a quiet period. A file is watched through its parent
 //! directory, so an editor's rename and a Kubernetes ConfigMap's `..data`
-//! symlink flip are both seen; a directory is watched itself.
+//! symlink flip are both seen; a directory is watched itself. A read that
+//! would empty the source, or turn the path from a file into a directory (or
+//! back), is refused unless `.palisade-allow-empty` says it is deliberate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::Notify;
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
+use palisade_policy::fs::{empty_allowed, ALLOW_EMPTY_MARKER};
 use palisade_policy::{parse_documents, PolicyDoc};
 
-use super::reload::{Reloader, Update};
+use super::reload::{RejectReason, Rejection, Reloader, Update};
+
+/// Whether the policy path is a file or a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Directory,
+}
+
+/// One read of the policy path.
+#[derive(Debug)]
+pub struct FileRead {
+    pub docs: Vec<PolicyDoc>,
+    pub kind: PathKind,
+    /// `.palisade-allow-empty` is present: emptying the source is deliberate.
+    pub allow_empty: bool,
+}
+
+/// What the last accepted read looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub kind: PathKind,
+    pub docs: usize,
+}
+
+impl FileRead {
+    pub fn shape(&self) -> Shape {
+        Shape {
+            kind: self.kind,
+            docs: self.docs.len(),
+        }
+    }
+}
 
 /// Reads `path` and applies it. Blocking.
 pub fn load_now(reloader: &Reloader, path: &Path) {
-    match read_path(path) {
-        Ok(docs) => {
-            reloader.apply(Update::File(docs));
+    reloader.metrics().authz.file_reads.inc();
+    match read(path) {
+        Ok(read) => {
+            reloader.apply(Update::File(read));
         }
         Err(e) => reloader.reject("file", e),
     }
+}
+
+/// Reads `path`: its kind, its documents and whether emptying it is allowed.
+pub fn read(path: &Path) -> Result<FileRead, Rejection> {
+    let kind = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => PathKind::Directory,
+        Ok(_) => PathKind::File,
+        Err(e) => {
+            return Err(Rejection::new(
+                RejectReason::Unreadable,
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
+    };
+    Ok(FileRead {
+        docs: read_path(path)?,
+        kind,
+        allow_empty: empty_allowed(path),
+    })
+}
+
+/// Refuses a read that empties the source or changes the path's kind,
+/// compared with the last accepted one, unless the marker allows it. Before
+/// any accepted read there is nothing to drop: an empty source at start
+/// leaves `policy.default` in force, as a proxy without `policy.path` has.
+pub fn check_shape(last: Option<Shape>, read: &FileRead, path: &str) -> Result<(), Rejection> {
+    let Some(last) = last else {
+        if read.docs.is_empty() {
+            tracing::warn!(path, "the policy path holds no policy document; policy.default applies to every workload");
+        }
+        return Ok(());
+    };
+    let kind_changed = last.kind != read.kind;
+    let emptied = last.docs > 0 && read.docs.is_empty();
+    if !kind_changed && !emptied {
+        return Ok(());
+    }
+    let what = match (kind_changed, read.kind) {
+        (true, PathKind::Directory) => format!("{path} was a file and is now a directory"),
+        (true, PathKind::File) => format!("{path} was a directory and is now a file"),
+        (false, _) => format!("{path} no longer holds any policy"),
+    };
+    let count = match read.docs.len() {
+        0 => "no policy document".to_owned(),
+        n => format!("{n} policy document(s)"),
+    };
+    if read.allow_empty {
+        tracing::warn!(
+            path,
+            marker = ALLOW_EMPTY_MARKER,
+            "{what} ({count}); accepted because the marker is present"
+        );
+        return Ok(());
+    }
+    let reason = if kind_changed {
+        RejectReason::PathKindChanged
+    } else {
+        RejectReason::Emptied
+    };
+    Err(Rejection::new(
+        reason,
+        format!(
+            "{what} ({count}): refused, as it would drop the policies in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in the policy directory or next to the policy file"
+        ),
+    ))
 }
 
 /// Reads every policy file under `path` (a file, or a directory's
@@ -30,12 +131,13 @@ pub fn load_now(reloader: &Reloader, path: &Path) {
 /// threads: parsing dominates a large reload. Unlike the CLI, a file with no
 /// document is an error: it is most likely caught mid-write, and reading it
 /// as "no policies" would open everything to the default.
-pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, String> {
-    let files = palisade_policy::fs::policy_files(path).map_err(|e| e.to_string())?;
+pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, Rejection> {
+    let unreadable = |e: String| Rejection::new(RejectReason::Unreadable, e);
+    let files = palisade_policy::fs::policy_files(path).map_err(|e| unreadable(e.to_string()))?;
     let mut texts = Vec::with_capacity(files.len());
     for file in files {
         let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            .map_err(|e| unreadable(format!("cannot read {}: {e}", file.display())))?;
         texts.push((file.display().to_string(), text));
     }
     let threads = std::thread::available_parallelism()
@@ -68,7 +170,7 @@ pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, String> {
     if errors.is_empty() {
         Ok(docs)
     } else {
-        Err(errors.join("\n"))
+        Err(Rejection::new(RejectReason::Invalid, errors.join("\n")))
     }
 }
 
@@ -91,26 +193,30 @@ pub fn watch(
     stop: CancellationToken,
 ) -> notify::Result<RecommendedWatcher> {
     let (dir, only) = watched(&path);
-    let wake = Arc::new(Notify::new());
-    let mut watcher = notify::recommended_watcher({
-        let wake = wake.clone();
-        move |event: notify::Result<Event>| match event {
-            Ok(e) if only.as_ref().is_none_or(|f| relevant(&e, f)) => wake.notify_one(),
+    // A counter rather than a permit: every event during the quiet period
+    // is absorbed by the one read that follows it.
+    let (wake, mut woken) = tokio::sync::watch::channel(0u64);
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+            Ok(e) if !changes(&e.kind) => {}
+            Ok(e) if only.as_ref().is_none_or(|f| relevant(&e, f)) => {
+                wake.send_modify(|n| *n += 1);
+            }
             Ok(_) => {}
             // Overflowed queues and the like: reloading is always safe.
-            Err(_) => wake.notify_one(),
-        }
-    })?;
+            Err(_) => wake.send_modify(|n| *n += 1),
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tracing::info!(path = %path.display(), watching = %dir.display(), "watching the policy");
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = wake.notified() => {}
+                r = woken.changed() => if r.is_err() { return },
             }
             // Let a burst of events (write, chmod, rename, symlink flip) settle.
             tokio::time::sleep(debounce).await;
+            woken.borrow_and_update();
             let (r, p) = (reloader.clone(), path.clone());
             if let Err(e) = tokio::task::spawn_blocking(move || load_now(&r, &p)).await {
                 tracing::error!(error = %e, "policy reload task failed");
@@ -118,6 +224,17 @@ pub fn watch(
         }
     });
     Ok(watcher)
+}
+
+/// Whether an event can change what a read returns. Opening, reading and
+/// closing a file unwritten cannot, and the reload itself does exactly that:
+/// counting them would make every reload wake the next one.
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// The directory to watch, and for a file, its name to filter events by.
@@ -132,11 +249,16 @@ fn watched(path: &Path) -> (PathBuf, Option<PathBuf>) {
     (parent, path.file_name().map(PathBuf::from))
 }
 
-/// An event about the file itself or a ConfigMap's `..data`/`..<timestamp>`
-/// entries; siblings in a shared directory are ignored.
+/// An event about the file itself, the allow-empty marker next to it, or a
+/// ConfigMap's `..data`/`..<timestamp>` entries; siblings in a shared
+/// directory are ignored.
 fn relevant(e: &Event, file: &Path) -> bool {
     e.paths.iter().any(|p| match p.file_name() {
-        Some(name) => name == file.as_os_str() || name.to_string_lossy().starts_with(".."),
+        Some(name) => {
+            name == file.as_os_str()
+                || name == ALLOW_EMPTY_MARKER
+                || name.to_string_lossy().starts_with("..")
+        }
         None => true,
     })
 }
@@ -154,6 +276,80 @@ mod tests {
         assert!(relevant(&event("/etc/palisade/policy.yaml"), &only));
         assert!(relevant(&event("/etc/palisade/..data"), &only));
         assert!(relevant(&event("/etc/palisade/..2024_05_01"), &only));
+        assert!(relevant(
+            &event("/etc/palisade/.palisade-allow-empty"),
+            &only
+        ));
         assert!(!relevant(&event("/etc/palisade/other.conf"), &only));
+    }
+
+    #[test]
+    fn reading_the_policy_is_not_a_change_but_writing_it_is() {
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        let read_close = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        let write_close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(!changes(&open) && !changes(&read_close));
+        assert!(changes(&write_close));
+        assert!(changes(&EventKind::Modify(notify::event::ModifyKind::Any)));
+    }
+
+    fn read_of(kind: PathKind, docs: usize, allow_empty: bool) -> FileRead {
+        let doc = palisade_policy::parse_documents(
+            "p.yaml",
+            "apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\n\
+             metadata: {name: a, namespace: demo}\nspec:\n  targets: [{namespace: demo}]\n",
+        )
+        .unwrap();
+        FileRead {
+            docs: doc.into_iter().cycle().take(docs).collect(),
+            kind,
+            allow_empty,
+        }
+    }
+
+    #[test]
+    fn an_emptied_source_or_a_kind_change_is_refused_unless_the_marker_allows_it() {
+        let file = |docs| {
+            Some(Shape {
+                kind: PathKind::File,
+                docs,
+            })
+        };
+        let dir = |docs| {
+            Some(Shape {
+                kind: PathKind::Directory,
+                docs,
+            })
+        };
+        let reason = |last, read: FileRead| check_shape(last, &read, "/p").map_err(|r| r.reason);
+        assert_eq!(reason(None, read_of(PathKind::Directory, 0, false)), Ok(()));
+        assert_eq!(
+            reason(dir(0), read_of(PathKind::Directory, 0, false)),
+            Ok(())
+        );
+        assert_eq!(
+            reason(dir(2), read_of(PathKind::Directory, 1, false)),
+            Ok(())
+        );
+        assert_eq!(
+            reason(dir(1), read_of(PathKind::Directory, 0, false)),
+            Err(RejectReason::Emptied)
+        );
+        assert_eq!(
+            reason(file(1), read_of(PathKind::Directory, 0, false)),
+            Err(RejectReason::PathKindChanged)
+        );
+        assert_eq!(
+            reason(dir(1), read_of(PathKind::File, 1, false)),
+            Err(RejectReason::PathKindChanged)
+        );
+        assert_eq!(
+            reason(dir(1), read_of(PathKind::Directory, 0, true)),
+            Ok(())
+        );
+        assert_eq!(
+            reason(file(1), read_of(PathKind::Directory, 0, true)),
+            Ok(())
+        );
     }
 }

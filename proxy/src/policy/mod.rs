@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PolicyConfig;
 use crate::identity::{ControlPlane, CredentialsCell};
 use crate::metrics::Metrics;
-use reload::Reloader;
+use reload::{Rejection, Reloader};
 
 /// Where the policy in force came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,7 +73,7 @@ impl ActivePolicy {
 pub struct LivePolicy {
     active: ArcSwap<ActivePolicy>,
     generation: watch::Sender<u64>,
-    last_error: ArcSwapOption<String>,
+    last_error: ArcSwapOption<Rejection>,
 }
 
 impl LivePolicy {
@@ -117,8 +117,8 @@ impl LivePolicy {
     }
 
     /// Records a rejected reload; the policy in force does not change.
-    pub fn reject(&self, error: String) {
-        self.last_error.store(Some(Arc::new(error)));
+    pub fn reject(&self, rejection: Rejection) {
+        self.last_error.store(Some(Arc::new(rejection)));
     }
 
     /// An update that changed nothing was still good: the error is stale.
@@ -126,13 +126,14 @@ impl LivePolicy {
         self.last_error.store(None);
     }
 
-    pub fn last_error(&self) -> Option<Arc<String>> {
+    pub fn last_error(&self) -> Option<Arc<Rejection>> {
         self.last_error.load_full()
     }
 
     /// The `policy` part of /config_dump.
     pub fn dump(&self) -> serde_json::Value {
         let active = self.load();
+        let error = self.last_error();
         serde_json::json!({
             "version": active.version(),
             "generation": active.generation,
@@ -141,7 +142,8 @@ impl LivePolicy {
             "policies": active.compiled.docs().len(),
             "rules": active.compiled.rule_count(),
             "loaded_at": active.loaded_at,
-            "last_error": self.last_error().as_deref(),
+            "last_error": error.as_ref().map(|e| &e.error),
+            "last_error_reason": error.as_ref().map(|e| e.reason.as_str()),
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Turning policy updates into a swap: keep each source's last good
 //! documents, merge them (the file's copy of a `namespace/name` wins over
 //! the control plane's), compile off the hot path, swap in atomically. A
-//! rejected update is logged with its `file:line:col`, counted, recorded for
-//! /config_dump, and changes nothing.
+//! rejected update is logged with its `file:line:col` and reason, counted,
+//! recorded for /config_dump, and changes nothing.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use palisade_policy::{compile, DefaultPolicy, Defaults, PolicyDoc};
 
+use super::file::{self, FileRead, Shape};
 use super::{ActivePolicy, LivePolicy, PolicySource};
 use crate::config::SourceKind;
 use crate::metrics::Metrics;
@@ -17,8 +18,49 @@ use crate::metrics::Metrics;
 /// New documents from one source.
 #[derive(Debug)]
 pub enum Update {
-    File(Vec<PolicyDoc>),
+    File(FileRead),
     ControlPlane { version: u64, docs: Vec<PolicyDoc> },
+}
+
+/// Why an update was rejected: the `reason` label of
+/// `policy_reload_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The path, or a file under it, cannot be read.
+    Unreadable,
+    /// A YAML, validation or compile error.
+    Invalid,
+    /// It would go from some policies to none.
+    Emptied,
+    /// The policy path turned from a file into a directory, or back.
+    PathKindChanged,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Unreadable => "unreadable",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Emptied => "emptied",
+            RejectReason::PathKindChanged => "path_kind_changed",
+        }
+    }
+}
+
+/// A rejected update: why, and the errors (`file:line:col: ...` lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub error: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, error: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            error: error.into(),
+        }
+    }
 }
 
 /// The last good documents of each source.
@@ -26,6 +68,8 @@ pub enum Update {
 struct Inputs {
     file: Option<Vec<PolicyDoc>>,
     control_plane: Option<(u64, Vec<PolicyDoc>)>,
+    /// The last accepted file read, to refuse one that empties the source.
+    file_shape: Option<Shape>,
 }
 
 pub struct Reloader {
@@ -65,26 +109,35 @@ impl Reloader {
     /// when it was rejected, changed nothing, or waits for the other source.
     pub fn apply(&self, update: Update) -> Option<u64> {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
-        let origin = match update {
-            Update::File(_) => "file",
-            Update::ControlPlane { .. } => "control-plane",
+        let (origin, shape) = match &update {
+            Update::File(read) => ("file", Some(read.shape())),
+            Update::ControlPlane { .. } => ("control-plane", None),
         };
+        if let Update::File(read) = &update {
+            if let Err(r) = file::check_shape(inputs.file_shape, read, &self.path_label()) {
+                drop(inputs);
+                self.reject(origin, r);
+                return None;
+            }
+        }
         // With one source its documents go straight to the compiler; only
         // `both` keeps copies to merge with the other source's next update.
         let (docs, source, next) = match (self.kind, update) {
-            (SourceKind::File, Update::File(docs)) => (docs, self.file_source(), None),
+            (SourceKind::File, Update::File(read)) => (read.docs, self.file_source(), None),
             (SourceKind::ControlPlane, Update::ControlPlane { version, docs }) => {
                 (docs, PolicySource::ControlPlane { version }, None)
             }
             (SourceKind::Both, update) => {
                 let next = match update {
-                    Update::File(d) => Inputs {
-                        file: Some(d),
+                    Update::File(read) => Inputs {
+                        file: Some(read.docs),
                         control_plane: inputs.control_plane.clone(),
+                        file_shape: shape,
                     },
                     Update::ControlPlane { version, docs } => Inputs {
                         file: inputs.file.clone(),
                         control_plane: Some((version, docs)),
+                        file_shape: inputs.file_shape,
                     },
                 };
                 let Some((docs, source)) = self.merge(&next) else {
@@ -113,12 +166,14 @@ impl Reloader {
                     .collect::<Vec<_>>()
                     .join("\n");
                 drop(inputs);
-                self.reject(origin, text);
+                self.reject(origin, Rejection::new(RejectReason::Invalid, text));
                 return None;
             }
         };
-        if let Some(next) = next {
-            *inputs = next;
+        match next {
+            Some(next) => *inputs = next,
+            None if shape.is_some() => inputs.file_shape = shape,
+            None => {}
         }
         let active = self.live.load();
         if active.version() == compiled.version() && active.source == source {
@@ -157,16 +212,22 @@ impl Reloader {
         path.unwrap_or_default()
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A rejected update: the policy in force stays.
-    pub fn reject(&self, origin: &'static str, error: String) {
-        self.metrics.authz.reload_errors.inc();
+    pub fn reject(&self, origin: &'static str, rejection: Rejection) {
+        let reason = rejection.reason.as_str();
+        self.metrics.authz.reload_error(origin, reason);
         tracing::error!(
             source = origin,
-            error = %error,
+            reason,
+            error = %rejection.error,
             policy.version = %self.live.load().version(),
             "policy rejected; the last good policy stays in force"
         );
-        self.live.reject(error);
+        self.live.reject(rejection);
     }
 
     /// `both`: the file's documents plus the control plane's whose
@@ -188,6 +249,14 @@ impl Reloader {
 mod tests {
     use super::*;
     use palisade_policy::parse_documents;
+
+    fn file(docs: Vec<PolicyDoc>) -> Update {
+        Update::File(FileRead {
+            docs,
+            kind: file::PathKind::File,
+            allow_empty: false,
+        })
+    }
 
     fn doc(name: &str, rule: &str) -> Vec<PolicyDoc> {
         let yaml = format!(
@@ -218,7 +287,7 @@ mod tests {
     #[test]
     fn both_waits_for_each_source_then_the_files_copy_of_a_name_wins() {
         let r = reloader(SourceKind::Both);
-        assert_eq!(r.apply(Update::File(doc("a", "from-file"))), None);
+        assert_eq!(r.apply(file(doc("a", "from-file"))), None);
         assert!(
             !r.live.load().is_loaded(),
             "fail-closed until both delivered"
@@ -244,23 +313,55 @@ mod tests {
     #[test]
     fn a_duplicate_name_is_rejected_and_the_policy_in_force_stays() {
         let r = reloader(SourceKind::File);
-        assert_eq!(r.apply(Update::File(doc("a", "first"))), Some(1));
+        assert_eq!(r.apply(file(doc("a", "first"))), Some(1));
         let mut dup = doc("a", "second");
         dup.extend(doc("a", "third"));
-        assert_eq!(r.apply(Update::File(dup)), None);
+        assert_eq!(r.apply(file(dup)), None);
         assert_eq!(rules(&r), ["first"]);
-        assert!(r.live.last_error().unwrap().contains("duplicate policy"));
-        assert_eq!(r.metrics.authz.reload_errors.get(), 1);
+        let err = r.live.last_error().unwrap();
+        assert!(err.error.contains("duplicate policy"), "{err:?}");
+        assert_eq!(err.reason, RejectReason::Invalid);
+        assert_eq!(
+            r.metrics
+                .authz
+                .reload_errors
+                .get_or_create(&crate::metrics::authz::ReloadErrorLabels {
+                    source: "file",
+                    reason: "invalid"
+                })
+                .get(),
+            1
+        );
     }
 
     #[test]
     fn an_identical_update_changes_nothing_and_clears_the_error() {
         let r = reloader(SourceKind::File);
-        r.apply(Update::File(doc("a", "x")));
-        r.reject("file", "earlier mistake".into());
-        assert_eq!(r.apply(Update::File(doc("a", "x"))), None);
+        r.apply(file(doc("a", "x")));
+        r.reject(
+            "file",
+            Rejection::new(RejectReason::Invalid, "earlier mistake"),
+        );
+        assert_eq!(r.apply(file(doc("a", "x"))), None);
         assert_eq!(r.live.load().generation, 1);
         assert!(r.live.last_error().is_none());
         assert_eq!(r.metrics.authz.reloads.get(), 1);
+    }
+
+    #[test]
+    fn a_file_read_that_empties_the_source_is_rejected_and_the_policy_in_force_stays() {
+        let r = reloader(SourceKind::File);
+        assert_eq!(r.apply(file(doc("a", "kept"))), Some(1));
+        assert_eq!(r.apply(file(Vec::new())), None);
+        assert_eq!(rules(&r), ["kept"]);
+        assert_eq!(r.live.last_error().unwrap().reason, RejectReason::Emptied);
+        let marked = Update::File(FileRead {
+            docs: Vec::new(),
+            kind: file::PathKind::File,
+            allow_empty: true,
+        });
+        assert_eq!(r.apply(marked), Some(2));
+        assert!(rules(&r).is_empty());
+        assert!(r.live.last_error().is_none());
     }
 }

@@ -9,7 +9,7 @@ use palisade_control_plane::api::PoliciesResponse;
 use palisade_policy::parse_documents;
 use tokio_util::sync::CancellationToken;
 
-use super::reload::{Reloader, Update};
+use super::reload::{RejectReason, Rejection, Reloader, Update};
 use crate::identity::{backoff, ControlPlane, CredentialsCell};
 
 /// How long the control plane may hold a poll open.
@@ -73,7 +73,8 @@ fn apply(reloader: &Reloader, resp: PoliciesResponse) {
         }
     }
     if !errors.is_empty() {
-        return reloader.reject("control-plane", errors.join("\n"));
+        let rejection = Rejection::new(RejectReason::Invalid, errors.join("\n"));
+        return reloader.reject("control-plane", rejection);
     }
     reloader.apply(Update::ControlPlane {
         version: resp.version,
