@@ -32,6 +32,7 @@ pub struct Metrics {
     pub bundle_cas: Gauge,
     pub bundle_sequence: Gauge,
     pub api_connections_open: Gauge,
+    pub policy_reload_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
             bundle_cas: Gauge::default(),
             bundle_sequence: Gauge::default(),
             api_connections_open: Gauge::default(),
+            policy_reload_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -93,6 +95,11 @@ impl Metrics {
             "api_connections_open",
             "Open connections on the workload API port",
             m.api_connections_open.clone(),
+        );
+        registry.register(
+            "policy_reload_errors",
+            "Changes to --policy-dir rejected (the last good set is still served), by reason",
+            m.policy_reload_errors.clone(),
         );
         Metrics { registry, ..m }
     }

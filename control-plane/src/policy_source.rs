@@ -1,6 +1,7 @@
 //! The policies served at `GET /v1/policies`: a directory of segmentation
 //! policies, validated by compiling them with palisade-policy, reloaded when
-//! it changes (a bad change keeps the last good set), and served to each
+//! it changes (a bad change, or one that removes every policy without
+//! `.palisade-allow-empty`, keeps the last good set), and served to each
 //! proxy as the documents that select it, with a long poll on their version.
 
 use std::path::{Path, PathBuf};
@@ -8,12 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
+use palisade_policy::fs::{empty_allowed, ALLOW_EMPTY_MARKER};
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::api::{PoliciesResponse, PolicyDocument};
+use crate::metrics::ReasonLabel;
 
 /// The longest a client may ask a poll to be held.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -25,8 +30,22 @@ pub enum PolicySourceError {
     /// Located diagnostics, one per line (`file:line:col: error: ...`).
     #[error("{0}")]
     Invalid(String),
+    /// The directory went from some policies to none without the marker.
+    #[error("{0} no longer holds any policy: refused, as it would drop every policy in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in it")]
+    Emptied(String),
     #[error("cannot watch {0}: {1}")]
     Watch(String, notify::Error),
+}
+
+impl PolicySourceError {
+    /// The `reason` label of `policy_reload_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicySourceError::Invalid(_) => "invalid",
+            PolicySourceError::Emptied(_) => "emptied",
+            PolicySourceError::Watch(..) => "watch",
+        }
+    }
 }
 
 /// One servable piece of YAML and the documents in it.
@@ -57,6 +76,9 @@ impl PolicyStore {
     /// Re-reads the directory; on error the last good set stays.
     pub fn reload(&self) -> Result<usize, PolicySourceError> {
         let chunks = load(&self.dir)?;
+        if chunks.is_empty() && !self.chunks.load().is_empty() && !empty_allowed(&self.dir) {
+            return Err(PolicySourceError::Emptied(self.dir.display().to_string()));
+        }
         let n = chunks.len();
         self.chunks.store(Arc::new(chunks));
         self.changed.send_modify(|g| *g += 1);
@@ -106,13 +128,27 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads whenever the directory changes, after `DEBOUNCE` of quiet.
-    /// The returned watcher must be kept alive.
-    pub fn watch(self: &Arc<Self>) -> Result<notify::RecommendedWatcher, PolicySourceError> {
+    /// Reloads whenever the directory changes, after `DEBOUNCE` of quiet;
+    /// a rejected reload counts in `errors` by reason. The returned watcher
+    /// must be kept alive.
+    pub fn watch(
+        self: &Arc<Self>,
+        errors: Family<ReasonLabel, Counter>,
+    ) -> Result<notify::RecommendedWatcher, PolicySourceError> {
         let watch_err = |e| PolicySourceError::Watch(self.dir.display().to_string(), e);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            // Opening and reading the files is no change, and the reload
+            // does just that: it must not wake the next one.
+            if !matches!(
+                e,
+                Ok(notify::Event {
+                    kind: EventKind::Access(_),
+                    ..
+                })
+            ) {
+                let _ = tx.send(());
+            }
         })
         .map_err(watch_err)?;
         watcher
@@ -127,7 +163,10 @@ impl PolicyStore {
                     while rx.recv_timeout(DEBOUNCE).is_ok() {}
                     match store.reload() {
                         Ok(n) => tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded"),
-                        Err(e) => tracing::error!(dir = %store.dir.display(), error = %e, "policies rejected; the last good set is still served"),
+                        Err(e) => {
+                            errors.get_or_create(&ReasonLabel { reason: e.reason() }).inc();
+                            tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
+                        }
                     }
                 }
             })
@@ -255,6 +294,24 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
         let err = store.reload().unwrap_err().to_string();
         assert!(err.contains("shop.yaml:7:3"), "{err}");
         assert_eq!(store.for_workload(&api), before);
+    }
+
+    #[test]
+    fn removing_the_last_policy_is_refused_unless_the_marker_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shop.yaml");
+        std::fs::write(&f, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
+        let before = store.for_workload(&api);
+        std::fs::remove_file(&f).unwrap();
+        let err = store.reload().unwrap_err();
+        assert_eq!(err.reason(), "emptied");
+        assert!(err.to_string().contains(ALLOW_EMPTY_MARKER), "{err}");
+        assert_eq!(store.for_workload(&api), before);
+        std::fs::write(dir.path().join(ALLOW_EMPTY_MARKER), "").unwrap();
+        assert_eq!(store.reload().unwrap(), 0);
+        assert!(store.for_workload(&api).documents.is_empty());
     }
 
     #[tokio::test]

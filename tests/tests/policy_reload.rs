@@ -32,7 +32,7 @@ fn allow(peer: &str, rule: &str) -> String {
 
 /// client app → client proxy → server proxy (policy at `policy`) → echo.
 struct Pair {
-    _cp: ControlPlane,
+    cp: ControlPlane,
     _echo: Echo,
     server: Proxy,
     _client: Proxy,
@@ -53,7 +53,7 @@ fn start_pair(cp: ControlPlane, policy: Option<&Path>, policy_yaml: &str) -> Pai
     let server = Proxy::start_ready(b);
     let client = Proxy::start_ready(a);
     Pair {
-        _cp: cp,
+        cp,
         _echo: echo,
         server,
         _client: client,
@@ -419,4 +419,43 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     assert_eq!(reads(), settled, "no read without a change");
     assert_eq!(p.server.metric("policy_reloads_total", &[]), reloads);
     assert!(allowed(p.entry));
+}
+
+#[test]
+fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_marker_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
+        ..Default::default()
+    });
+    let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
+    assert!(!allowed(p.entry));
+
+    let refused = "policy_reload_errors_total{reason=\"emptied\"}";
+    std::fs::remove_file(&file).unwrap();
+    wait_until("the control plane refuses the empty directory", || {
+        p.cp.metric(refused) >= 1.0
+    });
+    assert!(!allowed(p.entry), "the proxy keeps the denying policy");
+    assert_eq!(p.server.config_dump()["policy"]["policies"], 1);
+    assert!(
+        p.cp.log().contains(".palisade-allow-empty"),
+        "the log says how"
+    );
+    // One refusal, not one per read of the directory.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = p.cp.metric(refused);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.cp.metric(refused), settled, "the watcher does not loop");
+
+    std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+    wait_until("the marked removal reaches the proxy", || {
+        p.server.config_dump()["policy"]["policies"] == 0
+    });
+    assert!(
+        allowed(p.entry),
+        "policy.default (all-authenticated) applies"
+    );
 }

@@ -150,7 +150,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Some(path) => Some(state.endpoints.watch(path)?),
         None => None,
     };
-    let _policy_watcher = state.policies.as_ref().map(|p| p.watch()).transpose()?;
+    let _policy_watcher = state
+        .policies
+        .as_ref()
+        .map(|p| p.watch(state.metrics.policy_reload_errors.clone()))
+        .transpose()?;
 
     let listen = state.config.listen;
     let api = TcpListener::bind(listen)
