@@ -33,7 +33,7 @@ pub struct FileRead {
     pub allow_empty: bool,
 }
 
-/// What the last accepted read looked like.
+/// What a read found, kept for the last accepted one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     pub kind: PathKind,
@@ -112,15 +112,17 @@ pub fn check_shape(last: Option<Shape>, read: &FileRead, path: &str) -> Result<(
         );
         return Ok(());
     }
-    let reason = if kind_changed {
-        RejectReason::PathKindChanged
+    let (reason, why) = if kind_changed {
+        let why = "a path that changes kind is most often a volume mounted wrong";
+        (RejectReason::PathKindChanged, why)
     } else {
-        RejectReason::Emptied
+        let why = "policy.default would then decide everything";
+        (RejectReason::Emptied, why)
     };
     Err(Rejection::new(
         reason,
         format!(
-            "{what} ({count}): refused, as it would drop the policies in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in the policy directory or next to the policy file"
+            "{what} ({count}): refused, as {why}; to accept it, create {ALLOW_EMPTY_MARKER} in the policy directory or next to the policy file"
         ),
     ))
 }

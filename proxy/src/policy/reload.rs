@@ -110,16 +110,16 @@ impl Reloader {
     pub fn apply(&self, update: Update) -> Option<u64> {
         let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
         let (origin, shape) = match &update {
-            Update::File(read) => ("file", Some(read.shape())),
+            Update::File(read) => {
+                if let Err(r) = file::check_shape(inputs.file_shape, read, &self.path_label()) {
+                    drop(inputs);
+                    self.reject("file", r);
+                    return None;
+                }
+                ("file", Some(read.shape()))
+            }
             Update::ControlPlane { .. } => ("control-plane", None),
         };
-        if let Update::File(read) = &update {
-            if let Err(r) = file::check_shape(inputs.file_shape, read, &self.path_label()) {
-                drop(inputs);
-                self.reject(origin, r);
-                return None;
-            }
-        }
         // With one source its documents go straight to the compiler; only
         // `both` keeps copies to merge with the other source's next update.
         let (docs, source, next) = match (self.kind, update) {
@@ -172,8 +172,7 @@ impl Reloader {
         };
         match next {
             Some(next) => *inputs = next,
-            None if shape.is_some() => inputs.file_shape = shape,
-            None => {}
+            None => inputs.file_shape = shape.or(inputs.file_shape),
         }
         let active = self.live.load();
         if active.version() == compiled.version() && active.source == source {
