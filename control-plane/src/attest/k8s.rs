@@ -19,7 +19,7 @@ pub const AUDIENCE: &str = "palisade";
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Clock skew tolerated on `exp`/`nbf`.
-const LEEWAY_SECS: u64 = 30;
+pub(crate) const LEEWAY_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {

@@ -31,7 +31,10 @@ pub enum AttestError {
     JwtWrongAudience,
     #[error("JWT has expired")]
     JwtExpired,
-    #[error("JWT is not yet valid: its `nbf` is in the future (beyond 30s of clock skew)")]
+    #[error(
+        "JWT is not yet valid: its `nbf` is more than {}s in the future",
+        k8s::LEEWAY_SECS
+    )]
     JwtNotYetValid,
     #[error("JWT subject {sub:?} is not `system:serviceaccount:<namespace>:<name>` with valid Kubernetes names: {why}")]
     JwtBadSubject { sub: String, why: String },
