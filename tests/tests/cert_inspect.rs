@@ -136,6 +136,39 @@ fn a_leaf_from_a_stranger_ca_is_flagged_against_the_control_planes_bundle() {
 }
 
 #[test]
+fn a_control_plane_svid_held_to_another_trust_domain_is_flagged() {
+    let cp = ControlPlane::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_key, resp) = rt.block_on(cp.issue_svid(API));
+    let svid = write(cp.work_dir(), "svid.pem", &resp.svid_chain);
+    let pem = cp.bundle_path();
+    let (svid, pem) = (svid.to_str().unwrap(), pem.to_str().unwrap());
+    let url = url(&cp);
+    for args in [
+        vec![svid, "--bundle", pem, "--trust-domain", "prod.example"],
+        vec![
+            svid,
+            "--bundle",
+            &url,
+            "--bootstrap-bundle",
+            pem,
+            "--trust-domain",
+            "prod.example",
+        ],
+    ] {
+        let (text, code) = inspect(&cp, &args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("ok:      the chain verifies")
+                && text.contains(
+                    "finding: the leaf is in trust domain cluster.local, not prod.example"
+                ),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+#[test]
 fn a_leaf_of_another_trust_domain_is_flagged_even_when_its_chain_verifies() {
     let cp = ControlPlane::start();
     let dir = cp.work_dir();

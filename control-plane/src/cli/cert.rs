@@ -89,11 +89,14 @@ async fn load_bundle(
             anyhow::anyhow!("--bundle {source} needs --bootstrap-bundle FILE: the PEM trust anchors that verify the control plane (the proxy's identity.bootstrap_bundle)")
         })?;
         let anchors = read_pem(anchors_path)?;
-        let td = match &args.trust_domain {
-            Some(td) => td.clone(),
-            None => bundle_trust_domain(&anchors).map_err(|e| {
-                anyhow::anyhow!("{}: {e}; pass --trust-domain", anchors_path.display())
-            })?,
+        // The control plane is spiffe://<td>/palisade/control-plane, in the
+        // trust domain of the anchors; --trust-domain is what the leaf must be.
+        let td = match (bundle_trust_domain(&anchors), &args.trust_domain) {
+            (Ok(td), _) => td,
+            (Err(_), Some(td)) => td.clone(),
+            (Err(e), None) => {
+                anyhow::bail!("{}: {e}; pass --trust-domain", anchors_path.display())
+            }
         };
         let doc = ApiClient::new(&addr, &td, &anchors, None)?
             .bundle()
