@@ -251,10 +251,17 @@ fn http_rules_allow_at_l4_pending_each_request() {
         ("ns/shop/sa/api", None, ALLOW, "shop/payments/refunds-api", true),
         ("ns/shop/sa/api", Some(("POST", "/v1/refunds/7")), ALLOW, "shop/payments/refunds-api", false),
         ("ns/shop/sa/api", Some(("DELETE", "/v1/refunds/7")), DENY, "shop/payments", false),
-        // A deny restricted to HTTP does not block the connection, only matching requests.
-        ("ns/shop/sa/frontend", None, ALLOW, "shop/payments/frontend-charges", false),
+        // A deny restricted to HTTP does not block the connection, only matching
+        // requests; but the connection must be HTTP, or opaque bytes would skip it.
+        ("ns/shop/sa/frontend", None, ALLOW, "shop/payments/frontend-charges", true),
         ("ns/shop/sa/frontend", Some(("GET", "/admin/users")), DENY, "shop/payments/no-admin", false),
         ("ns/shop/sa/frontend", Some(("POST", "/v1/charge")), ALLOW, "shop/payments/frontend-charges", false),
+        // A path not in normal form cannot walk around the deny.
+        ("ns/shop/sa/frontend", Some(("GET", "/v1/../admin/users")), DENY, "shop/payments/no-admin", false),
+        ("ns/shop/sa/frontend", Some(("GET", "//admin/users")), DENY, "shop/payments/no-admin", false),
+        ("ns/shop/sa/frontend", Some(("GET", "/%61dmin/users")), DENY, "shop/payments/no-admin", false),
+        // ... nor win an allow restricted to a path.
+        ("ns/shop/sa/api", Some(("POST", "/v1/refunds/../7")), DENY, "shop/payments/no-admin", false),
     ];
     for &(peer, http, verdict, label, http_required) in table {
         let d = ask(&p, IN, PAYMENTS, peer, 8080, http);
