@@ -35,6 +35,9 @@ pub struct GuardLimits {
     pub header_read_timeout: Duration,
     /// Between requests, with no byte at all.
     pub idle_timeout: Duration,
+    /// Refuse a request target with a `#` fragment (which hyper would drop
+    /// silently): `http.normalization.fragment: reject`.
+    pub reject_fragment: bool,
 }
 
 /// Reports a violation once; shared with the connection's owner so it does
@@ -409,6 +412,7 @@ mod tests {
         max_headers: 10,
         header_read_timeout: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(60),
+        reject_fragment: true,
     };
 
     /// What the HTTP server behind the guard reads, for `input`.
