@@ -486,3 +486,67 @@ fn request_lines_that_are_not_http1_never_reach_the_app_and_are_counted() {
     assert_eq!(status, Some(200), "{text}");
     assert!(m.app.reached("/public/ok.txt"));
 }
+
+/// Egress rules get the same treatment at the client's sidecar: the host
+/// the rule allowed is the one sent, and nothing else leaves.
+#[test]
+fn an_egress_host_rule_is_decided_and_forwarded_on_one_authority() {
+    use palisade_tests::policy::{policy_doc, use_policy};
+    use palisade_tests::proxy::SERVER_ID;
+    let dir = tempfile::tempdir().unwrap();
+    let egress = dir.path().join("client.yaml");
+    let body = format!(
+        "  egress:\n    - name: public-only\n      action: allow\n      to: [{{identity: {SERVER_ID}}}]\n      \
+         http:\n        - hosts: [public.demo]\n"
+    );
+    std::fs::write(&egress, policy_doc("client", CLIENT_ID, &body)).unwrap();
+    let m = HttpMesh::with_app(
+        LenientApp::start(),
+        &ingress(),
+        |a| use_policy(a, &egress, "  debounce: 10ms\n"),
+        |_| {},
+    );
+    let net = Net::of(&m);
+    let via = Route::ViaClientSidecar;
+    for (prefix, headers, want) in [
+        ("", &["Host: public.demo"][..], 200),
+        ("", &["Host: PUBLIC.DEMO."], 200),
+        ("", &["Host: public.demo:80"], 200),
+        ("", &["Host: admin.demo"], 403),
+        ("http://public.demo", &["Host: admin.demo"], 400),
+        ("http://admin.demo", &["Host: public.demo"], 400),
+        ("", &["Host: public.demo", "Host: admin.demo"], 400),
+    ] {
+        let target = format!("{prefix}/public/ok.txt");
+        let (status, text) = net.h1(via, &target, headers);
+        assert_eq!(status, Some(want), "{target} {headers:?}: {text}");
+    }
+    for (authority, headers, want) in [
+        ("public.demo", &[][..], 200),
+        ("Public.Demo.", &[], 200),
+        ("admin.demo", &[], 403),
+        ("public.demo", &[("host", "admin.demo")], 400),
+        ("admin.demo", &[("host", "public.demo")], 400),
+    ] {
+        let (status, text) = net.h2(via, authority, "/public/ok.txt", headers).unwrap();
+        assert_eq!(status, want, "{authority} {headers:?}: {text}");
+    }
+    // Bytes that are not HTTP/1.x or HTTP/2 do not leave as opaque TCP.
+    let back = net.h1_raw(
+        via,
+        b"GET /public/ok.txt HTTP/1.2\r\nHost: admin.demo\r\n\r\n",
+    );
+    assert!(
+        status_of(&back).is_none(),
+        "{}",
+        String::from_utf8_lossy(&back)
+    );
+    palisade_tests::eventually("the refusal is counted", Duration::from_secs(5), || {
+        let labels = [("direction", "outbound"), ("reason", "http_only")];
+        (m.a.metric("tls_handshake_failures_total", &labels) == 1.0).then_some(())
+    });
+    assert_app_saw_nothing_denied(&m.app);
+    let log = m.app.log();
+    assert_eq!(log.len(), 5, "{log:?}");
+    assert!(log.iter().all(|s| s.hosts == ["public.demo"]), "{log:?}");
+}
