@@ -264,6 +264,16 @@ fn http1_path_and_host_tricks_never_reach_the_app_by_either_route() {
                 "{route:?} {target} {headers:?}: {text}"
             );
         }
+        // B's port says `http1`: the HTTP/1 server refuses what is not (a
+        // lower-case method is one, and decided per request).
+        for line in NOT_HTTP1 {
+            let back = net.h1_raw(route, line);
+            let status = status_of(&back);
+            assert!(
+                matches!(status, None | Some(400) | Some(403)),
+                "{route:?} {line:?}: {status:?}"
+            );
+        }
     }
     assert_app_saw_nothing_denied(&m.app);
     // Each class is counted where it was refused: A for its app, B for mTLS.
@@ -446,22 +456,27 @@ fn escaped_slashes_set_to_normalize_are_decoded_then_authorized() {
     );
 }
 
+/// Request lines a lenient server reads but that are not HTTP/1.x.
+const NOT_HTTP1: &[&[u8]] = &[
+    b"GET /admin/secret.txt HTTP/1.2\r\nHost: public.demo\r\n\r\n",
+    b"GET\t/admin/secret.txt\tHTTP/1.1\r\nHost: public.demo\r\n\r\n",
+    b"GET /admin/secret.txt HTTP/1.1 \r\nHost: public.demo\r\n\r\n",
+    b"GET /admin/secret.txt HTTP/01.1\r\nHost: public.demo\r\n\r\n",
+    b"GET /admin/secret.txt\r\n",
+    b"GET /admin/secret.txt\r\n\r\n",
+    b"get /admin/secret.txt HTTP/1.1\r\nHost: public.demo\r\n\r\n",
+];
+
 /// Request lines detection does not call HTTP/1.x: on a port with an HTTP
-/// rule they are refused, never forwarded as opaque bytes.
+/// rule they are refused, never forwarded as opaque bytes. (On a port set
+/// to `http1` the HTTP/1 server itself answers them 400: see
+/// `http1_path_and_host_tricks_never_reach_the_app_by_either_route`.)
 #[test]
 fn request_lines_that_are_not_http1_never_reach_the_app_and_are_counted() {
     // B detects the protocol (as a transparent port does by default).
     let m = mesh(|b| b.inbound[0].protocol = "detect");
     let net = Net::of(&m);
-    let lines: &[&[u8]] = &[
-        b"GET /admin/secret.txt HTTP/1.2\r\nHost: public.demo\r\n\r\n",
-        b"GET\t/admin/secret.txt\tHTTP/1.1\r\nHost: public.demo\r\n\r\n",
-        b"GET /admin/secret.txt HTTP/1.1 \r\nHost: public.demo\r\n\r\n",
-        b"GET /admin/secret.txt HTTP/01.1\r\nHost: public.demo\r\n\r\n",
-        b"GET /admin/secret.txt\r\n",
-        b"GET /admin/secret.txt\r\n\r\n",
-        b"get /admin/secret.txt HTTP/1.1\r\nHost: public.demo\r\n\r\n",
-    ];
+    let lines = NOT_HTTP1;
     let refused = |m: &HttpMesh<LenientApp>| {
         m.b.metric(
             "tls_handshake_failures_total",
