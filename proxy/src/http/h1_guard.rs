@@ -457,6 +457,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fragment_in_the_request_target_is_refused_unless_normalized() {
+        let req = b"GET /admin/x#frag HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (seen, count) = through(req).await;
+        // hyper may hold part of the head; it never gets its end.
+        let head_part = &seen[..seen.len() - POISON.len()];
+        assert!(seen.ends_with(POISON) && !head_part.windows(4).any(|w| w == b"\r\n\r\n"));
+        assert_eq!(*count.1.lock().unwrap(), vec!["fragment"]);
+        let limits = GuardLimits {
+            reject_fragment: false,
+            ..LIMITS
+        };
+        assert_eq!(check_head(req, &limits), Verdict::Ok(State::Head));
+    }
+
+    #[tokio::test]
     async fn content_length_forms_are_checked() {
         for (cl, reason) in [
             ("+5", "invalid_content_length"),
