@@ -3,7 +3,7 @@
 
 use crate::compile::CompiledPolicy;
 use crate::decision::{Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, Verdict};
-use crate::http::matches_any;
+use crate::http::{fit_any, Fit};
 use crate::index::{Best, NONE};
 use crate::model::{Action, Mode};
 
@@ -13,7 +13,11 @@ use crate::model::{Action, Mode};
 /// allow rule, else deny. A workload no policy selects in `req.direction`
 /// gets the compiled default. Audit-mode policies never change the verdict;
 /// they set `would_deny`. At L4, rules restricted by `http` do not deny, and
-/// allow only pending per-request checks (`http_required`).
+/// allow only pending per-request checks (`http_required`); any enforce-mode
+/// `http` rule for this peer and port, allow or deny, makes an allowed
+/// connection `http_required`, so opaque bytes never skip it. Per request,
+/// a path or host not in normal form makes a deny rule apply and an allow
+/// rule not.
 pub fn decide(policy: &CompiledPolicy, req: &Request<'_>) -> Decision {
     let mut acc = Acc::default();
     policy.dir(req.direction).for_each(req.local, |slot| {
@@ -35,6 +39,8 @@ struct Acc {
     allow: [u32; 2],
     /// At L4: allow rules restricted to HTTP.
     http_allow: [u32; 2],
+    /// At L4: an enforce-mode rule restricted to HTTP applies here.
+    http_enforced: bool,
 }
 
 impl Default for Acc {
@@ -44,6 +50,7 @@ impl Default for Acc {
             deny: [NONE; 2],
             allow: [NONE; 2],
             http_allow: [NONE; 2],
+            http_enforced: false,
         }
     }
 }
@@ -81,6 +88,7 @@ impl Acc {
                 // L4: HTTP-restricted allows allow pending per-request checks;
                 // HTTP-restricted denies wait for the request.
                 None => {
+                    self.http_enforced |= enforce;
                     if action == Action::Allow {
                         if enforce {
                             self.http_allow[0] = self.http_allow[0].min(r);
@@ -90,7 +98,12 @@ impl Acc {
                 }
                 Some(info) => {
                     let rules = meta.http.as_deref().unwrap_or(&[]);
-                    if !matches_any(rules, &info) {
+                    let applies = match fit_any(rules, &info) {
+                        Fit::Match => true,
+                        Fit::Ambiguous => action == Action::Deny,
+                        Fit::NoMatch => false,
+                    };
+                    if !applies {
                         continue;
                     }
                     let slot = if action == Action::Deny {
@@ -121,7 +134,7 @@ impl Acc {
             Outcome::Rule {
                 verdict: Verdict::Allow,
                 rule: self.allow[i],
-                http_required: false,
+                http_required: self.http_enforced,
             }
         } else if self.http_allow[i] != NONE {
             Outcome::Rule {

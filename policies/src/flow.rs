@@ -9,6 +9,7 @@ use crate::compile::CompiledPolicy;
 use crate::decide::decide;
 use crate::decision::{Decision, HttpInfo, Peer, Request, Verdict};
 use crate::model::Direction;
+use crate::normalize::{self, Normalization, Rejection};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 
 /// One end of a flow: a meshed workload, or an address outside the mesh.
@@ -54,7 +55,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// An HTTP request's method, path and host, owned.
+/// An HTTP request's method, path (with any query) and host, owned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HttpRequest {
     pub method: String,
@@ -69,6 +70,18 @@ impl HttpRequest {
             path: &self.path,
             host: self.host.as_deref(),
         }
+    }
+
+    /// The request as the proxy decides and forwards it (`host` is its
+    /// `Host`), or why the proxy answers 400 before any rule.
+    pub fn normalized(&self, cfg: &Normalization) -> Result<HttpRequest, Rejection> {
+        let hosts = self.host.as_deref().map(str::as_bytes);
+        let n = normalize::request(&self.method, &self.path, None, hosts, cfg)?;
+        Ok(HttpRequest {
+            method: self.method.clone(),
+            path: n.target(),
+            host: n.authority.map(|a| a.into_owned()),
+        })
     }
 }
 
@@ -129,12 +142,23 @@ impl Check {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowDecision {
     pub checks: Vec<Check>,
+    /// The flow's HTTP request as normalized and decided, or why it is
+    /// rejected (400) before any rule; `None` for a connection only.
+    pub request: Option<Result<HttpRequest, Rejection>>,
 }
 
 impl FlowDecision {
-    /// Deny if any check denies.
+    /// Why the request is answered 400 before any rule, if it is.
+    pub fn rejected(&self) -> Option<Rejection> {
+        self.request
+            .as_ref()
+            .and_then(|r| r.as_ref().err())
+            .copied()
+    }
+
+    /// Deny if the request is rejected or any check denies.
     pub fn verdict(&self) -> Verdict {
-        if self.checks.iter().all(|c| c.verdict() == Verdict::Allow) {
+        if self.rejected().is_none() && self.checks.iter().all(|c| c.verdict() == Verdict::Allow) {
             Verdict::Allow
         } else {
             Verdict::Deny
@@ -151,12 +175,29 @@ impl FlowDecision {
     }
 }
 
-/// Decides a flow, in one direction only (`only`) or end to end.
+/// Decides a flow, in one direction only (`only`) or end to end, with the
+/// proxy's default normalization.
 pub fn decide_flow(
     policy: &CompiledPolicy,
     flow: &Flow,
     only: Option<Direction>,
 ) -> Result<FlowDecision, FlowError> {
+    decide_flow_with(policy, flow, only, &Normalization::default())
+}
+
+/// `decide_flow`, with the request normalized as `cfg` says (the proxy's
+/// `http.normalization`). A rejected request gets the connection checks only.
+pub fn decide_flow_with(
+    policy: &CompiledPolicy,
+    flow: &Flow,
+    only: Option<Direction>,
+    cfg: &Normalization,
+) -> Result<FlowDecision, FlowError> {
+    let request = flow.http.as_ref().map(|h| h.normalized(cfg));
+    let http = request
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(HttpRequest::info);
     let mut checks = Vec::with_capacity(2);
     let egress = match only {
         Some(Direction::Ingress) => None,
@@ -178,7 +219,8 @@ pub fn decide_flow(
             Direction::Egress,
             local,
             flow.to.peer(),
-            flow,
+            flow.port,
+            http,
         ));
     }
     if let Some(local) = ingress {
@@ -187,13 +229,14 @@ pub fn decide_flow(
             Direction::Ingress,
             local,
             flow.from.peer(),
-            flow,
+            flow.port,
+            http,
         ));
     }
     if checks.is_empty() {
         return Err(FlowError::NoIdentity);
     }
-    Ok(FlowDecision { checks })
+    Ok(FlowDecision { checks, request })
 }
 
 fn check(
@@ -201,21 +244,22 @@ fn check(
     direction: Direction,
     local: &SpiffeId,
     peer: Peer<'_>,
-    flow: &Flow,
+    port: u16,
+    http: Option<HttpInfo<'_>>,
 ) -> Check {
     let req = Request {
         direction,
         local,
         peer,
-        port: flow.port,
+        port,
         http: None,
     };
     let connection = decide(policy, &req);
-    let request = flow.http.as_ref().map(|h| {
+    let request = http.map(|h| {
         decide(
             policy,
             &Request {
-                http: Some(h.info()),
+                http: Some(h),
                 ..req
             },
         )

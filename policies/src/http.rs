@@ -1,32 +1,83 @@
 //! Matching one HTTP request against a rule's `http` conditions, without
-//! allocating.
+//! allocating. A value that is not in normal form never slips past a deny.
 
 use crate::decision::HttpInfo;
 use crate::model::{HostMatch, HttpMatch, PathMatch};
+use crate::normalize::{is_normal_authority, is_normal_path};
 
-/// Whether the request matches any of the entries (they are OR-ed; the
-/// fields inside one entry are AND-ed; an empty field matches anything).
-pub(crate) fn matches_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> bool {
-    entries.iter().any(|m| matches(m, req))
+/// How a request relates to a rule's `http` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    Match,
+    NoMatch,
+    /// The path or host is not in normal form (the proxy normalizes before
+    /// deciding; a raw value could mean something else to the app), and
+    /// nothing else rules the entry out. A deny rule applies; an allow
+    /// rule does not.
+    Ambiguous,
 }
 
-fn matches(m: &HttpMatch, req: &HttpInfo<'_>) -> bool {
-    (m.methods.is_empty() || m.methods.iter().any(|x| x == req.method))
-        && (m.paths.is_empty() || path_matches(&m.paths, req.path))
-        && (m.hosts.is_empty() || req.host.is_some_and(|h| host_matches(&m.hosts, h)))
+impl Fit {
+    fn and(self, other: Fit) -> Fit {
+        match (self, other) {
+            (Fit::NoMatch, _) | (_, Fit::NoMatch) => Fit::NoMatch,
+            (Fit::Ambiguous, _) | (_, Fit::Ambiguous) => Fit::Ambiguous,
+            _ => Fit::Match,
+        }
+    }
+
+    fn or(self, other: Fit) -> Fit {
+        match (self, other) {
+            (Fit::Match, _) | (_, Fit::Match) => Fit::Match,
+            (Fit::Ambiguous, _) | (_, Fit::Ambiguous) => Fit::Ambiguous,
+            _ => Fit::NoMatch,
+        }
+    }
+
+    fn of(b: bool) -> Fit {
+        if b {
+            Fit::Match
+        } else {
+            Fit::NoMatch
+        }
+    }
 }
 
-fn path_matches(paths: &[PathMatch], raw: &str) -> bool {
+/// How the request fits the entries (they are OR-ed; the fields inside one
+/// entry are AND-ed; an empty field matches anything).
+pub(crate) fn fit_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> Fit {
+    entries
+        .iter()
+        .fold(Fit::NoMatch, |acc, m| acc.or(fit(m, req)))
+}
+
+fn fit(m: &HttpMatch, req: &HttpInfo<'_>) -> Fit {
+    let method = Fit::of(m.methods.is_empty() || m.methods.iter().any(|x| x == req.method));
+    let path = if m.paths.is_empty() {
+        Fit::Match
+    } else {
+        path_fit(&m.paths, req.path)
+    };
+    let host = match (m.hosts.is_empty(), req.host) {
+        (true, _) => Fit::Match,
+        (false, None) => Fit::NoMatch,
+        (false, Some(h)) if !is_normal_authority(h) => Fit::Ambiguous,
+        (false, Some(h)) => Fit::of(host_matches(&m.hosts, h)),
+    };
+    method.and(path).and(host)
+}
+
+fn path_fit(paths: &[PathMatch], raw: &str) -> Fit {
     let path = raw.split_once('?').map_or(raw, |(p, _)| p);
     // A path the proxy did not normalize could climb out of a prefix
-    // (`/v1/refunds/../admin`): fail closed rather than guess.
-    if is_ambiguous(path) {
-        return false;
+    // (`/v1/refunds/../admin`) or mean another to the app: never guess.
+    if !is_normal_path(path) {
+        return Fit::Ambiguous;
     }
-    paths.iter().any(|p| match p {
+    Fit::of(paths.iter().any(|p| match p {
         PathMatch::Exact(e) => e == path,
         PathMatch::Prefix(pre) => under_prefix(pre, path),
-    })
+    }))
 }
 
 /// `path` is `prefix` itself or below it (`/v1/refunds/*` stored as `/v1/refunds`).
@@ -35,20 +86,6 @@ pub(crate) fn under_prefix(prefix: &str, path: &str) -> bool {
         && (prefix.is_empty()
             || path.len() == prefix.len()
             || path.as_bytes()[prefix.len()] == b'/')
-}
-
-/// Dot segments, encoded separators or dots, and backslashes.
-fn is_ambiguous(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
-        return true;
-    }
-    let b = path.as_bytes();
-    let encoded = b.windows(3).any(|w| {
-        w[0] == b'%'
-            && (w[1] == b'2' && matches!(w[2], b'e' | b'E' | b'f' | b'F')
-                || w[1] == b'5' && matches!(w[2], b'c' | b'C'))
-    });
-    encoded || path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 fn host_matches(hosts: &[HostMatch], raw: &str) -> bool {
@@ -76,6 +113,10 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn matches_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> bool {
+        fit_any(entries, req) == Fit::Match
+    }
 
     fn req<'a>(method: &'a str, path: &'a str, host: Option<&'a str>) -> HttpInfo<'a> {
         HttpInfo { method, path, host }
@@ -106,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_and_encoded_separators_never_match_a_path_rule() {
+    fn a_path_not_in_normal_form_is_ambiguous_to_a_path_rule() {
         let m = [entry(&[], &[PathMatch::Prefix("/v1/refunds".into())], &[])];
         for p in [
             "/v1/refunds/../admin",
@@ -114,9 +155,36 @@ mod tests {
             "/v1/refunds%2Fx",
             "/v1/refunds/./x",
             "/v1/refunds\\x",
+            "//v1/refunds",
+            "/v1/refunds;x",
+            "/%761/refunds",
+            "*",
         ] {
-            assert!(!matches_any(&m, &req("GET", p, None)), "{p}");
+            assert_eq!(fit_any(&m, &req("GET", p, None)), Fit::Ambiguous, "{p}");
         }
+    }
+
+    #[test]
+    fn a_definite_mismatch_elsewhere_beats_an_ambiguous_path() {
+        let m = [entry(&["POST"], &[PathMatch::Prefix("/admin".into())], &[])];
+        assert_eq!(fit_any(&m, &req("GET", "/x/../admin", None)), Fit::NoMatch);
+        assert_eq!(
+            fit_any(&m, &req("POST", "/x/../admin", None)),
+            Fit::Ambiguous
+        );
+        let hosts = [entry(&[], &[], &[HostMatch::Exact("admin.demo".into())])];
+        assert_eq!(
+            fit_any(&hosts, &req("GET", "/", Some("ADMIN.demo."))),
+            Fit::Ambiguous
+        );
+        assert_eq!(
+            fit_any(&hosts, &req("GET", "/", Some("admin.demo"))),
+            Fit::Match
+        );
+        assert_eq!(
+            fit_any(&hosts, &req("GET", "/", Some("public.demo"))),
+            Fit::NoMatch
+        );
     }
 
     #[test]
@@ -135,7 +203,7 @@ mod tests {
         ));
         assert!(matches_any(
             &m,
-            &req("POST", "/v1/charge", Some("API.example.com"))
+            &req("POST", "/v1/charge", Some("api.example.com"))
         ));
         assert!(!matches_any(
             &m,

@@ -14,6 +14,7 @@ pub mod fs;
 mod http;
 mod index;
 pub mod model;
+pub mod normalize;
 mod parse;
 pub mod reach;
 pub mod schema;
@@ -28,7 +29,7 @@ pub use decision::{
     Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, UnknownDefaultPolicy, Verdict,
 };
 pub use diag::{Diagnostic, Severity};
-pub use flow::{decide_flow, Endpoint, Flow, FlowDecision};
+pub use flow::{decide_flow, decide_flow_with, Endpoint, Flow, FlowDecision};
 pub use model::{Direction, Mode, PolicyDoc};
 pub use parse::parse_documents;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::model::{HostMatch, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange};
+use crate::normalize::{is_normal_path, path_of, Handling, Normalization};
 use crate::parse::Cx;
 use crate::spiffe::SpiffeId;
 use crate::yaml::{Kind, Node};
@@ -237,6 +238,19 @@ fn path(s: &str) -> Result<PathMatch, String> {
             "bad HTTP path `{s}`: paths are matched without query or fragment"
         ));
     }
+    // Requests are normalized before matching: a path that is not in normal
+    // form would never match, and a deny written that way would never apply.
+    if !base.is_empty() && !is_normal_path(base) {
+        let hint = match path_of(base, &LENIENT) {
+            Ok(n) if prefix => format!("; did you mean `{}/*`?", n.trim_end_matches('/')),
+            Ok(n) => format!("; did you mean `{n}`?"),
+            Err(_) => String::new(),
+        };
+        return Err(format!(
+            "bad HTTP path `{s}`: requests are matched in normal form (no `.`/`..` or empty \
+             segments, `;`, `\\`, or escapes of unreserved characters), so this never matches{hint}"
+        ));
+    }
     Ok(if prefix {
         PathMatch::Prefix(base.to_owned())
     } else {
@@ -244,15 +258,30 @@ fn path(s: &str) -> Result<PathMatch, String> {
     })
 }
 
+/// Every class normalized: to suggest what a path rule should say.
+const LENIENT: Normalization = Normalization {
+    escaped_slashes: Handling::Normalize,
+    backslash: Handling::Normalize,
+    path_parameters: Handling::Normalize,
+    fragment: Handling::Normalize,
+};
+
 fn host(s: &str) -> Result<HostMatch, String> {
     let (base, wildcard) = match s.strip_prefix("*.") {
         Some(rest) => (rest, true),
         None => (s, false),
     };
-    let ok = !base.is_empty()
+    let ok_chars = !base.is_empty()
         && base
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok_chars && base.ends_with('.') && !base.trim_end_matches('.').is_empty() {
+        return Err(format!(
+            "bad host `{s}`: requests are matched without a trailing dot; write `{}`",
+            s.trim_end_matches('.')
+        ));
+    }
+    let ok = ok_chars && !base.split('.').any(str::is_empty);
     if !ok {
         return Err(format!(
             "bad host `{s}`: expected a DNS name like `api.shop.svc`, optionally `*.`-prefixed"

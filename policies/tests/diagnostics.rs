@@ -163,6 +163,23 @@ fn http_values_are_checked() {
 }
 
 #[test]
+fn a_path_or_host_that_no_normalized_request_can_match_is_an_error() {
+    let text = doc(&format!(
+        "{TARGETS}  ingress:\n    - name: r\n      action: deny\n      http:\n        - paths: [\"/a/../admin/*\", \"/%61dmin\", \"/ok/*\"]\n          hosts: [admin.demo.]\n"
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].contains("bad HTTP path `/a/../admin/*`")
+            && errs[0].ends_with("did you mean `/admin/*`?"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[1].ends_with("did you mean `/admin`?"), "{}", errs[1]);
+    assert!(errs[2].ends_with("bad host `admin.demo.`: requests are matched without a trailing dot; write `admin.demo`"), "{}", errs[2]);
+}
+
+#[test]
 fn duplicate_rule_names_within_a_policy_are_rejected() {
     let text = doc(&format!(
         "{TARGETS}  ingress:\n    - {{name: r, action: allow}}\n    - {{name: r, action: deny}}\n"

@@ -49,8 +49,19 @@ const ADDRS: &[&str] = &[
     "2001:db8::1",
     "::ffff:10.1.2.3",
 ];
-const PATHS: &[&str] = &["/a", "/a/b", "/c", "/a/../c", "/a?x=1"];
-const HOSTS: &[Option<&str>] = &[None, Some("h.x"), Some("z.h.x:80"), Some("other")];
+const PATHS: &[&str] = &[
+    "/a", "/a/b", "/c", "/a?x=1", "/a/../c", "/c/../a", "/%61/b", "//a", "/a/./b", "/a%2Fb",
+    "/a\\b", "/a;x/b", "*",
+];
+const HOSTS: &[Option<&str>] = &[
+    None,
+    Some("h.x"),
+    Some("z.h.x:8080"),
+    Some("other"),
+    Some("H.X"),
+    Some("h.x."),
+    Some("z.h.x:80"),
+];
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
@@ -256,27 +267,65 @@ fn ref_peer(p: &PeerMatch, local: &str, peer: &Result<&str, IpAddr>) -> bool {
     }
 }
 
-fn ref_http(entries: &[HttpMatch], (method, raw_path, host): (&str, &str, Option<&str>)) -> bool {
+/// How a request fits a rule's `http` entries: `Some(true)` matches,
+/// `Some(false)` does not, `None` is ambiguous (a path or host that is not
+/// in normal form, with nothing else ruling the entry out).
+fn ref_http(
+    entries: &[HttpMatch],
+    (method, raw_path, host): (&str, &str, Option<&str>),
+) -> Option<bool> {
     let path = raw_path.split('?').next().unwrap();
-    let clean = !path.split('/').any(|s| s == ".." || s == ".");
+    // Not normal: anything a normalizer would rewrite or refuse.
+    let odd_path = !path.starts_with('/')
+        || ["//", "%", "\\", ";", "#"].iter().any(|t| path.contains(t))
+        || path.split('/').any(|s| s == ".." || s == ".");
+    let odd_host = host.is_some_and(|h| {
+        h.ends_with('.') || h.ends_with(":80") || h.chars().any(|c| c.is_ascii_uppercase())
+    });
     let host = host.map(|h| h.split(':').next().unwrap());
-    entries.iter().any(|e| {
-        let m = e.methods.is_empty() || e.methods.iter().any(|x| x == method);
-        let p = e.paths.is_empty()
-            || clean
-                && e.paths.iter().any(|p| match p {
+    let fits: Vec<Option<bool>> = entries
+        .iter()
+        .map(|e| {
+            let m = e.methods.is_empty() || e.methods.iter().any(|x| x == method);
+            let p = if e.paths.is_empty() {
+                Some(true)
+            } else if odd_path {
+                None
+            } else {
+                Some(e.paths.iter().any(|p| match p {
                     PathMatch::Exact(x) => x == path,
                     PathMatch::Prefix(x) => path == x || path.starts_with(&format!("{x}/")),
-                });
-        let h = e.hosts.is_empty()
-            || host.is_some_and(|h| {
-                e.hosts.iter().any(|m| match m {
+                }))
+            };
+            let h = if e.hosts.is_empty() {
+                Some(true)
+            } else if host.is_none() {
+                Some(false)
+            } else if odd_host {
+                None
+            } else {
+                let h = host.unwrap();
+                Some(e.hosts.iter().any(|m| match m {
                     HostMatch::Exact(x) => x == h,
                     HostMatch::Suffix(s) => h.ends_with(s.as_str()) && h.len() > s.len(),
-                })
-            });
-        m && p && h
-    })
+                }))
+            };
+            if !m || p == Some(false) || h == Some(false) {
+                Some(false)
+            } else if p.is_none() || h.is_none() {
+                None
+            } else {
+                Some(true)
+            }
+        })
+        .collect();
+    if fits.contains(&Some(true)) {
+        Some(true)
+    } else if fits.contains(&None) {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
@@ -286,6 +335,8 @@ fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
     let evaluate = |include_audit: bool| -> Option<(Verdict, String, bool)> {
         let mut selected = None;
         let (mut deny, mut allow, mut http_allow) = (None, None, None);
+        // At L4: any rule with `http` for this peer and port.
+        let mut http_seen = false;
         for doc in sorted
             .iter()
             .filter(|d| include_audit || d.mode == Mode::Enforce)
@@ -312,8 +363,15 @@ fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
                 let label = format!("{}/{}", doc.id(), r.name);
                 let (http_ok, l4_http_allow) = match (&r.http, req.http) {
                     (None, _) => (true, false),
-                    (Some(_), None) => (false, r.action == Action::Allow),
-                    (Some(h), Some(info)) => (ref_http(h, info), false),
+                    (Some(_), None) => {
+                        http_seen = true;
+                        (false, r.action == Action::Allow)
+                    }
+                    // Ambiguity counts for a deny, against an allow.
+                    (Some(h), Some(info)) => match ref_http(h, info) {
+                        Some(fits) => (fits, false),
+                        None => (r.action == Action::Deny, false),
+                    },
                 };
                 if l4_http_allow {
                     http_allow.get_or_insert(label.clone());
@@ -329,7 +387,7 @@ fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
         let selected = selected?;
         Some(match (deny, allow, http_allow) {
             (Some(d), _, _) => (Verdict::Deny, d, false),
-            (None, Some(a), _) => (Verdict::Allow, a, false),
+            (None, Some(a), _) => (Verdict::Allow, a, http_seen),
             (None, None, Some(h)) => (Verdict::Allow, h, true),
             (None, None, None) => (Verdict::Deny, selected, false),
         })

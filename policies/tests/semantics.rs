@@ -251,10 +251,17 @@ fn http_rules_allow_at_l4_pending_each_request() {
         ("ns/shop/sa/api", None, ALLOW, "shop/payments/refunds-api", true),
         ("ns/shop/sa/api", Some(("POST", "/v1/refunds/7")), ALLOW, "shop/payments/refunds-api", false),
         ("ns/shop/sa/api", Some(("DELETE", "/v1/refunds/7")), DENY, "shop/payments", false),
-        // A deny restricted to HTTP does not block the connection, only matching requests.
-        ("ns/shop/sa/frontend", None, ALLOW, "shop/payments/frontend-charges", false),
+        // A deny restricted to HTTP does not block the connection, only matching
+        // requests; but the connection must be HTTP, or opaque bytes would skip it.
+        ("ns/shop/sa/frontend", None, ALLOW, "shop/payments/frontend-charges", true),
         ("ns/shop/sa/frontend", Some(("GET", "/admin/users")), DENY, "shop/payments/no-admin", false),
         ("ns/shop/sa/frontend", Some(("POST", "/v1/charge")), ALLOW, "shop/payments/frontend-charges", false),
+        // A path not in normal form cannot walk around the deny.
+        ("ns/shop/sa/frontend", Some(("GET", "/v1/../admin/users")), DENY, "shop/payments/no-admin", false),
+        ("ns/shop/sa/frontend", Some(("GET", "//admin/users")), DENY, "shop/payments/no-admin", false),
+        ("ns/shop/sa/frontend", Some(("GET", "/%61dmin/users")), DENY, "shop/payments/no-admin", false),
+        // ... nor win an allow restricted to a path.
+        ("ns/shop/sa/api", Some(("POST", "/v1/refunds/../7")), DENY, "shop/payments/no-admin", false),
     ];
     for &(peer, http, verdict, label, http_required) in table {
         let d = ask(&p, IN, PAYMENTS, peer, 8080, http);
@@ -419,4 +426,41 @@ fn version_depends_on_content_not_layout() {
         v1.version(),
         CompiledPolicy::empty(DefaultPolicy::Deny).version()
     );
+}
+
+#[test]
+fn a_flow_is_decided_on_its_normalized_request_or_rejected_before_any_rule() {
+    use palisade_policy::flow::{Endpoint, Flow, HttpRequest};
+    use palisade_policy::normalize::{Handling, Normalization, Rejection};
+    use palisade_policy::{decide_flow, decide_flow_with};
+    let p = policy(DefaultPolicy::Deny);
+    let flow = |path: &str| Flow {
+        from: Endpoint::Identity(id("ns/shop/sa/frontend")),
+        to: Endpoint::Identity(id(PAYMENTS)),
+        port: 8080,
+        http: Some(HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+            host: Some("Payments.Shop.:80".into()),
+        }),
+    };
+    let d = decide_flow(&p, &flow("/v1/../admin/%75sers?x=1"), Some(IN)).unwrap();
+    let normalized = d.request.clone().unwrap().unwrap();
+    assert_eq!(normalized.path, "/admin/users?x=1");
+    assert_eq!(normalized.host.as_deref(), Some("payments.shop"));
+    assert_eq!(d.verdict(), DENY);
+    assert_eq!(d.deciding().deciding().label(), "shop/payments/no-admin");
+
+    let d = decide_flow(&p, &flow("/admin%2fusers"), Some(IN)).unwrap();
+    assert_eq!(d.rejected(), Some(Rejection::EscapedSlash));
+    assert_eq!(d.verdict(), DENY);
+    assert!(d.checks[0].request.is_none());
+
+    let loose = Normalization {
+        escaped_slashes: Handling::Normalize,
+        ..Normalization::default()
+    };
+    let d = decide_flow_with(&p, &flow("/admin%2fusers"), Some(IN), &loose).unwrap();
+    assert_eq!(d.rejected(), None);
+    assert_eq!(d.deciding().deciding().label(), "shop/payments/no-admin");
 }

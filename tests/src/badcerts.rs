@@ -1,6 +1,6 @@
 //! Certificates a sidecar must refuse (another trust domain's CA, expired, no
 //! URI SAN, two URI SANs, self-signed), minted with rcgen, and a blocking
-//! TLS 1.3 probe client that presents them.
+//! TLS 1.3 probe client that presents them (or a real SVID).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -134,19 +134,27 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Connect to `addr` over TLS 1.3 presenting `leaf`, send `msg`, half-close
-/// and read the answer. In TLS 1.3 the server checks the client certificate
-/// after the client's handshake is done, so a refusal shows up as a read error
-/// or an empty answer.
-pub fn tls_probe(addr: SocketAddr, leaf: &Leaf, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+/// A TLS 1.3 client config that presents `leaf`, offers `alpn`, and
+/// accepts any server (tests check what the server does, not who it is).
+pub fn client_config(leaf: &Leaf, alpn: &[&[u8]]) -> std::io::Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider.clone())
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
         .with_client_auth_cert(leaf.chain.clone(), leaf.key.clone_key())
         .map_err(std::io::Error::other)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// Connect to `addr` over TLS 1.3 presenting `leaf`, send `msg`, half-close
+/// and read the answer. In TLS 1.3 the server checks the client certificate
+/// after the client's handshake is done, so a refusal shows up as a read error
+/// or an empty answer.
+pub fn tls_probe(addr: SocketAddr, leaf: &Leaf, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let cfg = client_config(leaf, &[])?;
     let conn = ClientConnection::new(
         Arc::new(cfg),
         ServerName::try_from("probe.invalid").unwrap(),

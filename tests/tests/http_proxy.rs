@@ -65,9 +65,11 @@ fn http1_and_http2_requests_are_authorized_per_route_and_denials_name_the_rule()
             let by_rule = c.send("GET", "/v1/admin/users", &[], "").await.unwrap();
             assert_eq!(by_rule.status, 403);
             assert_eq!(by_rule.headers["x-palisade-denied"], "demo/server/no-admin");
-            // Dot segments cannot climb out of an allowed prefix.
+            // Dot segments are resolved before any rule: the climb lands on
+            // the admin deny, it cannot walk around it.
             let climb = c.send("GET", "/v1/../v1/admin/x", &[], "").await.unwrap();
             assert_eq!(climb.status, 403);
+            assert_eq!(climb.headers["x-palisade-denied"], "demo/server/no-admin");
         });
     }
     let seen = m.app.seen();
@@ -81,9 +83,9 @@ fn http1_and_http2_requests_are_authorized_per_route_and_denials_name_the_rule()
     let allow = [("policy", "demo/server"), ("rule", "client-reads"), peer];
     assert_eq!(m.b.metric("inbound_http_authz_allow_total", &allow), 2.0);
     let by_rule = [("policy", "demo/server"), ("rule", "no-admin"), peer];
-    assert_eq!(m.b.metric("inbound_http_authz_deny_total", &by_rule), 2.0);
+    assert_eq!(m.b.metric("inbound_http_authz_deny_total", &by_rule), 4.0);
     let no_rule = [("policy", "demo/server"), ("rule", ""), peer];
-    assert_eq!(m.b.metric("inbound_http_authz_deny_total", &no_rule), 4.0);
+    assert_eq!(m.b.metric("inbound_http_authz_deny_total", &no_rule), 2.0);
 
     let inbound = [("direction", "inbound"), peer];
     assert_eq!(m.b.metric("request_total", &inbound), 8.0);

@@ -203,6 +203,100 @@ fn explain_one_direction_with_an_address_peer() {
     assert_eq!(v["checks"][0]["connection"]["policy"], "shop/frontend");
 }
 
+/// Allow `frontend` at L4, deny `/admin/*` per request: what the proxy does.
+fn admin_deny_policy(dir: &Path) -> String {
+    policy_file(
+        dir,
+        "api",
+        &format!(
+            "  targets: [{{identity: {}}}]\n  ingress:\n    - name: frontend\n      action: allow\n      \
+             from: [{{identity: {}}}]\n    - name: no-admin\n      action: deny\n      http:\n        \
+             - paths: [\"/admin/*\"]\n",
+            id("api"),
+            id("frontend")
+        ),
+    )
+    .display()
+    .to_string()
+}
+
+#[test]
+fn explain_normalizes_the_request_as_the_proxy_does_and_shows_the_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = admin_deny_policy(dir.path());
+    let (from, to) = (id("frontend"), id("api"));
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--policy",
+            &policy,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--port",
+            "8080",
+            "--direction",
+            "ingress",
+        ];
+        args.extend_from_slice(extra);
+        palisadectl(&args).exits(0)
+    };
+    explain(&[
+        "--path",
+        "/public/%2e%2e//admin/./x?q=1",
+        "--host",
+        "API.shop.",
+    ])
+    .prints("normalized: GET /admin/x?q=1 (host api.shop)")
+    .prints("request:    deny: rule `no-admin`")
+    .prints("result: DENY");
+    explain(&["--path", "/admin%2fx"])
+        .prints("rejected: 400 before any rule (escaped_slash)")
+        .prints("result: DENY (rejected with 400: escaped_slash)");
+    explain(&["--path", "/admin;x=1/y"]).prints("(path_parameters)");
+    explain(&["--path", "/admin/x#frag"]).prints("(fragment)");
+    let v = explain(&[
+        "--path",
+        "/admin%2Fx",
+        "--normalize",
+        "escaped-slashes",
+        "--output",
+        "json",
+    ])
+    .json();
+    assert_eq!(v["normalized"]["path"], "/admin/x");
+    assert_eq!(v["rejected"], serde_json::Value::Null);
+    assert_eq!(v["checks"][0]["request"]["rule"], "no-admin");
+    let v = explain(&["--path", "/a%00", "--output", "json"]).json();
+    assert_eq!(v["rejected"]["reason"], "encoded_nul");
+    assert_eq!(v["verdict"], "deny");
+}
+
+#[test]
+fn explain_shows_that_an_http_deny_rule_makes_the_port_http_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = admin_deny_policy(dir.path());
+    palisadectl(&[
+        "policy",
+        "explain",
+        "--policy",
+        &policy,
+        "--from",
+        &id("frontend"),
+        "--to",
+        &id("api"),
+        "--port",
+        "8080",
+        "--direction",
+        "ingress",
+    ])
+    .exits(0)
+    .prints("non-HTTP traffic is denied")
+    .prints("result: DENY");
+}
+
 #[test]
 fn test_passes_the_example_cases() {
     let cases = examples().join("cases.yaml").display().to_string();

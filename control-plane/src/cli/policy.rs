@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use palisade_policy::cases::{parse_cases, run_cases, Outcome};
-use palisade_policy::flow::{decide_flow, Check, Endpoint, Flow, FlowDecision, HttpRequest};
+use palisade_policy::flow::{decide_flow_with, Check, Endpoint, Flow, FlowDecision, HttpRequest};
 use palisade_policy::fs::{load_paths, LoadError};
+use palisade_policy::normalize::{Handling, Normalization};
 use palisade_policy::reach::{self, ReachPath};
 use palisade_policy::{
     compile, CompiledPolicy, DefaultPolicy, Defaults, Diagnostic, Direction, Verdict,
@@ -76,12 +77,17 @@ pub struct ExplainArgs {
     /// An HTTP method, to check one request as well as the connection.
     #[arg(long)]
     method: Option<String>,
-    /// An HTTP path (with --method; defaults to `/`).
+    /// An HTTP request target: path and query (defaults to `/`). It is
+    /// normalized as the proxy does before any rule is matched.
     #[arg(long)]
     path: Option<String>,
-    /// An HTTP host.
+    /// An HTTP host (the `Host` header), normalized as the proxy does.
     #[arg(long)]
     host: Option<String>,
+    /// A path class the proxy normalizes instead of rejecting with 400, as
+    /// its `http.normalization.<class>: normalize` (repeatable).
+    #[arg(long = "normalize", value_enum)]
+    normalize: Vec<PathClass>,
     /// Only this sidecar's check; default: egress at --from, then ingress at --to.
     #[arg(long, value_parser = parse_direction)]
     direction: Option<Direction>,
@@ -90,6 +96,29 @@ pub struct ExplainArgs {
     default_policy: DefaultPolicy,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+/// The classes of `http.normalization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathClass {
+    EscapedSlashes,
+    Backslash,
+    PathParameters,
+    Fragment,
+}
+
+fn normalization(classes: &[PathClass]) -> Normalization {
+    let mut n = Normalization::default();
+    for c in classes {
+        let slot = match c {
+            PathClass::EscapedSlashes => &mut n.escaped_slashes,
+            PathClass::Backslash => &mut n.backslash,
+            PathClass::PathParameters => &mut n.path_parameters,
+            PathClass::Fragment => &mut n.fragment,
+        };
+        *slot = Handling::Normalize;
+    }
+    n
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -260,7 +289,12 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
         port: args.port,
         http,
     };
-    let decision = decide_flow(&policy, &flow, args.direction)?;
+    let decision = decide_flow_with(
+        &policy,
+        &flow,
+        args.direction,
+        &normalization(&args.normalize),
+    )?;
     let mut out = std::io::stdout().lock();
     match args.output {
         Output::Json => {
@@ -276,7 +310,9 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
                 "from": flow.from.to_string(),
                 "to": flow.to.to_string(),
                 "port": flow.port,
-                "http": flow.http.as_ref().map(|h| json!({"method": h.method, "path": h.path, "host": h.host})),
+                "http": flow.http.as_ref().map(http_json),
+                "normalized": decision.request.as_ref().and_then(|r| r.as_ref().ok()).map(http_json),
+                "rejected": decision.rejected().map(|r| json!({"status": 400, "reason": r.reason(), "text": r.text()})),
                 "checks": checks,
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -284,6 +320,10 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<i32> {
         Output::Text => write_explanation(&mut out, &policy, &flow, &decision)?,
     }
     Ok(0)
+}
+
+fn http_json(h: &HttpRequest) -> serde_json::Value {
+    json!({"method": h.method, "path": h.path, "host": h.host})
 }
 
 /// `(local workload, peer)` of a check.
@@ -322,6 +362,18 @@ fn write_explanation(
         "flow: {} -> {} port {}{request}",
         flow.from, flow.to, flow.port
     )?;
+    match &d.request {
+        Some(Ok(n)) => {
+            let host = n
+                .host
+                .as_deref()
+                .map(|h| format!(" (host {h})"))
+                .unwrap_or_default();
+            writeln!(out, "normalized: {} {}{host}", n.method, n.path)?;
+        }
+        Some(Err(r)) => writeln!(out, "rejected: 400 before any rule ({}): {r}", r.reason())?,
+        None => {}
+    }
     writeln!(
         out,
         "policy version {} (default for unselected workloads: {})",
@@ -339,12 +391,16 @@ fn write_explanation(
         writeln!(out, "  connection: {}", check.connection)?;
         if let Some(r) = &check.request {
             writeln!(out, "  request:    {r}")?;
-        } else if check.connection.http_required {
+        } else if check.connection.http_required && d.request.is_none() {
             writeln!(
                 out,
                 "  non-HTTP traffic is denied: only HTTP requests matching the rule pass"
             )?;
         }
+    }
+    if let Some(r) = d.rejected() {
+        writeln!(out, "\nresult: DENY (rejected with 400: {})", r.reason())?;
+        return Ok(());
     }
     let decider = d.deciding();
     writeln!(
@@ -410,15 +466,16 @@ fn test(
             let (got, why) = match &o.decision {
                 Ok(d) => {
                     let c = d.deciding();
-                    (
-                        d.verdict().to_string(),
-                        format!(
+                    let why = match d.rejected() {
+                        Some(r) => format!("rejected with 400: {r}"),
+                        None => format!(
                             "{} at {}: {}",
                             c.direction,
                             sides(c, &o.case.flow).0,
                             c.deciding()
                         ),
-                    )
+                    };
+                    (d.verdict().to_string(), why)
                 }
                 Err(e) => ("error".to_owned(), e.clone()),
             };

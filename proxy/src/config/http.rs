@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade_policy::normalize::Normalization;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
@@ -46,6 +47,10 @@ pub struct HttpConfig {
     /// Idle pooled connections (to the app and between sidecars) close after this.
     #[serde(default = "d_pool_idle_timeout", with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// What each class of ambiguous request path gets: `reject` (400, the
+    /// default) or `normalize`. Shared with `palisadectl policy explain`.
+    #[serde(default)]
+    pub normalization: Normalization,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +79,7 @@ impl Default for HttpConfig {
             max_concurrent_streams: d_max_concurrent_streams(),
             max_pending_resets: d_max_pending_resets(),
             pool_idle_timeout: d_pool_idle_timeout(),
+            normalization: Normalization::default(),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct GuardLimits {
     pub header_read_timeout: Duration,
     /// Between requests, with no byte at all.
     pub idle_timeout: Duration,
+    /// Refuse a request target with a `#` fragment (which hyper would drop
+    /// silently): `http.normalization.fragment: reject`.
+    pub reject_fragment: bool,
 }
 
 /// Reports a violation once; shared with the connection's owner so it does
@@ -409,6 +412,7 @@ mod tests {
         max_headers: 10,
         header_read_timeout: Duration::from_millis(100),
         idle_timeout: Duration::from_secs(60),
+        reject_fragment: true,
     };
 
     /// What the HTTP server behind the guard reads, for `input`.
@@ -450,6 +454,21 @@ mod tests {
             *count.1.lock().unwrap(),
             vec!["content_length_with_transfer_encoding"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_fragment_in_the_request_target_is_refused_unless_normalized() {
+        let req = b"GET /admin/x#frag HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (seen, count) = through(req).await;
+        // hyper may hold part of the head; it never gets its end.
+        let head_part = &seen[..seen.len() - POISON.len()];
+        assert!(seen.ends_with(POISON) && !head_part.windows(4).any(|w| w == b"\r\n\r\n"));
+        assert_eq!(*count.1.lock().unwrap(), vec!["fragment"]);
+        let limits = GuardLimits {
+            reject_fragment: false,
+            ..LIMITS
+        };
+        assert_eq!(check_head(req, &limits), Verdict::Ok(State::Head));
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 //! ends, the Content-Length/Transfer-Encoding rules against smuggling, the
 //! header count and size, and chunk-size lines.
 
+use palisade_policy::normalize::Rejection;
+
 use super::h1_guard::{GuardLimits, State};
 
 /// A request line for the head that makes hyper answer 431 (more header
@@ -113,6 +115,10 @@ pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
     }
     if te_lines == 1 && !chunked {
         return Verdict::Refuse("unsupported_transfer_encoding");
+    }
+    // `#` is valid in neither method nor version: it is the target's.
+    if limits.reject_fragment && request_line.contains(&b'#') {
+        return Verdict::Refuse(Rejection::Fragment.reason());
     }
     if request_line.starts_with(b"CONNECT ") || (upgrade && connection_upgrade) {
         return Verdict::Ok(State::Passthrough);

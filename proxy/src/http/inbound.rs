@@ -24,7 +24,7 @@ pub async fn handle(
         log,
         request_bytes,
         upgrade,
-    } = match conn.begin(&req) {
+    } = match conn.begin(&mut req) {
         Ok(s) => s,
         Err(refused) => return Ok(*refused),
     };

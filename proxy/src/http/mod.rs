@@ -14,6 +14,7 @@ pub mod h2_frames;
 pub mod headers;
 pub mod inbound;
 pub mod io;
+pub mod normalize;
 pub mod outbound;
 pub mod server;
 
@@ -137,12 +138,25 @@ impl Conn {
         self.metrics.peer()
     }
 
-    /// The start of every request: counted, authorized against the policy
-    /// in force, maybe logged. `Err` is the finished answer to a request
-    /// that goes no further (denied, or CONNECT).
-    pub fn begin<B>(&self, req: &Request<B>) -> Result<Started, Box<Response<RespBody>>> {
+    /// The start of every request: counted, normalized in place (what is
+    /// authorized is what is forwarded), authorized against the policy in
+    /// force, maybe logged. `Err` is the finished answer to a request that
+    /// goes no further (ambiguous, denied, or CONNECT).
+    pub fn begin<B>(&self, req: &mut Request<B>) -> Result<Started, Box<Response<RespBody>>> {
         let start = Instant::now();
         self.metrics.requests.inc();
+        if let Err(why) = normalize::apply(req, &self.rt.http.settings.normalization) {
+            self.rt.metrics.http.violation(self.direction, why.reason());
+            tracing::info!(
+                direction = self.direction.as_str(),
+                client.addr = %self.client,
+                peer = %self.peer_name,
+                reason = why.reason(),
+                "HTTP request rejected before authorization: {why}"
+            );
+            let r = self.local(StatusCode::BAD_REQUEST, why.text());
+            return Err(Box::new(self.finish(r, start, None)));
+        }
         let decision = authz::check(self, req);
         let (log, request_bytes) = self.log_start(req, &decision);
         let upgrade = headers::wants_upgrade(req.headers(), req.version());

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_policy::normalize::Handling;
 use palisade_policy::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -78,6 +79,7 @@ where
                 max_headers: s.max_headers,
                 header_read_timeout: s.header_read_timeout,
                 idle_timeout: rt.timeouts.idle,
+                reject_fragment: s.normalization.fragment == Handling::Reject,
             };
             let guard = H1Guard::new(io, limits, conn.clone(), conn.guard.clone());
             let mut b = hyper::server::conn::http1::Builder::new();
