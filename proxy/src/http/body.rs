@@ -14,6 +14,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::access_log::{micros, AccessLog, Entry};
+use super::client::StreamSlot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,6 +85,8 @@ pub struct RespBody {
     inner: Either<Incoming, Full<Bytes>>,
     bytes: u64,
     log: Option<Box<PendingLog>>,
+    /// The pooled HTTP/2 stream this body arrives on, freed when it ends.
+    slot: Option<StreamSlot>,
 }
 
 impl RespBody {
@@ -92,6 +95,7 @@ impl RespBody {
             inner: Either::Left(inner),
             bytes: 0,
             log: None,
+            slot: None,
         }
     }
 
@@ -100,6 +104,7 @@ impl RespBody {
             inner: Either::Right(Full::new(body.into())),
             bytes: 0,
             log: None,
+            slot: None,
         }
     }
 
@@ -112,7 +117,13 @@ impl RespBody {
         self
     }
 
+    pub fn holding(mut self, slot: StreamSlot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
     fn finish(&mut self) {
+        self.slot = None;
         if let Some(log) = self.log.take() {
             log.send(self.bytes);
         }

@@ -1,6 +1,7 @@
 //! Serving one HTTP connection with hyper, with the limits applied: for
 //! HTTP/1 the head guard (smuggling, header size/count, 408) and hyper's
-//! own caps; for HTTP/2 concurrent streams, the rapid-reset and
+//! own caps; for HTTP/2 concurrent streams, per-stream flow control, the
+//! preface and header-block timeouts, keep-alive pings, the rapid-reset and
 //! CONTINUATION-flood caps (GOAWAY ENHANCE_YOUR_CALM) and the header list
 //! size. A drain asks the connection to finish gracefully.
 
@@ -64,12 +65,17 @@ where
     let frames = Arc::new(FrameCounts::default());
     let result = match proto {
         Detected::Http2 => {
-            let io = FrameCounter::new(io, frames.clone());
+            let io = FrameCounter::new(io, frames.clone(), s.header_read_timeout);
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(s.max_concurrent_streams)
                 .max_pending_accept_reset_streams(s.max_pending_resets)
-                .max_header_list_size(s.max_header_bytes.min(u32::MAX as usize) as u32);
+                .max_header_list_size(s.max_header_bytes.min(u32::MAX as usize) as u32)
+                .initial_stream_window_size(s.stream_window_bytes)
+                .initial_connection_window_size(s.connection_window())
+                .adaptive_window(false)
+                .keep_alive_interval(s.ping_interval)
+                .keep_alive_timeout(s.ping_timeout);
             until_drained!(b.serve_connection(TokioIo::new(io), svc), stop)
         }
         Detected::Http1 | Detected::Opaque => {
@@ -115,6 +121,9 @@ fn classify(e: &hyper::Error, frames: &FrameCounts) -> Option<&'static str> {
     }
     if e.is_parse() {
         return Some("malformed_request");
+    }
+    if let Some(reason) = frames.timeout_reason() {
+        return Some(reason);
     }
     let mut text = format!("{e:?}");
     let mut source = std::error::Error::source(e);
