@@ -117,6 +117,14 @@ impl RespBody {
         self
     }
 
+    /// The same answer without a body of the proxy's own, for HEAD.
+    pub fn headless(mut self) -> Self {
+        if let Either::Right(_) = self.inner {
+            self.inner = Either::Right(Full::new(Bytes::new()));
+        }
+        self
+    }
+
     pub fn holding(mut self, slot: StreamSlot) -> Self {
         self.slot = Some(slot);
         self

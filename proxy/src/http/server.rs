@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -59,7 +59,20 @@ where
     let s = &rt.http.settings;
     let svc = {
         let conn = conn.clone();
-        service_fn(move |req| handle(conn.clone(), req))
+        service_fn(move |req: Request<Incoming>| {
+            let head = req.method() == Method::HEAD;
+            let answer = handle(conn.clone(), req);
+            async move {
+                let resp = answer.await?;
+                // A HEAD answer has no body: over HTTP/2 one would reset the
+                // stream. Only the proxy's own answers can carry one.
+                Ok::<_, Infallible>(if head {
+                    resp.map(RespBody::headless)
+                } else {
+                    resp
+                })
+            }
+        })
     };
     let stop = rt.drain.stop_accepting().clone();
     let frames = Arc::new(FrameCounts::default());
