@@ -2,7 +2,8 @@
 //! HTTP/2 (it answers with what it received, serves `/v1/large/<n>` as n MiB,
 //! serves one gRPC method with trailers, and echoes WebSocket messages), clients for HTTP/1.1, HTTP/2 and
 //! gRPC, raw-byte exchanges for attacks, and a mesh of two proxies with a
-//! policy file on the server side.
+//! policy file on the server side, in front of that app or another
+//! (`MeshApp`, e.g. `lenient::LenientApp`).
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::cp::ControlPlane;
+use crate::lenient::LenientApp;
 use crate::policy::{policy_doc, spec, use_policy};
 use crate::proxy::{Proxy, ProxySpec, CLIENT_ID, SERVER_ID};
 
@@ -289,14 +291,45 @@ pub fn status_of(raw: &[u8]) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// An app a mesh can front: where it listens, and what B's inbound port
+/// for it says it speaks.
+pub trait MeshApp {
+    fn addr(&self) -> SocketAddr;
+    /// `detect`, `http1`, `http2` or `opaque`.
+    fn protocol(&self) -> &'static str;
+}
+
+impl MeshApp for HttpApp {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn protocol(&self) -> &'static str {
+        "detect"
+    }
+}
+
+/// It speaks HTTP/1.1 only, so B must never send it HTTP/2.
+impl MeshApp for LenientApp {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn protocol(&self) -> &'static str {
+        "http1"
+    }
+}
+
 /// client → proxy A (outbound route, HTTP detected) → HTTP/2 over mTLS →
-/// proxy B (inbound, policy from `policy` file) → HttpApp.
-pub struct HttpMesh {
+/// proxy B (inbound, policy from `policy` file) → the app (`HttpApp`, or
+/// any `MeshApp` such as `LenientApp` through `with_app`).
+pub struct HttpMesh<A = HttpApp> {
     pub cp: ControlPlane,
-    pub app: HttpApp,
+    pub app: A,
     pub a: Proxy,
     pub b: Proxy,
+    /// Where the client app connects (A's outbound route, plaintext).
     pub a_out: SocketAddr,
+    /// B's inbound listener (mTLS only).
+    pub b_in: SocketAddr,
     pub policy: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -319,13 +352,25 @@ impl HttpMesh {
         tweak_a: impl FnOnce(&mut ProxySpec),
         tweak_b: impl FnOnce(&mut ProxySpec),
     ) -> HttpMesh {
+        HttpMesh::with_app(HttpApp::start(), ingress, tweak_a, tweak_b)
+    }
+}
+
+impl<A: MeshApp> HttpMesh<A> {
+    /// `start`, in front of `app`.
+    pub fn with_app(
+        app: A,
+        ingress: &str,
+        tweak_a: impl FnOnce(&mut ProxySpec),
+        tweak_b: impl FnOnce(&mut ProxySpec),
+    ) -> HttpMesh<A> {
         let cp = ControlPlane::start();
-        let app = HttpApp::start();
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("server.yaml");
         std::fs::write(&policy, policy_doc("server", SERVER_ID, ingress)).unwrap();
         let mut b = spec(&cp, "proxy-b", SERVER_ID);
-        let b_in = b.inbound(app.addr, false);
+        let b_in = b.inbound(app.addr(), false);
+        b.inbound.last_mut().expect("just added").protocol = app.protocol();
         use_policy(&mut b, &policy, "  debounce: 10ms\n");
         tweak_b(&mut b);
         let mut a = spec(&cp, "proxy-a", CLIENT_ID);
@@ -339,6 +384,7 @@ impl HttpMesh {
             a,
             b,
             a_out,
+            b_in,
             policy,
             _dir: dir,
         }

@@ -5,6 +5,7 @@
 pub mod badcerts;
 pub mod cp;
 pub mod http;
+pub mod lenient;
 pub mod netns;
 pub mod pki;
 pub mod pods;
