@@ -186,6 +186,7 @@ pub fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, conn: Arc<Conn>) {
 }
 
 /// An inbound HTTP connection: counted like any connection, then served.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_inbound<S>(
     rt: Arc<Runtime>,
     io: S,
@@ -193,6 +194,7 @@ pub async fn serve_inbound<S>(
     client: SocketAddr,
     app: SocketAddr,
     protocol: Protocol,
+    allow_get_body: bool,
     detected: Detected,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -204,7 +206,7 @@ pub async fn serve_inbound<S>(
     ));
     tracing::debug!(client.addr = %client, app = %app, protocol = detected.as_str(), "inbound HTTP connection");
     let io = Metered::new(io, open.0.clone());
-    let conn = Conn::new(
+    let mut conn = Conn::new(
         rt,
         Direction::Inbound,
         peer,
@@ -214,6 +216,7 @@ pub async fn serve_inbound<S>(
         protocol,
         detected,
     );
+    conn.allow_get_body = allow_get_body;
     serve(Arc::new(conn), io, detected, super::inbound::handle).await;
 }
 
