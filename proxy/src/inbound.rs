@@ -28,6 +28,7 @@ pub enum Target {
         app: SocketAddr,
         permissive: bool,
         protocol: Protocol,
+        allow_get_body: bool,
     },
     /// Transparent mode: the app port is the original destination port.
     Transparent {
@@ -35,6 +36,7 @@ pub enum Target {
         forward_to: InboundTarget,
         /// App port → protocol; absent ports are detected.
         protocols: Arc<BTreeMap<u16, Protocol>>,
+        allow_get_body_ports: Arc<[u16]>,
     },
 }
 
@@ -73,6 +75,18 @@ impl Target {
             Target::Transparent { protocols, .. } => {
                 protocols.get(&port).copied().unwrap_or_default()
             }
+        }
+    }
+
+    /// Whether GET and the other methods without body semantics may carry
+    /// one to the app on `port`.
+    fn allows_get_body(&self, port: u16) -> bool {
+        match self {
+            Target::Fixed { allow_get_body, .. } => *allow_get_body,
+            Target::Transparent {
+                allow_get_body_ports,
+                ..
+            } => allow_get_body_ports.contains(&port),
         }
     }
 }
@@ -133,8 +147,10 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         };
         if proto != Detected::Opaque {
             if decided(&rt, &check, client).is_allowed() {
-                let protocol = target.protocol(app.port());
-                http::server::serve_inbound(rt, tcp, None, client, app, protocol, proto).await;
+                let port = app.port();
+                let (protocol, get_body) = (target.protocol(port), target.allows_get_body(port));
+                http::server::serve_inbound(rt, tcp, None, client, app, protocol, get_body, proto)
+                    .await;
             }
             return;
         }
@@ -201,8 +217,19 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
     };
     if proto != Detected::Opaque {
         if decided(&rt, &check, client).is_allowed() {
-            let protocol = target.protocol(app.port());
-            http::server::serve_inbound(rt, stream, Some(peer), client, app, protocol, proto).await;
+            let port = app.port();
+            let (protocol, get_body) = (target.protocol(port), target.allows_get_body(port));
+            http::server::serve_inbound(
+                rt,
+                stream,
+                Some(peer),
+                client,
+                app,
+                protocol,
+                get_body,
+                proto,
+            )
+            .await;
         }
         return;
     }

@@ -129,6 +129,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 permissive_ports: cfg.inbound.permissive_ports.clone().into(),
                 forward_to: cfg.inbound.forward_to,
                 protocols: Arc::new(cfg.inbound.protocols.clone()),
+                allow_get_body_ports: cfg.inbound.allow_get_body_ports.clone().into(),
             };
             tokio::spawn(inbound::serve(rt.clone(), l, target));
 
@@ -159,6 +160,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                     app: p.app,
                     permissive: p.permissive,
                     protocol: p.protocol,
+                    allow_get_body: p.allow_get_body,
                 };
                 tokio::spawn(inbound::serve(rt.clone(), l, target));
             }

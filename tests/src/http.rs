@@ -1,6 +1,6 @@
 //! HTTP parts for end-to-end tests: a small app that speaks HTTP/1.1 and
-//! HTTP/2 (it answers with what it received, serves one gRPC method with
-//! trailers, and echoes WebSocket messages), clients for HTTP/1.1, HTTP/2 and
+//! HTTP/2 (it answers with what it received, serves `/v1/large/<n>` as n MiB,
+//! serves one gRPC method with trailers, and echoes WebSocket messages), clients for HTTP/1.1, HTTP/2 and
 //! gRPC, raw-byte exchanges for attacks, and a mesh of two proxies with a
 //! policy file on the server side, in front of that app or another
 //! (`MeshApp`, e.g. `lenient::LenientApp`).
@@ -88,6 +88,9 @@ async fn app(
     mut req: Request<Incoming>,
 ) -> Result<Response<AppBody>, Infallible> {
     seen.lock().unwrap().push(req.uri().path().to_owned());
+    if let Some(mib) = req.uri().path().strip_prefix("/v1/large/") {
+        return Ok(Response::new(large(mib.parse().unwrap_or(1))));
+    }
     let is_grpc = req
         .headers()
         .get("content-type")
@@ -156,6 +159,15 @@ async fn app(
     let mut out = head.into_bytes();
     out.extend_from_slice(&body);
     Ok(Response::new(full(out)))
+}
+
+/// `mib` MiB of `x`, streamed from one shared chunk (so many at once cost
+/// the app nothing).
+fn large(mib: usize) -> AppBody {
+    static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    let chunks =
+        (0..mib * 16).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(&CHUNK))));
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)))
 }
 
 /// What a client got back.

@@ -15,6 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// The path that serves the secret.
 pub const SECRET_PATH: &str = "/admin/secret.txt";
 
+/// A path answered at once with its body unread, whatever the method (like
+/// an app that refuses an upload without draining it).
+pub const EARLY_PATH: &str = "/public/early";
+
 /// One request as the app parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -230,7 +234,8 @@ async fn skip_chunked(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 /// The request line split on any whitespace (tabs too), the headers, and
-/// how the body is framed: a Content-Length on GET or HEAD is ignored.
+/// how the body is framed: a Content-Length on GET or HEAD, or on
+/// `EARLY_PATH`, is ignored.
 fn parse(head: &[u8]) -> Option<(Seen, Body, bool)> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.lines();
@@ -254,13 +259,14 @@ fn parse(head: &[u8]) -> Option<(Seen, Body, bool)> {
             _ => {}
         }
     }
+    let path = lenient_path(&target);
     let body = match (method.as_str(), chunked, length) {
         ("GET" | "HEAD", _, _) => Body::None,
+        _ if path == EARLY_PATH => Body::None,
         (_, true, _) => Body::Chunked,
         (_, false, Some(n)) => Body::Length(n),
         _ => Body::None,
     };
-    let path = lenient_path(&target);
     let seen = Seen {
         method,
         target,

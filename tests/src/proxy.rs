@@ -20,6 +20,8 @@ pub struct PortMap {
     pub permissive: bool,
     /// `detect`, `http1`, `http2` or `opaque`.
     pub protocol: &'static str,
+    /// GET and the like may carry a body to the app.
+    pub allow_get_body: bool,
 }
 
 /// One explicit-mode outbound listener: `listen` → `destination`, which must
@@ -71,6 +73,7 @@ impl ProxySpec {
             app,
             permissive,
             protocol: "detect",
+            allow_get_body: false,
         });
         listen
     }
@@ -93,8 +96,8 @@ impl ProxySpec {
         y += "inbound:\n  ports:\n";
         for p in &self.inbound {
             y += &format!(
-                "    - {{listen: \"{}\", app: \"{}\", permissive: {}, protocol: {}}}\n",
-                p.listen, p.app, p.permissive, p.protocol
+                "    - {{listen: \"{}\", app: \"{}\", permissive: {}, protocol: {}, allow_get_body: {}}}\n",
+                p.listen, p.app, p.permissive, p.protocol, p.allow_get_body
             );
         }
         if self.inbound.is_empty() {

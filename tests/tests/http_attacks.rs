@@ -125,7 +125,7 @@ fn a_pipelined_valid_request_after_a_chunked_body_still_works() {
     let m = mesh();
     let req = "POST /v1/a HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n\
                5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n\
-               GET /v1/b HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\n\r\nhi\
+               GET /v1/b HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\n\r\n\
                GET /v1/c HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n";
     let got = String::from_utf8_lossy(&raw_exchange(m.a_out, req.as_bytes(), QUIET)).into_owned();
     // POST is not allowed by the policy (403); both GETs are.
@@ -262,4 +262,192 @@ fn a_continuation_flood_gets_goaway_and_the_proxy_keeps_serving() {
     });
     still_serves(&m);
     assert!(m.app.seen().iter().all(|p| p == "/v1/still-here"));
+}
+
+/// Streams the stalling client opens: as many as one connection may.
+const STALLED_STREAMS: usize = 100;
+const LARGE_MIB: usize = 8;
+
+#[test]
+fn a_client_that_stops_reading_many_large_responses_does_not_starve_the_others() {
+    // A 504 rather than a wait if a request cannot even start.
+    let m = HttpMesh::start(
+        &default_ingress(),
+        |a| a.extra_yaml += "http:\n  request_timeout: 10s\n",
+        |_| {},
+    );
+    // The connection between the sidecars is open before the attack.
+    still_serves(&m);
+    let rt = runtime();
+    rt.block_on(async {
+        // The stalling client: HTTP/2 with a zero stream window, so not one
+        // byte of its responses can be delivered, and it never reads.
+        let tcp = tokio::net::TcpStream::connect(m.a_out).await.unwrap();
+        let (mut h2c, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let mut pending = Vec::new();
+        for _ in 0..STALLED_STREAMS {
+            h2c = h2c.ready().await.expect("a stream slot");
+            let req = http::Request::get(format!("http://server.demo/v1/large/{LARGE_MIB}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = h2c.send_request(req, true).expect("send");
+            pending.push(resp);
+        }
+        let mut held = Vec::new();
+        for resp in pending {
+            let resp = resp.await.expect("response head");
+            assert_eq!(resp.status(), 200);
+            held.push(resp);
+        }
+        assert_eq!(
+            m.app.seen().len(),
+            STALLED_STREAMS + 1,
+            "every stalled request reached the app"
+        );
+
+        // Meanwhile other clients of the same route are served in full.
+        let others = (0..4).map(|i| async move {
+            let mut c = match i % 2 {
+                0 => Client::http1(m.a_out).await,
+                _ => Client::http2(m.a_out).await,
+            };
+            let small = c.send("GET", "/v1/small", &[], "").await.unwrap();
+            assert_eq!(small.status, 200, "{small:?}");
+            let large = c.send("GET", "/v1/large/1", &[], "").await.unwrap();
+            assert_eq!(large.status, 200, "{:?}", large.headers);
+            assert_eq!(large.body.len(), 1 << 20, "the whole body arrives");
+        });
+        let served = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(others),
+        )
+        .await;
+        assert!(
+            served.is_ok(),
+            "other clients were starved while one client held its streams"
+        );
+        // The stalled streams are still open: nothing of theirs was delivered.
+        assert_eq!(held.len(), STALLED_STREAMS);
+        drop(held);
+    });
+    still_serves(&m);
+}
+
+/// Read until the peer closes; panics if it is still open after `limit`.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the connection is still open after {limit:?}")
+            }
+            Err(_) => return out,
+        }
+    }
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn http2_slowloris_is_closed_after_the_header_read_timeout_and_frees_its_slots() {
+    let m = HttpMesh::start(
+        &default_ingress(),
+        |a| {
+            a.routes[0].protocol = "http2";
+            a.extra_yaml += "max_connections: 3\nhttp:\n  header_read_timeout: 3s\n";
+        },
+        |_| {},
+    );
+    let connect = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(m.a_out).unwrap();
+        s.write_all(bytes).unwrap();
+        s
+    };
+    let mut slow = vec![
+        // The preface, half of it.
+        connect(&PREFACE[..16]),
+        // The preface, never followed by SETTINGS.
+        connect(PREFACE),
+        // HEADERS without END_HEADERS, and no CONTINUATION ever.
+        connect(
+            &[
+                PREFACE,
+                &frame(SETTINGS, 0, 0, &[]),
+                &frame(HEADERS, END_STREAM, 1, &request_block()),
+            ]
+            .concat(),
+        ),
+    ];
+    // They hold every connection slot: a legitimate client is turned away.
+    palisade_tests::eventually("the slots are taken", QUIET, || {
+        let mut s = TcpStream::connect(m.a_out).unwrap();
+        let _ = s.write_all(PREFACE);
+        let refused = m.a.metric(
+            "tls_handshake_failures_total",
+            &[("reason", "max_connections")],
+        );
+        (refused >= 1.0 && read_until_closed(&mut s, QUIET).is_empty()).then_some(())
+    });
+
+    for s in &mut slow {
+        read_until_closed(s, Duration::from_secs(20));
+    }
+    palisade_tests::eventually("the timeouts counted", QUIET, || {
+        (violations(&m, "h2_preface_timeout") == 2.0
+            && violations(&m, "h2_header_read_timeout") == 1.0)
+            .then_some(())
+    });
+    runtime().block_on(async {
+        let mut c = Client::http2(m.a_out).await;
+        let a = c.send("GET", "/v1/after", &[], "").await.unwrap();
+        assert_eq!(a.status, 200, "{a:?}");
+    });
+    assert_eq!(
+        m.app.seen(),
+        vec!["/v1/after"],
+        "the slow request never reached the app"
+    );
+}
+
+const PING: u8 = 0x6;
+
+/// Whether `raw` (frames from the server) holds a frame of `kind`.
+fn has_frame(raw: &[u8], kind: u8) -> bool {
+    let mut i = 0;
+    while i + 9 <= raw.len() {
+        if raw[i + 3] == kind {
+            return true;
+        }
+        i += 9 + u32::from_be_bytes([0, raw[i], raw[i + 1], raw[i + 2]]) as usize;
+    }
+    false
+}
+
+#[test]
+fn an_idle_http2_connection_is_pinged_and_closed_when_the_ping_goes_unanswered() {
+    let m = HttpMesh::start(
+        &default_ingress(),
+        |a| a.extra_yaml += "http:\n  ping_interval: 1s\n  ping_timeout: 1s\n",
+        |_| {},
+    );
+    let mut s = TcpStream::connect(m.a_out).unwrap();
+    s.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(20));
+    assert!(has_frame(&got, PING), "no PING before the close");
+    still_serves(&m);
 }

@@ -51,6 +51,17 @@ pub struct HttpConfig {
     /// default) or `normalize`. Shared with `palisadectl policy explain`.
     #[serde(default)]
     pub normalization: Normalization,
+    /// HTTP/2 flow-control window of one stream, in bytes: what a stalled
+    /// stream can hold. A connection's window is this times
+    /// `max_concurrent_streams`, so stalled streams never hold another's.
+    #[serde(default = "d_stream_window_bytes")]
+    pub stream_window_bytes: u32,
+    /// An HTTP/2 connection with nothing received for this long is sent a PING.
+    #[serde(default = "d_ping_interval", with = "duration")]
+    pub ping_interval: Duration,
+    /// A PING not answered within this closes the connection.
+    #[serde(default = "d_ping_timeout", with = "duration")]
+    pub ping_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +91,9 @@ impl Default for HttpConfig {
             max_pending_resets: d_max_pending_resets(),
             pool_idle_timeout: d_pool_idle_timeout(),
             normalization: Normalization::default(),
+            stream_window_bytes: d_stream_window_bytes(),
+            ping_interval: d_ping_interval(),
+            ping_timeout: d_ping_timeout(),
         }
     }
 }
@@ -106,9 +120,29 @@ impl HttpConfig {
                 "http.max_headers and http.max_concurrent_streams must be at least 1".into(),
             );
         }
+        if !(MIN_WINDOW..=MAX_WINDOW).contains(&self.stream_window_bytes) {
+            return Err(format!(
+                "http.stream_window_bytes must be between {MIN_WINDOW} and {MAX_WINDOW}, got {}",
+                self.stream_window_bytes
+            ));
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err("http.ping_interval and http.ping_timeout must be above zero".into());
+        }
         Ok(())
     }
+
+    /// An HTTP/2 connection's flow-control window: room for every stream's
+    /// whole window, so streams that stop reading cannot starve the others.
+    pub fn connection_window(&self) -> u32 {
+        let all = u64::from(self.max_concurrent_streams) * u64::from(self.stream_window_bytes);
+        all.min(u64::from(MAX_WINDOW)) as u32
+    }
 }
+
+/// HTTP/2's default and largest flow-control windows (RFC 9113 §6.9).
+const MIN_WINDOW: u32 = 65_535;
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 impl AccessLogConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -145,6 +179,15 @@ fn d_max_pending_resets() -> usize {
 }
 fn d_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
+}
+fn d_stream_window_bytes() -> u32 {
+    64 * 1024
+}
+fn d_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_ping_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 fn d_access_log_path() -> PathBuf {
     PathBuf::from("stdout")

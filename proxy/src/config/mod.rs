@@ -103,6 +103,10 @@ pub struct InboundConfig {
     /// Transparent mode: app port → protocol (default `detect`).
     #[serde(default)]
     pub protocols: BTreeMap<u16, Protocol>,
+    /// Transparent mode: app ports where GET, HEAD, OPTIONS, DELETE and
+    /// TRACE may carry a body (elsewhere it gets 400).
+    #[serde(default)]
+    pub allow_get_body_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +118,10 @@ pub struct PortMapping {
     pub permissive: bool,
     #[serde(default)]
     pub protocol: Protocol,
+    /// GET, HEAD, OPTIONS, DELETE and TRACE may carry a body to this app
+    /// (by default it gets 400: an app may not read one).
+    #[serde(default)]
+    pub allow_get_body: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,6 +208,7 @@ impl Default for InboundConfig {
             forward_to: default_inbound_target(),
             ports: Vec::new(),
             protocols: BTreeMap::new(),
+            allow_get_body_ports: Vec::new(),
         }
     }
 }
@@ -407,6 +416,8 @@ impl Config {
         set!("PALISADE_INBOUND_BIND", v => c.inbound.bind = parse("PALISADE_INBOUND_BIND", &v)?);
         set!("PALISADE_INBOUND_PERMISSIVE_PORTS", v =>
             c.inbound.permissive_ports = list("PALISADE_INBOUND_PERMISSIVE_PORTS", &v)?);
+        set!("PALISADE_INBOUND_ALLOW_GET_BODY_PORTS", v =>
+            c.inbound.allow_get_body_ports = list("PALISADE_INBOUND_ALLOW_GET_BODY_PORTS", &v)?);
         set!("PALISADE_INBOUND_FORWARD_TO", v =>
             c.inbound.forward_to = enumerated("PALISADE_INBOUND_FORWARD_TO", &v)?);
         set!("PALISADE_OUTBOUND_BIND", v => c.outbound.bind = parse("PALISADE_OUTBOUND_BIND", &v)?);
@@ -611,6 +622,22 @@ identity:
             err.to_string().contains("PALISADE_MAX_CONNECTIONS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn get_bodies_are_refused_unless_a_port_allows_them() {
+        let mut c = Config::from_yaml(
+            "mode: explicit\ninbound:\n  ports:\n    - {listen: 127.0.0.1:1, app: 127.0.0.1:2}\n    \
+             - {listen: 127.0.0.1:3, app: 127.0.0.1:4, allow_get_body: true}\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let allowed: Vec<_> = c.inbound.ports.iter().map(|p| p.allow_get_body).collect();
+        assert_eq!(allowed, vec![false, true]);
+        assert!(c.inbound.allow_get_body_ports.is_empty());
+        c.apply_env(|k| (k == "PALISADE_INBOUND_ALLOW_GET_BODY_PORTS").then(|| "9200".into()))
+            .unwrap();
+        assert_eq!(c.inbound.allow_get_body_ports, vec![9200]);
     }
 
     #[test]

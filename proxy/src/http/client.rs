@@ -1,18 +1,19 @@
 //! HTTP clients. Inbound: pooled connections to the local app (HTTP/1.1, or
-//! HTTP/2 with prior knowledge). Outbound: one multiplexed HTTP/2 connection
+//! HTTP/2 with prior knowledge). Outbound: multiplexed HTTP/2 connections
 //! per destination sidecar over mTLS (ALPN `h2`), shared by every request
 //! whatever the app spoke; upgrades get a dedicated HTTP/1.1 connection.
-//! A pooled connection is found with one atomic load and a map lookup.
+//! A pooled connection is found with two atomic loads and a map lookup.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
@@ -23,7 +24,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::body::ReqBody;
+use super::body::{ReqBody, RespBody};
+use crate::config::http::MAX_WINDOW;
 use crate::{tls, Runtime};
 
 /// Why a request could not be sent upstream; the proxy answers 502.
@@ -97,6 +99,14 @@ impl AppClients {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(s.pool_idle_timeout)
             .http2_only(h2)
+            // Streams to the app are not capped here (the app's own limit
+            // applies), so only the stream window bounds what one holds.
+            .http2_initial_stream_window_size(s.stream_window_bytes)
+            .http2_initial_connection_window_size(MAX_WINDOW)
+            .http2_adaptive_window(false)
+            .http2_keep_alive_interval(s.ping_interval)
+            .http2_keep_alive_timeout(s.ping_timeout)
+            .http2_keep_alive_while_idle(true)
             .http1_max_headers(s.max_headers.max(100))
             .build(FixedConnector {
                 addr: app,
@@ -111,61 +121,162 @@ impl AppClients {
     }
 }
 
-type PeerConn = (SpiffeId, http2::SendRequest<ReqBody>);
+/// One pooled HTTP/2 connection to a sidecar and the streams it carries now.
+struct PeerConn {
+    id: SpiffeId,
+    sender: http2::SendRequest<ReqBody>,
+    streams: AtomicU32,
+    /// The destination's entry, to leave it once idle.
+    peer: Weak<Peer>,
+}
 
-/// HTTP/2 connections to other sidecars, one per destination address.
+/// The connections to one destination sidecar.
+#[derive(Default)]
+struct Peer {
+    conns: ArcSwap<Vec<Arc<PeerConn>>>,
+    /// One connection opened at a time per destination, so a burst of
+    /// requests does not open one each.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// A stream counted on a pooled connection until the response ends. The
+/// last stream of a connection beyond a destination's first closes it.
+pub struct StreamSlot(Arc<PeerConn>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        if conn.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some(peer) = conn.peer.upgrade() else {
+            return;
+        };
+        let extra = |v: &[Arc<PeerConn>]| v.iter().skip(1).any(|c| Arc::ptr_eq(c, conn));
+        if !extra(&peer.conns.load()) {
+            return;
+        }
+        peer.conns.rcu(|v| {
+            let mut v = Vec::clone(v);
+            if extra(&v) && conn.streams.load(Ordering::Acquire) == 0 {
+                v.retain(|c| !Arc::ptr_eq(c, conn));
+            }
+            v
+        });
+    }
+}
+
+/// HTTP/2 connections to other sidecars. A connection carries at most
+/// `http.max_concurrent_streams` requests (what the other side admits); past
+/// that, another connection to the same destination is opened, so streams
+/// held by a client that stopped reading never keep others waiting.
 #[derive(Default)]
 pub struct PeerPool {
-    conns: ArcSwap<HashMap<SocketAddr, PeerConn>>,
+    peers: ArcSwap<HashMap<SocketAddr, Arc<Peer>>>,
 }
 
 impl PeerPool {
-    /// Send over the pooled connection to `dst` (which must prove `id`),
-    /// opening one if there is none or it closed.
+    /// Send over a pooled connection to `dst` (which must prove `id`) with a
+    /// free stream, opening one if there is none. The response body holds
+    /// the stream until it ends.
     pub async fn send(
         &self,
         rt: &Runtime,
         dst: SocketAddr,
         id: &SpiffeId,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = match self.conns.load().get(&dst) {
-            Some((have, s)) if have == id && s.is_ready() => s.clone(),
-            _ => self.open(rt, dst, id).await?,
+    ) -> Result<Response<RespBody>, UpstreamError> {
+        let limit = rt.http.settings.max_concurrent_streams;
+        let peer = self.peer(dst);
+        let slot = match claim(&peer, id, limit) {
+            Some(s) => s,
+            None => {
+                let _one = peer.opening.lock().await;
+                match claim(&peer, id, limit) {
+                    Some(s) => s,
+                    None => open(rt, &peer, dst, id).await?,
+                }
+            }
         };
-        sender
+        let mut sender = slot.0.sender.clone();
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| UpstreamError::Http(dst, e))
+            .map_err(|e| UpstreamError::Http(dst, e))?;
+        Ok(resp.map(|b| RespBody::upstream(b).holding(slot)))
     }
 
-    async fn open(
-        &self,
-        rt: &Runtime,
-        dst: SocketAddr,
-        id: &SpiffeId,
-    ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-        let tls = connect_peer(rt, dst, id, b"h2").await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| UpstreamError::Http(dst, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server.addr = %dst, error = %e, "HTTP/2 connection to sidecar ended");
-            }
-        });
-        tracing::debug!(server.addr = %dst, server.id = %id, "HTTP/2 connection to sidecar opened");
-        let entry = (id.clone(), sender.clone());
-        self.conns.rcu(|m| {
+    fn peer(&self, dst: SocketAddr) -> Arc<Peer> {
+        if let Some(p) = self.peers.load().get(&dst) {
+            return p.clone();
+        }
+        let mut peer = None;
+        self.peers.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.insert(dst, entry.clone());
+            peer = Some(m.entry(dst).or_default().clone());
             m
         });
-        Ok(sender)
+        peer.expect("rcu ran")
     }
+}
+
+/// A stream on an open connection to the right identity with room for it.
+fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<StreamSlot> {
+    peer.conns.load().iter().find_map(|c| {
+        if c.id != *id || !c.sender.is_ready() {
+            return None;
+        }
+        c.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(c.clone()))
+    })
+}
+
+/// A new connection to `dst`, added to the pool with one stream claimed.
+async fn open(
+    rt: &Runtime,
+    peer: &Arc<Peer>,
+    dst: SocketAddr,
+    id: &SpiffeId,
+) -> Result<StreamSlot, UpstreamError> {
+    let s = &rt.http.settings;
+    let tls = connect_peer(rt, dst, id, b"h2").await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(s.stream_window_bytes)
+        .initial_connection_window_size(s.connection_window())
+        .adaptive_window(false)
+        .keep_alive_interval(s.ping_interval)
+        .keep_alive_timeout(s.ping_timeout)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| UpstreamError::Http(dst, e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(server.addr = %dst, error = %e, "HTTP/2 connection to sidecar ended");
+        }
+    });
+    let conn = Arc::new(PeerConn {
+        id: id.clone(),
+        sender,
+        streams: AtomicU32::new(1),
+        peer: Arc::downgrade(peer),
+    });
+    peer.conns.rcu(|v| {
+        let mut v: Vec<_> = v
+            .iter()
+            .filter(|c| !c.sender.is_closed())
+            .cloned()
+            .collect();
+        v.push(conn.clone());
+        v
+    });
+    tracing::debug!(server.addr = %dst, server.id = %id, "HTTP/2 connection to sidecar opened");
+    Ok(StreamSlot(conn))
 }
 
 /// A dedicated HTTP/1.1 connection to a sidecar, for one upgrade.

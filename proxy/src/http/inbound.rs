@@ -1,6 +1,7 @@
-//! One inbound HTTP request: authorize it against the policy in force, then
-//! rewrite it for the local app (hop-by-hop headers, XFCC, the protocol the
-//! app speaks) and stream it there; upgrades are spliced through.
+//! One inbound HTTP request: authorize it against the policy in force, refuse
+//! a body the app may not read, then rewrite it for the local app
+//! (hop-by-hop headers, XFCC, the protocol the app speaks) and stream it
+//! there; upgrades are spliced through.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{ReqBody, RespBody};
+use super::body::{self, ReqBody, RespBody, Unsent};
 use super::headers::{self, ORIG_PROTO};
 use super::{server, Conn, Started};
 use crate::config::Protocol;
@@ -28,6 +29,12 @@ pub async fn handle(
         Ok(s) => s,
         Err(refused) => return Ok(*refused),
     };
+    if !conn.allow_get_body {
+        let wait = conn.rt.http.settings.header_read_timeout;
+        if let Some(r) = body::refuse_get_body(&conn, &mut req, wait).await {
+            return Ok(conn.finish(r, start, log));
+        }
+    }
 
     let h = req.headers_mut();
     let from_http1 = h.remove(&ORIG_PROTO).is_some();
@@ -42,7 +49,8 @@ pub async fn handle(
         return Ok(conn.finish(*resp, start, log));
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let req = req.map(|b| ReqBody::new(b, request_bytes));
+    let mut req = req.map(|b| ReqBody::new(b, request_bytes));
+    let unsent = if to_h2 { None } else { Unsent::track(&mut req) };
 
     let client = conn.rt.http.apps.get(&conn.rt, conn.upstream, to_h2);
     let timeout = conn.rt.http.settings.request_timeout;
@@ -73,7 +81,7 @@ pub async fn handle(
     if upgrade && !switched {
         server::close_after(&mut resp);
     }
-    Ok(conn.finish(resp.map(RespBody::upstream), start, log))
+    Ok(conn.finish(body::from_app(resp, unsent), start, log))
 }
 
 /// The app gets an absolute URI with the caller's authority (HTTP/2's

@@ -80,6 +80,9 @@ pub struct Conn {
     pub xfcc: Option<HeaderValue>,
     pub metrics: Arc<PeerHttp>,
     pub guard: Arc<h1_guard::GuardFlags>,
+    /// Inbound: GET and the other methods without body semantics may carry
+    /// a body to the app (the port's `allow_get_body`).
+    pub allow_get_body: bool,
 }
 
 impl h1_guard::Report for Conn {
@@ -130,6 +133,7 @@ impl Conn {
             xfcc,
             metrics,
             guard: Default::default(),
+            allow_get_body: false,
         }
     }
 

@@ -55,7 +55,7 @@ pub async fn handle(
             } else {
                 server::close_after(&mut resp);
             }
-            Ok(resp)
+            Ok(resp.map(RespBody::upstream))
         };
         tokio::time::timeout(timeout, send).await
     } else {
@@ -93,7 +93,7 @@ pub async fn handle(
     if upgrade && !switched {
         server::close_after(&mut resp);
     }
-    Ok(conn.finish(resp.map(RespBody::upstream), start, log))
+    Ok(conn.finish(resp, start, log))
 }
 
 /// HTTP/2 between sidecars: an absolute URI carrying the authority, and

@@ -1,6 +1,7 @@
 //! Serving one HTTP connection with hyper, with the limits applied: for
 //! HTTP/1 the head guard (smuggling, header size/count, 408) and hyper's
-//! own caps; for HTTP/2 concurrent streams, the rapid-reset and
+//! own caps; for HTTP/2 concurrent streams, per-stream flow control, the
+//! preface and header-block timeouts, keep-alive pings, the rapid-reset and
 //! CONTINUATION-flood caps (GOAWAY ENHANCE_YOUR_CALM) and the header list
 //! size. A drain asks the connection to finish gracefully.
 
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -59,18 +60,36 @@ where
     let s = &rt.http.settings;
     let svc = {
         let conn = conn.clone();
-        service_fn(move |req| handle(conn.clone(), req))
+        service_fn(move |req: Request<Incoming>| {
+            let head = req.method() == Method::HEAD;
+            let answer = handle(conn.clone(), req);
+            async move {
+                let resp = answer.await?;
+                // A HEAD answer has no body: over HTTP/2 one would reset the
+                // stream. Only the proxy's own answers can carry one.
+                Ok::<_, Infallible>(if head {
+                    resp.map(RespBody::headless)
+                } else {
+                    resp
+                })
+            }
+        })
     };
     let stop = rt.drain.stop_accepting().clone();
     let frames = Arc::new(FrameCounts::default());
     let result = match proto {
         Detected::Http2 => {
-            let io = FrameCounter::new(io, frames.clone());
+            let io = FrameCounter::new(io, frames.clone(), s.header_read_timeout);
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(s.max_concurrent_streams)
                 .max_pending_accept_reset_streams(s.max_pending_resets)
-                .max_header_list_size(s.max_header_bytes.min(u32::MAX as usize) as u32);
+                .max_header_list_size(s.max_header_bytes.min(u32::MAX as usize) as u32)
+                .initial_stream_window_size(s.stream_window_bytes)
+                .initial_connection_window_size(s.connection_window())
+                .adaptive_window(false)
+                .keep_alive_interval(s.ping_interval)
+                .keep_alive_timeout(s.ping_timeout);
             until_drained!(b.serve_connection(TokioIo::new(io), svc), stop)
         }
         Detected::Http1 | Detected::Opaque => {
@@ -117,6 +136,9 @@ fn classify(e: &hyper::Error, frames: &FrameCounts) -> Option<&'static str> {
     }
     if e.is_parse() {
         return Some("malformed_request");
+    }
+    if let Some(reason) = frames.timeout_reason() {
+        return Some(reason);
     }
     let mut text = format!("{e:?}");
     let mut source = std::error::Error::source(e);
@@ -166,6 +188,7 @@ pub fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, conn: Arc<Conn>) {
 }
 
 /// An inbound HTTP connection: counted like any connection, then served.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_inbound<S>(
     rt: Arc<Runtime>,
     io: S,
@@ -173,6 +196,7 @@ pub async fn serve_inbound<S>(
     client: SocketAddr,
     app: SocketAddr,
     protocol: Protocol,
+    allow_get_body: bool,
     detected: Detected,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -184,7 +208,7 @@ pub async fn serve_inbound<S>(
     ));
     tracing::debug!(client.addr = %client, app = %app, protocol = detected.as_str(), "inbound HTTP connection");
     let io = Metered::new(io, open.0.clone());
-    let conn = Conn::new(
+    let mut conn = Conn::new(
         rt,
         Direction::Inbound,
         peer,
@@ -194,6 +218,7 @@ pub async fn serve_inbound<S>(
         protocol,
         detected,
     );
+    conn.allow_get_body = allow_get_body;
     serve(Arc::new(conn), io, detected, super::inbound::handle).await;
 }
 
