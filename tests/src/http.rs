@@ -27,6 +27,7 @@ use crate::cp::ControlPlane;
 use crate::lenient::LenientApp;
 use crate::policy::{policy_doc, spec, use_policy};
 use crate::proxy::{Proxy, ProxySpec, CLIENT_ID, SERVER_ID};
+use crate::route::Io;
 
 type AppBody = BoxBody<Bytes, Infallible>;
 
@@ -188,17 +189,27 @@ pub enum Client {
 impl Client {
     pub async fn http1(addr: SocketAddr) -> Client {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        Client::http1_on(tcp).await
+    }
+
+    pub async fn http2(addr: SocketAddr) -> Client {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Client::http2_on(tcp).await
+    }
+
+    /// HTTP/1.1 on a stream already open (e.g. one of `route::Routes`).
+    pub async fn http1_on(io: impl Io + 'static) -> Client {
+        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .expect("HTTP/1.1 handshake");
         tokio::spawn(conn.with_upgrades());
         Client::H1(s)
     }
 
-    pub async fn http2(addr: SocketAddr) -> Client {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    /// HTTP/2 (prior knowledge) on a stream already open.
+    pub async fn http2_on(io: impl Io + 'static) -> Client {
         let (s, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .expect("HTTP/2 handshake");
         tokio::spawn(conn);
@@ -221,7 +232,11 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(body.into())).unwrap();
+        self.request(b.body(Full::new(body.into())).unwrap()).await
+    }
+
+    /// Send `req` as it is.
+    pub async fn request(&mut self, req: Request<Full<Bytes>>) -> Result<Answer, hyper::Error> {
         let resp = match self {
             Client::H1(s) => s.send_request(req).await?,
             Client::H2(s) => s.send_request(req).await?,
@@ -274,7 +289,7 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> Vec<u8> 
 }
 
 /// Read until EOF, an error, or a read timeout.
-pub fn read_until_quiet(s: &mut TcpStream) -> Vec<u8> {
+pub fn read_until_quiet(s: &mut impl Read) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {

@@ -11,6 +11,7 @@ pub mod pki;
 pub mod pods;
 pub mod policy;
 pub mod proxy;
+pub mod route;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

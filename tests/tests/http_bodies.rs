@@ -3,15 +3,17 @@
 //! port allows it; and an app connection that answered before the request
 //! body was all sent never gets the rest of it, nor another request. The
 //! app is one that, like many, never reads a GET body: what it parsed is
-//! the ground truth.
+//! the ground truth. Bodies are sent through the client's sidecar and
+//! straight to the server's over mTLS.
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palisade_tests::http::{raw_exchange, read_until_quiet, runtime, status_of, Client, HttpMesh};
+use palisade_tests::http::{read_until_quiet, runtime, status_of, Client, HttpMesh};
 use palisade_tests::lenient::{LenientApp, EARLY_PATH, SECRET_PATH};
 use palisade_tests::proxy::CLIENT_ID;
+use palisade_tests::route::{Route, Routes, ROUTES};
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -37,11 +39,11 @@ fn refused(m: &HttpMesh<LenientApp>) -> f64 {
 }
 
 /// A plain GET of the public file gets the app's answer.
-fn legitimate_get_is_served(m: &HttpMesh<LenientApp>) {
+fn legitimate_get_is_served(net: &Routes, route: Route) {
     runtime().block_on(async {
-        let mut c = Client::http1(m.a_out).await;
+        let mut c = net.client(route, false).await;
         let a = c.send("GET", "/public/ok.txt", &[], "").await.unwrap();
-        assert_eq!((a.status, a.body.as_str()), (200, "ok"), "{a:?}");
+        assert_eq!((a.status, a.body.as_str()), (200, "ok"), "{route:?}: {a:?}");
     });
 }
 
@@ -49,6 +51,7 @@ fn legitimate_get_is_served(m: &HttpMesh<LenientApp>) {
 fn a_body_on_get_and_the_like_gets_400_and_the_request_in_it_never_reaches_the_app() {
     assert_eq!(SMUGGLED.len(), 43);
     let m = lenient_mesh();
+    let net = Routes::of(&m);
     let chunked = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
     let forms = [
         ("GET", "Content-Length: 43\r\n", SMUGGLED.to_owned()),
@@ -58,54 +61,60 @@ fn a_body_on_get_and_the_like_gets_400_and_the_request_in_it_never_reaches_the_a
         ("DELETE", "Content-Length: 43\r\n", SMUGGLED.to_owned()),
         ("TRACE", "Content-Length: 43\r\n", SMUGGLED.to_owned()),
     ];
-    for (n, (method, framing, body)) in forms.iter().enumerate() {
-        let req = format!(
-            "{method} /public/ok.txt HTTP/1.1\r\nHost: server.demo\r\nConnection: close\r\n{framing}\r\n{body}"
-        );
-        let got = raw_exchange(m.a_out, req.as_bytes(), QUIET);
-        assert_eq!(
-            status_of(&got),
-            Some(400),
-            "{method} {framing:?}: {}",
-            String::from_utf8_lossy(&got)
-        );
-        assert_eq!(refused(&m), (n + 1) as f64, "{method} {framing:?}");
+    let mut count = 0.0;
+    for route in ROUTES {
+        for (method, framing, body) in &forms {
+            let req = format!(
+                "{method} /public/ok.txt HTTP/1.1\r\nHost: server.demo\r\nConnection: close\r\n{framing}\r\n{body}"
+            );
+            let got = net.raw(route, req.as_bytes(), QUIET);
+            assert_eq!(
+                status_of(&got),
+                Some(400),
+                "{route:?} {method} {framing:?}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            count += 1.0;
+            assert_eq!(refused(&m), count, "{route:?} {method} {framing:?}");
+        }
+
+        // HTTP/2: a content-length, or DATA after HEADERS without END_STREAM.
+        runtime().block_on(async {
+            let mut c = net.client(route, true).await;
+            let a = c
+                .send("GET", "/public/ok.txt", &[], SMUGGLED)
+                .await
+                .unwrap();
+            assert_eq!(a.status, 400, "{route:?}: {a:?}");
+
+            let (h2c, conn) = h2::client::handshake(net.connect(route, true).await)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let get = || {
+                http::Request::get("http://server.demo/public/ok.txt")
+                    .body(())
+                    .unwrap()
+            };
+            let mut h2c = h2c.ready().await.unwrap();
+            let (resp, mut body) = h2c.send_request(get(), false).unwrap();
+            body.send_data(bytes::Bytes::from_static(SMUGGLED.as_bytes()), true)
+                .unwrap();
+            assert_eq!(resp.await.unwrap().status(), 400, "{route:?}");
+            // An empty DATA frame that only ends the stream is no body.
+            let mut h2c = h2c.ready().await.unwrap();
+            let (resp, mut body) = h2c.send_request(get(), false).unwrap();
+            body.send_data(bytes::Bytes::new(), true).unwrap();
+            assert_eq!(resp.await.unwrap().status(), 200, "{route:?}");
+        });
+        count += 2.0;
+        assert_eq!(refused(&m), count, "{route:?}");
+
+        legitimate_get_is_served(&net, route);
     }
-
-    // HTTP/2: a content-length, or DATA after HEADERS without END_STREAM.
-    runtime().block_on(async {
-        let mut c = Client::http2(m.a_out).await;
-        let a = c
-            .send("GET", "/public/ok.txt", &[], SMUGGLED)
-            .await
-            .unwrap();
-        assert_eq!(a.status, 400, "{a:?}");
-
-        let tcp = tokio::net::TcpStream::connect(m.a_out).await.unwrap();
-        let (h2c, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let get = || {
-            http::Request::get("http://server.demo/public/ok.txt")
-                .body(())
-                .unwrap()
-        };
-        let mut h2c = h2c.ready().await.unwrap();
-        let (resp, mut body) = h2c.send_request(get(), false).unwrap();
-        body.send_data(bytes::Bytes::from_static(SMUGGLED.as_bytes()), true)
-            .unwrap();
-        assert_eq!(resp.await.unwrap().status(), 400);
-        // An empty DATA frame that only ends the stream is no body.
-        let mut h2c = h2c.ready().await.unwrap();
-        let (resp, mut body) = h2c.send_request(get(), false).unwrap();
-        body.send_data(bytes::Bytes::new(), true).unwrap();
-        assert_eq!(resp.await.unwrap().status(), 200);
-    });
-    assert_eq!(refused(&m), (forms.len() + 2) as f64);
-
-    legitimate_get_is_served(&m);
     assert!(!m.app.reached(SECRET_PATH), "{:?}", m.app.log());
     let paths: Vec<_> = m.app.log().into_iter().map(|s| s.path).collect();
-    assert_eq!(paths, vec!["/public/ok.txt", "/public/ok.txt"]);
+    assert_eq!(paths, vec!["/public/ok.txt"; 4]);
 }
 
 #[test]
@@ -158,8 +167,9 @@ fn an_app_that_answers_before_reading_the_body_never_gets_the_rest_as_a_request(
     let _ = s.write_all(SMUGGLED.as_bytes());
     let _ = read_until_quiet(&mut s);
 
-    legitimate_get_is_served(&m);
-    legitimate_get_is_served(&m);
+    let net = Routes::of(&m);
+    legitimate_get_is_served(&net, Route::ViaClientSidecar);
+    legitimate_get_is_served(&net, Route::ViaClientSidecar);
     assert!(!m.app.reached(SECRET_PATH), "{:?}", m.app.log());
     let paths: Vec<_> = m.app.log().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, vec![EARLY_PATH, "/public/ok.txt", "/public/ok.txt"]);

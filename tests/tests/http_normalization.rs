@@ -8,22 +8,15 @@
 //! and the denied host never reach it, the legitimate request does, with
 //! the normalized path and one authority.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use palisade_tests::badcerts::{client_config, Leaf};
-use palisade_tests::http::{raw_exchange, runtime, status_of, HttpMesh};
+use http_body_util::Full;
+use palisade_tests::http::{runtime, status_of, HttpMesh};
 use palisade_tests::lenient::{LenientApp, SECRET_PATH};
-use palisade_tests::pki;
 use palisade_tests::proxy::CLIENT_ID;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use palisade_tests::route::{Route, Routes, ROUTES};
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -40,45 +33,17 @@ fn mesh(tweak_b: impl FnOnce(&mut palisade_tests::proxy::ProxySpec)) -> HttpMesh
     HttpMesh::with_app(LenientApp::start(), &ingress(), |_| {}, tweak_b)
 }
 
-/// How a request gets to the server's sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// Plaintext to A's outbound listener, then A's HTTP/2 over mTLS to B.
-    ViaClientSidecar,
-    /// Straight to B's inbound listener over mTLS, with the client's SVID.
-    DirectMtls,
-}
-
-const ROUTES: [Route; 2] = [Route::ViaClientSidecar, Route::DirectMtls];
-
-struct Net {
-    a_out: SocketAddr,
-    b_in: SocketAddr,
-    /// The client's real SVID, from the test control plane; no ALPN, so a
-    /// detecting port reads the bytes.
-    h1_tls: Arc<ClientConfig>,
-    h2_tls: Arc<ClientConfig>,
-}
+/// Both routes, with the request shapes these tables use.
+struct Net(Routes);
 
 impl Net {
     fn of(m: &HttpMesh<LenientApp>) -> Net {
-        let (key, resp) = runtime().block_on(m.cp.issue_svid(CLIENT_ID));
-        let (chain, key) = pki::identity(&resp, &key);
-        let leaf = Leaf { chain, key };
-        Net {
-            a_out: m.a_out,
-            b_in: m.b_in,
-            h1_tls: Arc::new(client_config(&leaf, &[]).unwrap()),
-            h2_tls: Arc::new(client_config(&leaf, &[b"h2"]).unwrap()),
-        }
+        Net(Routes::of(m))
     }
 
     /// Raw HTTP/1 bytes; returns everything that came back.
     fn h1_raw(&self, route: Route, bytes: &[u8]) -> Vec<u8> {
-        match route {
-            Route::ViaClientSidecar => raw_exchange(self.a_out, bytes, QUIET),
-            Route::DirectMtls => tls_exchange(self.b_in, self.h1_tls.clone(), bytes),
-        }
+        self.0.raw(route, bytes, QUIET)
     }
 
     /// `GET <target>` with these header lines (`Connection: close` added).
@@ -111,65 +76,13 @@ impl Net {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(Bytes::new())).ok()?;
-        let (a_out, b_in, tls) = (self.a_out, self.b_in, self.h2_tls.clone());
-        runtime().block_on(async move {
-            let resp = match route {
-                Route::ViaClientSidecar => {
-                    let tcp = tokio::net::TcpStream::connect(a_out).await.unwrap();
-                    let (mut s, conn) = hyper::client::conn::http2::handshake(
-                        TokioExecutor::new(),
-                        TokioIo::new(tcp),
-                    )
-                    .await
-                    .unwrap();
-                    tokio::spawn(conn);
-                    s.send_request(req).await
-                }
-                Route::DirectMtls => {
-                    let tcp = tokio::net::TcpStream::connect(b_in).await.unwrap();
-                    let name = ServerName::try_from("server.invalid").unwrap();
-                    let stream = tokio_rustls::TlsConnector::from(tls)
-                        .connect(name, tcp)
-                        .await
-                        .unwrap();
-                    let (mut s, conn) = hyper::client::conn::http2::handshake(
-                        TokioExecutor::new(),
-                        TokioIo::new(stream),
-                    )
-                    .await
-                    .unwrap();
-                    tokio::spawn(conn);
-                    s.send_request(req).await
-                }
-            };
-            let resp = match resp {
-                Ok(r) => r,
+        runtime().block_on(async {
+            match self.0.client(route, true).await.request(req).await {
+                Ok(a) => Some((a.status, a.body)),
                 // A stream reset is a refusal too; report it as status 0.
-                Err(e) => return Some((0, e.to_string())),
-            };
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-            Some((
-                status,
-                String::from_utf8_lossy(&body.unwrap_or_default()).into_owned(),
-            ))
+                Err(e) => Some((0, e.to_string())),
+            }
         })
-    }
-}
-
-fn tls_exchange(addr: SocketAddr, cfg: Arc<ClientConfig>, bytes: &[u8]) -> Vec<u8> {
-    let conn = ClientConnection::new(cfg, ServerName::try_from("server.invalid").unwrap()).unwrap();
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    tcp.set_read_timeout(Some(QUIET)).unwrap();
-    let mut tls = StreamOwned::new(conn, tcp);
-    let _ = tls.write_all(bytes).and_then(|_| tls.flush());
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match tls.read(&mut buf) {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! HTTP through two real sidecars on loopback: HTTP/1.1 and HTTP/2 clients,
 //! per-request authorization with 403 naming the rule (without a body for
-//! HEAD), gRPC denied with status 7, a policy change applied to the next
-//! request on a kept-alive connection, WebSocket upgrades, XFCC, request
-//! metrics and the access log.
+//! HEAD, also straight to the server's sidecar over mTLS), gRPC denied with
+//! status 7, a policy change applied to the next request on a kept-alive
+//! connection, WebSocket upgrades, XFCC, request metrics and the access log.
 
 use std::time::Duration;
 
 use palisade_tests::eventually;
 use palisade_tests::http::{default_ingress, grpc_status, runtime, Client, HttpMesh};
 use palisade_tests::proxy::{CLIENT_ID, SERVER_ID};
+use palisade_tests::route::{Routes, ROUTES};
 
 const SPOOFED: &str =
     "By=spiffe://cluster.local/ns/evil/sa/x;URI=spiffe://cluster.local/ns/demo/sa/admin";
@@ -163,28 +164,28 @@ fn a_denied_grpc_call_gets_permission_denied_and_an_allowed_one_keeps_its_traile
 }
 
 #[test]
-fn a_denied_head_gets_403_without_a_body_over_http1_and_http2() {
+fn a_denied_head_gets_403_without_a_body_over_http1_and_http2_by_either_route() {
     let m = HttpMesh::start(&default_ingress(), |_| {}, |_| {});
+    let net = Routes::of(&m);
     let rt = runtime();
-    for h2 in [false, true] {
-        rt.block_on(async {
-            let mut c = match h2 {
-                false => Client::http1(m.a_out).await,
-                true => Client::http2(m.a_out).await,
-            };
-            // Only GET is allowed: HEAD is denied. Over HTTP/2 a body on
-            // this answer would reset the stream instead.
-            let denied = c.send("HEAD", "/v1/items", &[], "").await;
-            let denied = denied.unwrap_or_else(|e| panic!("h2={h2}: {e:?}"));
-            assert_eq!(denied.status, 403, "h2={h2}: {denied:?}");
-            assert_eq!(denied.headers["x-palisade-denied"], "demo/server");
-            assert!(denied.body.is_empty());
-            // The connection is still good.
-            let ok = c.send("GET", "/v1/items", &[], "").await.unwrap();
-            assert_eq!(ok.status, 200);
-        });
+    for route in ROUTES {
+        for h2 in [false, true] {
+            rt.block_on(async {
+                let mut c = net.client(route, h2).await;
+                // Only GET is allowed: HEAD is denied. Over HTTP/2 a body on
+                // this answer would reset the stream instead.
+                let denied = c.send("HEAD", "/v1/items", &[], "").await;
+                let denied = denied.unwrap_or_else(|e| panic!("{route:?} h2={h2}: {e:?}"));
+                assert_eq!(denied.status, 403, "{route:?} h2={h2}: {denied:?}");
+                assert_eq!(denied.headers["x-palisade-denied"], "demo/server");
+                assert!(denied.body.is_empty(), "{route:?} h2={h2}: {denied:?}");
+                // The connection is still good.
+                let ok = c.send("GET", "/v1/items", &[], "").await.unwrap();
+                assert_eq!(ok.status, 200, "{route:?} h2={h2}");
+            });
+        }
     }
-    assert_eq!(m.app.seen(), vec!["/v1/items", "/v1/items"]);
+    assert_eq!(m.app.seen(), vec!["/v1/items"; 4]);
 }
 
 #[test]
