@@ -218,12 +218,11 @@ pub async fn refuse_get_body(
         }
     };
     let (status, reason) = refused?;
-    conn.rt.metrics.http.violation(conn.direction, reason);
     let text = match status {
         StatusCode::BAD_REQUEST => "a body is not allowed on this method\n",
         _ => "the request did not end in time\n",
     };
-    let mut r = conn.local(status, text);
+    let mut r = conn.refuse(status, reason, text);
     super::server::close_after(&mut r);
     Some(r)
 }

@@ -62,12 +62,9 @@ pub async fn handle(
             return Ok(conn.finish(r, start, log));
         }
         Err(_) => {
-            conn.rt
-                .metrics
-                .http
-                .violation(conn.direction, "request_timeout");
-            let r = conn.local(
+            let r = conn.refuse(
                 StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
                 "the app did not answer in time\n",
             );
             return Ok(conn.finish(r, start, log));

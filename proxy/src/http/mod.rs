@@ -150,7 +150,6 @@ impl Conn {
         let start = Instant::now();
         self.metrics.requests.inc();
         if let Err(why) = normalize::apply(req, &self.rt.http.settings.normalization) {
-            self.rt.metrics.http.violation(self.direction, why.reason());
             tracing::info!(
                 direction = self.direction.as_str(),
                 client.addr = %self.client,
@@ -158,7 +157,7 @@ impl Conn {
                 reason = why.reason(),
                 "HTTP request rejected before authorization: {why}"
             );
-            let r = self.local(StatusCode::BAD_REQUEST, why.text());
+            let r = self.refuse(StatusCode::BAD_REQUEST, why.reason(), why.text());
             return Err(Box::new(self.finish(r, start, None)));
         }
         let decision = authz::check(self, req);
@@ -251,6 +250,18 @@ impl Conn {
         let body = std::mem::replace(resp.body_mut(), RespBody::empty());
         *resp.body_mut() = body.with_log(log);
         resp
+    }
+
+    /// The answer to a request that broke a limit: the violation counted
+    /// under `reason`, and a response of the proxy's own.
+    pub fn refuse(
+        &self,
+        status: StatusCode,
+        reason: &'static str,
+        text: &'static str,
+    ) -> Response<RespBody> {
+        h1_guard::Report::violation(self, reason);
+        self.local(status, text)
     }
 
     /// A response of the proxy's own (502, 504, ...).
