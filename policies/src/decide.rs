@@ -3,7 +3,7 @@
 
 use crate::compile::CompiledPolicy;
 use crate::decision::{Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, Verdict};
-use crate::http::{fit_any, Fit};
+use crate::http::{fit_any, Checked, Fit};
 use crate::index::{Best, NONE};
 use crate::model::{Action, Mode};
 
@@ -80,6 +80,7 @@ impl Acc {
             self.deny[i] = self.deny[i].min(best.deny[i]);
             self.allow[i] = self.allow[i].min(best.allow[i]);
         }
+        let http = http.map(Checked::new);
         for &r in http_rules {
             let meta = &policy.rules[r as usize];
             let enforce = meta.mode == Mode::Enforce;
@@ -96,9 +97,9 @@ impl Acc {
                         self.http_allow[1] = self.http_allow[1].min(r);
                     }
                 }
-                Some(info) => {
+                Some(ref info) => {
                     let rules = meta.http.as_deref().unwrap_or(&[]);
-                    let applies = match fit_any(rules, &info) {
+                    let applies = match fit_any(rules, info) {
                         Fit::Match => true,
                         Fit::Ambiguous => action == Action::Deny,
                         Fit::NoMatch => false,

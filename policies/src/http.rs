@@ -1,6 +1,8 @@
 //! Matching one HTTP request against a rule's `http` conditions, without
 //! allocating. A value that is not in normal form never slips past a deny.
 
+use std::cell::Cell;
+
 use crate::decision::HttpInfo;
 use crate::model::{HostMatch, HttpMatch, PathMatch};
 use crate::normalize::{is_normal_authority, is_normal_path};
@@ -43,37 +45,75 @@ impl Fit {
     }
 }
 
+/// One request as matched against every rule of a decision: whether its
+/// path and host are in normal form is found at most once, when a rule
+/// first asks, not again for each rule.
+pub(crate) struct Checked<'a> {
+    req: HttpInfo<'a>,
+    /// The path without its query.
+    path: &'a str,
+    normal_path: Cell<Option<bool>>,
+    normal_host: Cell<Option<bool>>,
+}
+
+impl<'a> Checked<'a> {
+    pub(crate) fn new(req: HttpInfo<'a>) -> Self {
+        Checked {
+            path: req.path.split_once('?').map_or(req.path, |(p, _)| p),
+            req,
+            normal_path: Cell::new(None),
+            normal_host: Cell::new(None),
+        }
+    }
+
+    fn normal_path(&self) -> bool {
+        once(&self.normal_path, || is_normal_path(self.path))
+    }
+
+    fn normal_host(&self, host: &str) -> bool {
+        once(&self.normal_host, || is_normal_authority(host))
+    }
+}
+
+fn once(cell: &Cell<Option<bool>>, f: impl FnOnce() -> bool) -> bool {
+    cell.get().unwrap_or_else(|| {
+        let v = f();
+        cell.set(Some(v));
+        v
+    })
+}
+
 /// How the request fits the entries (they are OR-ed; the fields inside one
 /// entry are AND-ed; an empty field matches anything).
-pub(crate) fn fit_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> Fit {
+pub(crate) fn fit_any(entries: &[HttpMatch], req: &Checked<'_>) -> Fit {
     entries
         .iter()
         .fold(Fit::NoMatch, |acc, m| acc.or(fit(m, req)))
 }
 
-fn fit(m: &HttpMatch, req: &HttpInfo<'_>) -> Fit {
-    let method = Fit::of(m.methods.is_empty() || m.methods.iter().any(|x| x == req.method));
+fn fit(m: &HttpMatch, req: &Checked<'_>) -> Fit {
+    let method = Fit::of(m.methods.is_empty() || m.methods.iter().any(|x| x == req.req.method));
     let path = if m.paths.is_empty() {
         Fit::Match
     } else {
-        path_fit(&m.paths, req.path)
+        path_fit(&m.paths, req)
     };
-    let host = match (m.hosts.is_empty(), req.host) {
+    let host = match (m.hosts.is_empty(), req.req.host) {
         (true, _) => Fit::Match,
         (false, None) => Fit::NoMatch,
-        (false, Some(h)) if !is_normal_authority(h) => Fit::Ambiguous,
+        (false, Some(h)) if !req.normal_host(h) => Fit::Ambiguous,
         (false, Some(h)) => Fit::of(host_matches(&m.hosts, h)),
     };
     method.and(path).and(host)
 }
 
-fn path_fit(paths: &[PathMatch], raw: &str) -> Fit {
-    let path = raw.split_once('?').map_or(raw, |(p, _)| p);
+fn path_fit(paths: &[PathMatch], req: &Checked<'_>) -> Fit {
     // A path the proxy did not normalize could climb out of a prefix
     // (`/v1/refunds/../admin`) or mean another to the app: never guess.
-    if !is_normal_path(path) {
+    if !req.normal_path() {
         return Fit::Ambiguous;
     }
+    let path = req.path;
     Fit::of(paths.iter().any(|p| match p {
         PathMatch::Exact(e) => e == path,
         PathMatch::Prefix(pre) => under_prefix(pre, path),
@@ -113,6 +153,10 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fit_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> Fit {
+        super::fit_any(entries, &Checked::new(*req))
+    }
 
     fn matches_any(entries: &[HttpMatch], req: &HttpInfo<'_>) -> bool {
         fit_any(entries, req) == Fit::Match
