@@ -6,6 +6,7 @@
 //! (`MeshApp`, e.g. `lenient::LenientApp`).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -45,26 +46,15 @@ impl HttpApp {
     }
 
     pub fn bind(addr: &str) -> HttpApp {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind(addr).expect("bind the HTTP app");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let seen = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| app(seen.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
-                });
+        let (addr, rt) = serve_app(addr, move |tcp| {
+            let seen = s.clone();
+            async move {
+                let svc = service_fn(move |req| app(seen.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
             }
         });
         HttpApp {
@@ -78,6 +68,30 @@ impl HttpApp {
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// A test app on `addr`: its own one-thread runtime, which stops it when
+/// dropped, and `serve` on a task of its own for each connection.
+pub fn serve_app<F, Fut>(addr: &str, serve: F) -> (SocketAddr, tokio::runtime::Runtime)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind(addr).expect("bind the test app");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve(tcp));
+        }
+    });
+    (addr, rt)
 }
 
 fn full(b: impl Into<Bytes>) -> AppBody {
@@ -195,6 +209,14 @@ impl Client {
     pub async fn http2(addr: SocketAddr) -> Client {
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         Client::http2_on(tcp).await
+    }
+
+    /// HTTP/2 (prior knowledge) if `h2`, else HTTP/1.1.
+    pub async fn connect(addr: SocketAddr, h2: bool) -> Client {
+        match h2 {
+            false => Client::http1(addr).await,
+            true => Client::http2(addr).await,
+        }
     }
 
     /// HTTP/1.1 on a stream already open (e.g. one of `route::Routes`).

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::http::serve_app;
 
 /// The path that serves the secret.
 pub const SECRET_PATH: &str = "/admin/secret.txt";
@@ -51,22 +53,9 @@ pub struct LenientApp {
 
 impl LenientApp {
     pub fn start() -> LenientApp {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the lenient app");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
-        rt.spawn(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, l.clone()));
-            }
-        });
+        let (addr, rt) = serve_app("127.0.0.1:0", move |tcp| serve(tcp, l.clone()));
         LenientApp { addr, log, _rt: rt }
     }
 

@@ -214,8 +214,11 @@ fn goaway_code(raw: &[u8]) -> Option<u32> {
     None
 }
 
+/// What an HTTP/2 client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 fn h2_attack(addr: SocketAddr, frames: Vec<u8>) -> Vec<u8> {
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut bytes = PREFACE.to_vec();
     bytes.extend(frame(SETTINGS, 0, 0, &[]));
     bytes.extend(frames);
     raw_exchange(addr, &bytes, QUIET)
@@ -312,10 +315,7 @@ fn a_client_that_stops_reading_many_large_responses_does_not_starve_the_others()
 
         // Meanwhile other clients of the same route are served in full.
         let others = (0..4).map(|i| async move {
-            let mut c = match i % 2 {
-                0 => Client::http1(m.a_out).await,
-                _ => Client::http2(m.a_out).await,
-            };
+            let mut c = Client::connect(m.a_out, i % 2 == 1).await;
             let small = c.send("GET", "/v1/small", &[], "").await.unwrap();
             assert_eq!(small.status, 200, "{small:?}");
             let large = c.send("GET", "/v1/large/1", &[], "").await.unwrap();
@@ -359,8 +359,6 @@ fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
         }
     }
 }
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[test]
 fn http2_slowloris_is_closed_after_the_header_read_timeout_and_frees_its_slots() {

@@ -126,10 +126,7 @@ fn a_port_that_allows_get_bodies_passes_them_to_the_app() {
     );
     runtime().block_on(async {
         for h2 in [false, true] {
-            let mut c = match h2 {
-                false => Client::http1(m.a_out).await,
-                true => Client::http2(m.a_out).await,
-            };
+            let mut c = Client::connect(m.a_out, h2).await;
             let a = c
                 .send("GET", "/v1/search", &[], "{\"q\": 1}")
                 .await

@@ -28,10 +28,7 @@ fn http1_and_http2_requests_are_authorized_per_route_and_denials_name_the_rule()
     let rt = runtime();
     for (h2, app_version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
         rt.block_on(async {
-            let mut c = match h2 {
-                false => Client::http1(m.a_out).await,
-                true => Client::http2(m.a_out).await,
-            };
+            let mut c = Client::connect(m.a_out, h2).await;
             let ok = c
                 .send(
                     "GET",
