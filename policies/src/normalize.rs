@@ -255,26 +255,9 @@ fn decode(path: &str, cfg: &Normalization) -> Result<String, Rejection> {
     let mut run = 0;
     let mut i = 0;
     while i < b.len() {
-        let (width, put): (usize, Cow<'static, str>) = match b[i] {
-            b'%' => {
-                let (Some(h), Some(l)) = (
-                    b.get(i + 1).copied().and_then(hex_value),
-                    b.get(i + 2).copied().and_then(hex_value),
-                ) else {
-                    return Err(Rejection::InvalidEncoding);
-                };
-                let v = h * 16 + l;
-                let put = match v {
-                    0 => return Err(Rejection::EncodedNul),
-                    b'/' | b'\\' => slash(cfg.escaped_slashes, Rejection::EscapedSlash)?,
-                    b';' => semicolon(cfg)?,
-                    v if unreserved(v) => Cow::Owned((v as char).to_string()),
-                    v => Cow::Owned(format!("%{v:02X}")),
-                };
-                (3, put)
-            }
-            b'\\' => (1, slash(cfg.backslash, Rejection::Backslash)?),
-            b';' => (1, semicolon(cfg)?),
+        let width = match b[i] {
+            b'%' => 3,
+            b'\\' | b';' => 1,
             // `split_target` already took query and fragment off.
             b'#' | b'?' => return Err(Rejection::InvalidCharacter),
             c if control(c) => return Err(Rejection::InvalidCharacter),
@@ -284,7 +267,32 @@ fn decode(path: &str, cfg: &Normalization) -> Result<String, Rejection> {
             }
         };
         s.push_str(&path[run..i]);
-        s.push_str(&put);
+        match b[i] {
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex_value),
+                    b.get(i + 2).copied().and_then(hex_value),
+                ) else {
+                    return Err(Rejection::InvalidEncoding);
+                };
+                match h * 16 + l {
+                    0 => return Err(Rejection::EncodedNul),
+                    b'/' | b'\\' => {
+                        s.push_str(slash(cfg.escaped_slashes, Rejection::EscapedSlash)?)
+                    }
+                    b';' => s.push_str(semicolon(cfg)?),
+                    v if unreserved(v) => s.push(v as char),
+                    v => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        s.push('%');
+                        s.push(HEX[usize::from(v >> 4)] as char);
+                        s.push(HEX[usize::from(v & 0xf)] as char);
+                    }
+                }
+            }
+            b'\\' => s.push_str(slash(cfg.backslash, Rejection::Backslash)?),
+            _ => s.push_str(semicolon(cfg)?),
+        }
         i += width;
         run = i;
     }
@@ -292,17 +300,17 @@ fn decode(path: &str, cfg: &Normalization) -> Result<String, Rejection> {
     Ok(s)
 }
 
-fn slash(h: Handling, why: Rejection) -> Result<Cow<'static, str>, Rejection> {
+fn slash(h: Handling, why: Rejection) -> Result<&'static str, Rejection> {
     match h {
         Handling::Reject => Err(why),
-        Handling::Normalize => Ok(Cow::Borrowed("/")),
+        Handling::Normalize => Ok("/"),
     }
 }
 
-fn semicolon(cfg: &Normalization) -> Result<Cow<'static, str>, Rejection> {
+fn semicolon(cfg: &Normalization) -> Result<&'static str, Rejection> {
     match cfg.path_parameters {
         Handling::Reject => Err(Rejection::PathParameters),
-        Handling::Normalize => Ok(Cow::Borrowed(";")),
+        Handling::Normalize => Ok(";"),
     }
 }
 
