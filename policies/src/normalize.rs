@@ -366,12 +366,11 @@ pub fn authority_of(raw: &str) -> Result<Cow<'_, str>, Rejection> {
     let mut changed = false;
     let host: Cow<str> = if let Some(inner) = host.strip_prefix('[') {
         let ip: Ipv6Addr = inner.trim_end_matches(']').parse().map_err(|_| bad)?;
-        let canonical = format!("[{ip}]");
-        if canonical == host {
+        if is_canonical_v6(&ip, host) {
             Cow::Borrowed(host)
         } else {
             changed = true;
-            Cow::Owned(canonical)
+            Cow::Owned(format!("[{ip}]"))
         }
     } else {
         let name = match host.strip_suffix('.') {
@@ -419,6 +418,22 @@ pub fn authority_of(raw: &str) -> Result<Cow<'_, str>, Rejection> {
         Some(p) => format!("{host}:{p}"),
         None => host.into_owned(),
     }))
+}
+
+/// Whether `bracketed` is `[ip]` as `ip` writes itself, found without
+/// allocating: a normal IPv6 host is checked on every request.
+fn is_canonical_v6(ip: &Ipv6Addr, bracketed: &str) -> bool {
+    use std::io::Write;
+    // `[`, at most 45 characters of address, `]`.
+    let mut buf = [0u8; 48];
+    let left = {
+        let mut w = &mut buf[..];
+        if write!(w, "[{ip}]").is_err() {
+            return false;
+        }
+        w.len()
+    };
+    &buf[..buf.len() - left] == bracketed.as_bytes()
 }
 
 /// The request's one authority: from the target (absolute form, HTTP/2
@@ -620,6 +635,9 @@ mod tests {
             );
         }
         assert!(matches!(authority_of("a.demo:8080"), Ok(Cow::Borrowed(_))));
+        for v6 in ["[::1]:8080", "[fd00::1]", "[::ffff:10.0.0.1]"] {
+            assert!(matches!(authority_of(v6), Ok(Cow::Borrowed(_))), "{v6}");
+        }
     }
 
     #[test]
