@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use palisade_control_plane::api::{Attestation, SvidRequest};
-use palisade_control_plane::client::{AdminClient, ApiClient};
-use palisade_control_plane::svid::{certs_from_pem, private_key_from_pem};
+use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::client::{AdminClient, ApiClient};
+use palisade_identity::svid::{certs_from_pem, private_key_from_pem};
 use palisade_policy::TrustDomain;
 use rcgen::{CertificateParams, KeyPair};
 

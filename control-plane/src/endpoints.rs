@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use palisade_policy::SpiffeId;
 
-use crate::api::{Endpoint, EndpointsResponse};
+use palisade_identity::api::{Endpoint, EndpointsResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {

@@ -17,8 +17,8 @@ use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::api::{PoliciesResponse, PolicyDocument};
 use crate::metrics::ReasonLabel;
+use palisade_identity::api::{PoliciesResponse, PolicyDocument};
 
 /// The longest a client may ask a poll to be held.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);

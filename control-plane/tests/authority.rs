@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use palisade_control_plane::ca::{Authority, CaStatus};
-use palisade_control_plane::svid::{check_x509_svid, check_x509_svid_ca};
+use palisade_identity::svid::{check_x509_svid, check_x509_svid_ca};
 use palisade_policy::{SpiffeId, TrustDomain};
 use rcgen::KeyPair;
 

@@ -1,6 +1,7 @@
-//! Palisade's policy model: SPIFFE identity types, the segmentation policy
-//! language, its compiler and the pure `decide()` engine. This crate does no I/O
-//! (the optional `fs` feature adds a small file loader for the CLI and proxy).
+//! Palisade's policy model: the segmentation policy language, its compiler
+//! and the pure `decide()` engine. This crate does no I/O (the optional `fs`
+//! feature adds the one policy-file reader). SPIFFE IDs come from
+//! `palisade-identity`.
 #![forbid(unsafe_code)]
 
 pub mod cases;
@@ -19,7 +20,6 @@ mod parse;
 pub mod reach;
 pub mod schema;
 mod shadow;
-pub mod spiffe;
 mod values;
 mod yaml;
 
@@ -31,6 +31,9 @@ pub use decision::{
 pub use diag::{Diagnostic, Severity};
 pub use flow::{decide_flow, decide_flow_with, Endpoint, Flow, FlowDecision};
 pub use model::{Direction, Mode, PolicyDoc};
+/// SPIFFE IDs live in `palisade-identity`; re-exported so policy code and
+/// its users keep one path.
+pub use palisade_identity::spiffe;
 pub use parse::parse_documents;
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use yaml::Pos;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use palisade_control_plane::api::SvidResponse;
-use palisade_control_plane::client::{ApiClient, ClientIdentity};
+use palisade_identity::api::SvidResponse;
+use palisade_identity::client::{ApiClient, ClientIdentity};
 use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
 
@@ -142,7 +142,7 @@ impl ControlPlane {
     }
 
     pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
-        palisade_control_plane::svid::certs_from_pem(self.bundle_pem().as_bytes())
+        palisade_identity::svid::certs_from_pem(self.bundle_pem().as_bytes())
             .expect("bundle.pem parses")
     }
 
@@ -267,11 +267,9 @@ impl ControlPlane {
     /// the key and the answer.
     pub async fn issue_svid(&self, spiffe_id: &str) -> (rcgen::KeyPair, SvidResponse) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let req = palisade_control_plane::api::SvidRequest {
+        let req = palisade_identity::api::SvidRequest {
             csr: crate::pki::csr_pem(&key),
-            attestation: palisade_control_plane::api::Attestation::JoinToken(
-                self.join_token(spiffe_id),
-            ),
+            attestation: palisade_identity::api::Attestation::JoinToken(self.join_token(spiffe_id)),
         };
         let resp = self.client(None).issue(&req).await.expect("issue SVID");
         (key, resp)

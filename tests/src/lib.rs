@@ -81,9 +81,14 @@ impl Drop for ChildGuard {
 }
 
 /// A loopback port that was free a moment ago, for a child process to bind
-/// (below the ephemeral range; see `palisade_control_plane::cli::up::free_port`).
+/// (below the ephemeral range; see `palisadectl::local::free_port`).
 pub fn free_port() -> u16 {
-    palisade_control_plane::cli::up::free_port().expect("a free loopback port")
+    palisadectl::local::free_port().expect("a free loopback port")
+}
+
+/// Resident memory of a child process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    palisadectl::local::rss_kib(pid).expect("VmRSS of a running child")
 }
 
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.

@@ -2,9 +2,9 @@
 //! turned into a presentable identity, and chain verification against a
 //! trust bundle (the control plane's, which uses rustls' WebPKI verifier).
 
-use palisade_control_plane::api::SvidResponse;
-use palisade_control_plane::client::ClientIdentity;
-use palisade_control_plane::svid::certs_from_pem;
+use palisade_identity::api::SvidResponse;
+use palisade_identity::client::ClientIdentity;
+use palisade_identity::svid::certs_from_pem;
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -40,4 +40,4 @@ pub fn identity(resp: &SvidResponse, key: &KeyPair) -> ClientIdentity {
     )
 }
 
-pub use palisade_control_plane::svid::verify_chain;
+pub use palisade_identity::svid::verify_chain;

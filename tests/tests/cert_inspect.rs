@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use palisade_control_plane::svid::certs_to_pem;
+use palisade_identity::svid::certs_to_pem;
 use palisade_tests::badcerts::{self_signed_leaf, Leaf, TestCa};
 use palisade_tests::cp::ControlPlane;
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use palisade_control_plane::client::ClientError;
-use palisade_control_plane::svid::check_x509_svid_ca;
+use palisade_identity::client::ClientError;
+use palisade_identity::svid::check_x509_svid_ca;
 use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
 use palisade_tests::eventually;
 use palisade_tests::pki::{bundle_of, chain_of, identity, verify_chain};

@@ -1,8 +1,8 @@
 //! SVID issuance against the real control plane: what it signs conforms to
 //! the X509-SVID spec, and it alone decides the identity.
 
-use palisade_control_plane::api::{Attestation, SvidRequest};
-use palisade_control_plane::svid::{check_x509_svid, check_x509_svid_ca, spiffe_id_of};
+use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::svid::{check_x509_svid, check_x509_svid_ca, spiffe_id_of};
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::pki::{bundle_of, chain_of, csr_pem, csr_pem_with, verify_chain};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::rss_kib;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
@@ -30,12 +31,6 @@ fn wait_closed(s: &mut TcpStream) {
             Ok(_) => {}
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -184,7 +179,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
         .await
         .unwrap();
     assert_eq!(status, 404);
-    let err: palisade_control_plane::api::ApiError = serde_json::from_slice(&body).unwrap();
+    let err: palisade_identity::api::ApiError = serde_json::from_slice(&body).unwrap();
     assert_eq!(err.error, "not_found");
     let (status, _) = conn
         .request(http::Method::GET, "/v1/svid", vec![])

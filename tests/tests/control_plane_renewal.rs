@@ -1,9 +1,9 @@
 //! Renewal over mTLS, CA persistence across restarts, and CA rotation: during
 //! the overlap SVIDs from the old and the new CA both verify against the bundle.
 
-use palisade_control_plane::bundle::SpiffeBundle;
-use palisade_control_plane::client::ClientError;
-use palisade_control_plane::svid::{certs_from_pem, spiffe_id_of};
+use palisade_identity::bundle::SpiffeBundle;
+use palisade_identity::client::ClientError;
+use palisade_identity::svid::{certs_from_pem, spiffe_id_of};
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::pki::{bundle_of, chain_of, csr_pem, identity, verify_chain};
 use rcgen::KeyPair;

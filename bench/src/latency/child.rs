@@ -91,7 +91,7 @@ impl Drop for ProxyProcess {
 
 /// A loopback address whose port was free a moment ago.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let port = palisade_control_plane::cli::up::free_port()?;
+    let port = palisadectl::local::free_port()?;
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 

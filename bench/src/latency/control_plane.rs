@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use palisade_control_plane::api::{Attestation, SvidRequest};
-use palisade_control_plane::client::ApiClient;
-use palisade_control_plane::svid::certs_from_pem;
+use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::client::ApiClient;
+use palisade_identity::svid::certs_from_pem;
 use palisade_policy::TrustDomain;
 use rcgen::{CertificateParams, KeyPair};
 

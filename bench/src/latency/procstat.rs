@@ -28,26 +28,7 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
-/// Current resident set size of `pid`, in KiB (VmRSS).
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "VmRSS:")
-}
-
-/// Peak resident set size of `pid` since it started, in KiB (VmHWM).
-pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    status_field(pid, "VmHWM:")
-}
-
-fn status_field(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    parse_status_kib(&status, key).ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
-}
-
-fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].split_whitespace().next()?.parse().ok()
-}
+pub use palisadectl::local::{peak_rss_kib, rss_kib};
 
 /// Samples the RSS of a set of processes every 100 ms while load runs, keeping
 /// each one's highest; stop it with [`RssSampler::finish`].
@@ -94,13 +75,6 @@ mod tests {
     fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
         let stat = "42 (my (odd) proxy) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
         assert_eq!(parse_cpu_seconds(stat), Some(3.0));
-    }
-
-    #[test]
-    fn rss_is_read_from_status_in_kib() {
-        let status = "Name:\tenvoy\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
-        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(40960));
-        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(51200));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rcgen::{Issuer, KeyPair, PublicKeyData};
 use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
-use crate::svid::{certs_from_pem, certs_to_pem, parse_cert};
+use palisade_identity::svid::{certs_from_pem, certs_to_pem, parse_cert};
 pub use store::{CaStatus, StateDir};
 pub use upstream::Upstream;
 

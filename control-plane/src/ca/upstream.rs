@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::CaError;
-use crate::svid::{certs_from_pem, is_ca, parse_cert};
+use palisade_identity::svid::{certs_from_pem, is_ca, parse_cert};
 
 pub struct Upstream {
     pub(super) issuer: Issuer<'static, KeyPair>,

@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 
 use super::http::{json, parse_json, read_body, Failure, Resp};
 use super::State;
-use crate::api::{JoinTokenRequest, JoinTokenResponse, RotateResponse};
+use palisade_identity::api::{JoinTokenRequest, JoinTokenResponse, RotateResponse};
 
 pub async fn serve(listener: UnixListener, state: Arc<State>) {
     loop {

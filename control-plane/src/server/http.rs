@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
-use crate::api::{ApiError, MAX_BODY_BYTES};
+use palisade_identity::api::{ApiError, MAX_BODY_BYTES};
 
 pub type Resp = Response<Full<Bytes>>;
 

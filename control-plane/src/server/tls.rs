@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use palisade_identity::api::{CONTROL_PLANE_PATH, SERVER_NAME};
 use palisade_policy::SpiffeId;
 use rcgen::KeyPair;
 use rustls::crypto::ring;
@@ -11,12 +12,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::api::CONTROL_PLANE_PATH;
 use crate::ca::{Authority, CaError};
-
-/// DNS SAN on the control plane's serving certificate, for clients that
-/// verify a hostname rather than the SPIFFE ID.
-pub const SERVER_NAME: &str = "palisade-control-plane";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -8,11 +8,11 @@ use rustls::pki_types::CertificateDer;
 
 use super::http::{json, parse_json, read_body, text, Failure, Resp};
 use super::State;
-use crate::api::{Attestation, RenewRequest, SvidRequest, SvidResponse};
 use crate::attest::AttestError;
-use crate::bundle::spiffe_bundle;
 use crate::ca::csr::{verify_csr_pem, VerifiedCsr};
-use crate::svid::spiffe_id_of;
+use palisade_identity::api::{Attestation, RenewRequest, SvidRequest, SvidResponse};
+use palisade_identity::bundle::spiffe_bundle;
+use palisade_identity::svid::spiffe_id_of;
 
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

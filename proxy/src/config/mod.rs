@@ -520,7 +520,7 @@ impl Config {
     pub fn control_plane_id(&self) -> SpiffeId {
         self.identity
             .trust_domain
-            .id(palisade_control_plane::api::CONTROL_PLANE_PATH)
+            .id(palisade_identity::api::CONTROL_PLANE_PATH)
             .expect("the control-plane path is a valid SPIFFE path")
     }
 }

@@ -6,10 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use palisade_control_plane::api::{
+use palisade_identity::api::{
     Attestation, EndpointsResponse, PoliciesResponse, SvidRequest, SvidResponse,
 };
-use palisade_control_plane::client::{ApiClient, ClientError};
+use palisade_identity::client::{ApiClient, ClientError};
 use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
 

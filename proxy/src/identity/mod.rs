@@ -7,13 +7,15 @@ pub mod client;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use palisade_control_plane::api::{Attestation, SvidResponse};
+use palisade_identity::api::{Attestation, SvidResponse};
+use palisade_identity::csr::new_key_and_csr;
+use palisade_identity::renew::{backoff, now_unix, renew_after};
+use palisade_identity::verify::SpiffeServerVerifier;
 use palisade_policy::{SpiffeId, TrustDomain};
-use rand::Rng;
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rcgen::KeyPair;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use client::{ControlPlane, CpError};
 
 use crate::metrics::Metrics;
-use crate::tls::{self, verify::SpiffeServerVerifier, Bundle, Credentials, Svid};
+use crate::tls::{self, Bundle, Credentials, Svid};
 
 /// The live credentials; `None` until the first SVID arrives.
 pub type CredentialsCell = Arc<ArcSwapOption<Credentials>>;
@@ -73,39 +75,12 @@ impl AttestationSource {
     }
 }
 
-/// Retry delays while the control plane is unreachable or refusing.
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(15);
-
 pub struct IdentityManager {
     pub cp: ControlPlane,
     pub attestation: AttestationSource,
     pub accepted: Arc<[TrustDomain]>,
     pub cell: CredentialsCell,
     pub metrics: Arc<Metrics>,
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// When to renew an SVID that expires in `remaining`: at half of it, less up
-/// to a tenth as jitter so a fleet started together does not renew together.
-pub fn renew_after(remaining: Duration, rng: &mut impl Rng) -> Duration {
-    let half = remaining / 2;
-    let jitter = remaining.mul_f64(rng.random_range(0.0..0.1));
-    half.saturating_sub(jitter).max(Duration::from_millis(100))
-}
-
-/// Capped exponential backoff with full jitter.
-pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    exp.mul_f64(rng.random_range(0.5..1.0))
 }
 
 impl IdentityManager {
@@ -150,11 +125,7 @@ impl IdentityManager {
 
     /// One issuance or renewal; publishes and returns the new credentials.
     pub async fn refresh(&self) -> Result<Arc<Credentials>, IdentityError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        // The control plane decides every name; the CSR only proves the key.
-        let csr = CertificateParams::new(Vec::<String>::new())?
-            .serialize_request(&key)?
-            .pem()?;
+        let (key, csr) = new_key_and_csr()?;
         let current = self.cell.load_full();
         let usable = current
             .as_ref()
@@ -219,32 +190,5 @@ impl IdentityManager {
             expires_at: resp.expires_at,
         };
         Credentials::new(svid, bundle, self.accepted.clone()).map_err(|e| bad(e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewal_happens_around_half_life_never_after_it() {
-        let mut rng = rand::rng();
-        for _ in 0..1000 {
-            let d = renew_after(Duration::from_secs(3600), &mut rng);
-            assert!(
-                d <= Duration::from_secs(1800) && d >= Duration::from_secs(1440),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut rng = rand::rng();
-        assert!(backoff(0, &mut rng) <= BACKOFF_BASE);
-        assert!(backoff(3, &mut rng) >= BACKOFF_BASE * 4);
-        for a in [10, 40, u32::MAX] {
-            assert!(backoff(a, &mut rng) <= BACKOFF_CAP);
-        }
     }
 }

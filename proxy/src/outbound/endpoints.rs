@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use palisade_control_plane::api::EndpointsResponse;
+use palisade_identity::api::EndpointsResponse;
 use palisade_policy::SpiffeId;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ pub async fn refresh_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_control_plane::api::Endpoint;
+    use palisade_identity::api::Endpoint;
 
     #[test]
     fn exact_address_wins_over_any_port_and_bad_entries_are_skipped() {

@@ -9,6 +9,7 @@ pub mod remote;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use palisade_identity::renew::now_unix;
 use palisade_policy::{CompiledPolicy, DefaultPolicy};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -156,13 +157,6 @@ impl Default for LivePolicy {
             PolicySource::None,
         ))
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Keeps the policy sources running; drop it to stop watching files.

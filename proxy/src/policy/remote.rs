@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_control_plane::api::PoliciesResponse;
+use palisade_identity::api::PoliciesResponse;
+use palisade_identity::renew::backoff;
 use palisade_policy::parse_documents;
 use tokio_util::sync::CancellationToken;
 
 use super::reload::{RejectReason, Rejection, Reloader, Update};
-use crate::identity::{backoff, ControlPlane, CredentialsCell};
+use crate::identity::{ControlPlane, CredentialsCell};
 
 /// How long the control plane may hold a poll open.
 pub const LONG_POLL: Duration = Duration::from_secs(30);

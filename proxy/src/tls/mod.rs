@@ -1,15 +1,13 @@
 //! TLS for the mesh: rustls configs built from the current SVID and bundle
-//! (TLS 1.3 only, ring provider), SPIFFE verifiers, ClientHello detection and
+//! (TLS 1.3 only, ring provider), the SPIFFE verifiers (`palisade-identity`'s), ClientHello detection and
 //! the classification of handshake failures into metric reasons.
-
-pub mod id;
-pub mod verify;
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
+use palisade_identity::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use palisade_policy::{SpiffeId, TrustDomain};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -19,13 +17,13 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
-pub use id::SvidRejection;
-pub use palisade_control_plane::svid::{certs_from_pem, spiffe_id_of};
+pub use palisade_identity::peer::SvidRejection;
+pub use palisade_identity::svid::{certs_from_pem, spiffe_id_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(transparent)]
-    Pem(#[from] palisade_control_plane::svid::SvidError),
+    Pem(#[from] palisade_identity::svid::SvidError),
     #[error("trust bundle certificate rejected: {0}")]
     BadAnchor(rustls::Error),
     #[error("building the client verifier: {0}")]
@@ -127,9 +125,7 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verify::SpiffeServerVerifier::new(
-            roots, expected, p,
-        )));
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots, expected, p)));
     let mut cfg = match client_cert {
         Some(k) => builder.with_client_cert_resolver(Arc::new(Always(k))),
         None => builder.with_no_client_auth(),
@@ -155,8 +151,7 @@ const MAX_CACHED_CLIENT_CONFIGS: usize = 4096;
 impl Credentials {
     pub fn new(svid: Svid, bundle: Bundle, accepted: Arc<[TrustDomain]>) -> Result<Self, TlsError> {
         let p = provider();
-        let verifier =
-            verify::SpiffeClientVerifier::new(bundle.roots.clone(), accepted, p.clone())?;
+        let verifier = SpiffeClientVerifier::new(bundle.roots.clone(), accepted, p.clone())?;
         let mut server = ServerConfig::builder_with_provider(p)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")

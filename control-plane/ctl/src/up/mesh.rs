@@ -2,7 +2,7 @@
 //! echo service per workload, and one explicit-mode sidecar per workload.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 
 use super::traffic::{serve_echo, Call};
 use super::{NAMESPACE, TRUST_DOMAIN, WORKLOADS};
+use crate::local::free_port;
 
 pub struct Workload {
     pub name: &'static str,
@@ -32,33 +33,6 @@ pub struct Mesh {
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
-}
-
-/// A loopback port that was free a moment ago, for a child process to bind.
-///
-/// Picked below the kernel's ephemeral range (32768 and up): a port the
-/// kernel handed out for `:0` can be handed out again as the local port of
-/// an outgoing connection before the child binds it. Each call in this
-/// process gets a different port. The tests and the bench use it too.
-pub fn free_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        if n >= SPAN {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "no free loopback port left below the ephemeral range",
-            ));
-        }
-        let port = (FIRST + start.wrapping_add(n) % SPAN) as u16;
-        if StdListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
 }
 
 fn workload_id(name: &str) -> String {

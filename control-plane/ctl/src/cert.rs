@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
 
-use crate::bundle::SpiffeBundle;
-use crate::client::ApiClient;
-use crate::svid::{
+use palisade_identity::bundle::SpiffeBundle;
+use palisade_identity::client::ApiClient;
+use palisade_identity::svid::{
     certs_from_pem, check_x509_svid, check_x509_svid_ca, is_ca, parse_cert, spiffe_id_of,
     spiffe_id_of_parsed, verify_chain,
 };

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::client::AdminClient;
+use palisade_identity::client::AdminClient;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CaCmd {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-pub use mesh::free_port;
 use mesh::Mesh;
 use traffic::{Call, Tally};
 

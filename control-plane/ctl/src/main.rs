@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use palisade_control_plane::cli;
+use palisadectl as cli;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,10 +1,10 @@
 //! Why a peer's certificate is refused as an SVID. Parsing the SPIFFE ID is
-//! the control plane crate's `svid::spiffe_id_of`; this module adds the
-//! proxy's own checks and gives every refusal its metric reason, because
-//! operators read those reasons off the failure counter.
+//! `svid::spiffe_id_of`; this module adds the peer checks (trust domain,
+//! expected server) and gives every refusal its metric reason, because
+//! operators read those reasons off the proxy's failure counter.
 
-use palisade_control_plane::svid::{spiffe_id_of, SvidError};
-use palisade_policy::{SpiffeId, TrustDomain};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::svid::{spiffe_id_of, SvidError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SvidRejection {

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// The SPIFFE ID the control plane presents on its workload API.
 pub const CONTROL_PLANE_PATH: &str = "/palisade/control-plane";
+/// DNS SAN on the control plane's serving certificate, and the TLS server
+/// name and `Host` its clients send.
+pub const SERVER_NAME: &str = "palisade-control-plane";
 /// Largest request body the APIs accept.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -1,6 +1,7 @@
-//! Client of the HTTPS workload API: TLS 1.3, the server verified against a
-//! trust bundle *and* required to present the control plane's SPIFFE ID,
-//! optionally authenticating with the caller's current SVID (renewal).
+//! Client of the HTTPS workload API: TLS 1.3, the server verified by the
+//! SPIFFE peer verifier (chains to the trust bundle, presents the control
+//! plane's SPIFFE ID), optionally authenticating with the caller's current
+//! SVID (renewal).
 
 use std::sync::Arc;
 
@@ -9,12 +10,9 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use palisade_policy::{SpiffeId, TrustDomain};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::ring;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -22,83 +20,12 @@ use tokio_rustls::TlsConnector;
 
 use super::admin::decode;
 use super::ClientError;
-use crate::api::{EndpointsResponse, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH};
+use crate::api::{
+    EndpointsResponse, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH, SERVER_NAME,
+};
 use crate::bundle::SpiffeBundle;
-use crate::server::tls::SERVER_NAME;
-use crate::svid::spiffe_id_of;
-
-/// Verifies the chain with webpki, then insists on one exact SPIFFE ID.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    expected: SpiffeId,
-}
-
-impl SpiffeServerVerifier {
-    pub fn new(
-        bundle: &[CertificateDer<'static>],
-        expected: SpiffeId,
-    ) -> Result<Arc<Self>, ClientError> {
-        let mut roots = RootCertStore::empty();
-        for ca in bundle {
-            roots.add(ca.clone()).map_err(ClientError::Tls)?;
-        }
-        let inner = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(ring::default_provider()),
-        )
-        .build()
-        .map_err(|e| ClientError::Config(e.to_string()))?;
-        Ok(Arc::new(SpiffeServerVerifier { inner, expected }))
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // The chain and validity are checked against the DNS SAN every
-        // control-plane certificate carries; identity comes from the URI SAN.
-        let name = ServerName::try_from(SERVER_NAME).expect("static DNS name");
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
-        match spiffe_id_of(end_entity) {
-            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
-            Ok(id) => Err(rustls::Error::General(format!(
-                "server is {id}, expected {}",
-                self.expected
-            ))),
-            Err(e) => Err(rustls::Error::General(format!("server certificate: {e}"))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
+use crate::spiffe::TrustDomain;
+use crate::verify::SpiffeServerVerifier;
 
 /// A workload API client bound to one control plane and one trust bundle.
 #[derive(Clone)]
@@ -120,12 +47,17 @@ impl ApiClient {
         identity: Option<ClientIdentity>,
     ) -> Result<ApiClient, ClientError> {
         let expected = td.id(CONTROL_PLANE_PATH).expect("constant path is valid");
-        let verifier = SpiffeServerVerifier::new(bundle, expected)?;
-        let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        let mut roots = RootCertStore::empty();
+        for ca in bundle {
+            roots.add(ca.clone()).map_err(ClientError::Tls)?;
+        }
+        let provider = Arc::new(ring::default_provider());
+        let verifier = SpiffeServerVerifier::new(Arc::new(roots), expected, provider.clone());
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(ClientError::Tls)?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
+            .with_custom_certificate_verifier(Arc::new(verifier));
         let mut config = match identity {
             Some((chain, key)) => builder
                 .with_client_auth_cert(chain, key)

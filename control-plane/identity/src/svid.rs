@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use palisade_policy::{SpiffeId, SpiffeIdError};
+use crate::spiffe::{SpiffeId, SpiffeIdError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;

@@ -4,8 +4,9 @@
 pub mod admin;
 pub mod api;
 
+pub use crate::verify::SpiffeServerVerifier;
 pub use admin::AdminClient;
-pub use api::{ApiClient, ApiConnection, ClientIdentity, SpiffeServerVerifier};
+pub use api::{ApiClient, ApiConnection, ClientIdentity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

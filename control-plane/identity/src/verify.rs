@@ -1,10 +1,11 @@
-//! Certificate verifiers for SPIFFE mTLS. SVIDs carry no DNS name, so the
-//! server side is checked against an expected SPIFFE ID instead of a host
-//! name; both sides refuse with a typed reason that ends up in a metric.
+//! The SPIFFE peer verifiers, used by the proxy's mTLS and the control-plane
+//! API client alike. SVIDs carry no DNS name, so a server is checked against
+//! an expected SPIFFE ID instead of a host name; both sides refuse with a
+//! typed reason (`peer::SvidRejection`) that ends up in a metric.
 
 use std::sync::Arc;
 
-use palisade_policy::{SpiffeId, TrustDomain};
+use crate::spiffe::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -14,7 +15,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
 };
 
-use super::id::{accepted_peer, expected_server, SvidRejection};
+use crate::peer::{accepted_peer, expected_server, SvidRejection};
 
 fn reject(r: SvidRejection) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(r))))

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::AdminClient;
-use crate::config::parse_duration;
+use palisade_control_plane::config::parse_duration;
+use palisade_identity::client::AdminClient;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCmd {
