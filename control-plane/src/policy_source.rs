@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
-use palisade_policy::fs::{empty_allowed, ALLOW_EMPTY_MARKER};
+use palisade_policy::fs::{empty_allowed, read_files, ALLOW_EMPTY_MARKER};
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -178,15 +178,12 @@ impl PolicyStore {
 /// Reads, validates (by compiling) and splits the directory's policies.
 fn load(dir: &Path) -> Result<Vec<Chunk>, PolicySourceError> {
     let invalid = |e: String| PolicySourceError::Invalid(e);
-    let files = palisade_policy::fs::policy_files(dir).map_err(|e| invalid(e.to_string()))?;
+    let files = read_files(&[dir]).map_err(|e| invalid(e.to_string()))?;
     let mut chunks = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
-        let name = file.display().to_string();
-        match parse_documents(&name, &text) {
-            Ok(docs) => chunks.extend(split(&name, &text, docs)),
+        match parse_documents(&file.name, &file.text) {
+            Ok(docs) => chunks.extend(split(&file.name, &file.text, docs)),
             Err(diags) => errors.extend(diags.iter().map(ToString::to_string)),
         }
     }

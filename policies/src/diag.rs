@@ -48,15 +48,6 @@ impl Diagnostic {
             message: message.into(),
         }
     }
-
-    pub fn is_error(&self) -> bool {
-        self.severity == Severity::Error
-    }
-
-    /// `file:line:col`, the prefix editors and CI annotators understand.
-    pub fn location(&self) -> String {
-        format!("{}:{}", self.source, self.pos)
-    }
 }
 
 impl fmt::Display for Diagnostic {

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::compile::{compile, CompiledPolicy, Defaults};
 use crate::diag::Diagnostic;
 use crate::model::PolicyDoc;
 use crate::parse::parse_documents;
@@ -51,31 +50,46 @@ fn render(diags: &[Diagnostic]) -> String {
         .join("\n")
 }
 
-/// Reads and validates every policy document under `path`. A directory is
-/// read non-recursively, in name order; hidden entries (such as a
-/// Kubernetes ConfigMap's `..data`) are skipped, symlinks are followed.
-pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
-    load_paths(&[path])
+/// One policy file as read from disk, named as diagnostics name it.
+#[derive(Debug, Clone)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    /// `path` as text: the `file` in `file:line:col`.
+    pub name: String,
+    pub text: String,
 }
 
-/// Like `load_path`, merging several paths. All files are validated before
-/// reporting, so one run shows every mistake.
+/// Reads every policy file under `paths`, in order: the one reader the CLI,
+/// the proxy and the control plane use. A directory is read
+/// non-recursively, in name order; hidden entries (such as a Kubernetes
+/// ConfigMap's `..data`) are skipped, symlinks are followed.
+pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PolicyFile>, LoadError> {
+    let mut out = Vec::new();
+    for p in paths {
+        for path in policy_files(p.as_ref())? {
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let name = path.display().to_string();
+            out.push(PolicyFile { path, name, text });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and validates every policy document under `paths`, merged. All
+/// files are validated before reporting, so one run shows every mistake.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, LoadError> {
     let mut files = Vec::new();
-    for p in paths {
-        files.extend(policy_files(p.as_ref())?);
-    }
     let mut docs = Vec::new();
     let mut errors = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        match parse_documents(&file.display().to_string(), &text) {
+    for file in read_files(paths)? {
+        match parse_documents(&file.name, &file.text) {
             Ok(d) => docs.extend(d),
             Err(e) => errors.extend(e),
         }
+        files.push(file.path);
     }
     if errors.is_empty() {
         Ok(Loaded { docs, files })
@@ -84,17 +98,8 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, LoadError> {
     }
 }
 
-/// Loads and compiles in one step: what a reload does.
-pub fn load_and_compile(
-    path: &Path,
-    defaults: Defaults,
-) -> Result<(CompiledPolicy, Vec<Diagnostic>), LoadError> {
-    let loaded = load_path(path)?;
-    compile(loaded.docs, defaults).map_err(LoadError::Invalid)
-}
-
 /// The policy files a path names: itself, or a directory's YAML files.
-pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_owned(),
         source,

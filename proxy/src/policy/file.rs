@@ -12,7 +12,7 @@ use std::time::Duration;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use palisade_policy::fs::{empty_allowed, ALLOW_EMPTY_MARKER};
+use palisade_policy::fs::{empty_allowed, read_files, PolicyFile, ALLOW_EMPTY_MARKER};
 use palisade_policy::{parse_documents, PolicyDoc};
 
 use super::reload::{RejectReason, Rejection, Reloader, Update};
@@ -134,23 +134,17 @@ pub fn check_shape(last: Option<Shape>, read: &FileRead, path: &str) -> Result<(
 /// as "no policies" would open everything to the default.
 pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, Rejection> {
     let unreadable = |e: String| Rejection::new(RejectReason::Unreadable, e);
-    let files = palisade_policy::fs::policy_files(path).map_err(|e| unreadable(e.to_string()))?;
-    let mut texts = Vec::with_capacity(files.len());
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| unreadable(format!("cannot read {}: {e}", file.display())))?;
-        texts.push((file.display().to_string(), text));
-    }
+    let files = read_files(&[path]).map_err(|e| unreadable(e.to_string()))?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)
-        .min(texts.len().max(1));
+        .min(files.len().max(1));
     let parsed: Vec<Result<Vec<PolicyDoc>, Vec<String>>> = if threads == 1 {
-        texts.iter().map(parse_file).collect()
+        files.iter().map(parse_file).collect()
     } else {
-        let chunk = texts.len().div_ceil(threads);
+        let chunk = files.len().div_ceil(threads);
         std::thread::scope(|s| {
-            let parts: Vec<_> = texts
+            let parts: Vec<_> = files
                 .chunks(chunk)
                 .map(|part| s.spawn(move || part.iter().map(parse_file).collect::<Vec<_>>()))
                 .collect();
@@ -175,8 +169,9 @@ pub fn read_path(path: &Path) -> Result<Vec<PolicyDoc>, Rejection> {
     }
 }
 
-fn parse_file((name, text): &(String, String)) -> Result<Vec<PolicyDoc>, Vec<String>> {
-    match parse_documents(name, text) {
+fn parse_file(file: &PolicyFile) -> Result<Vec<PolicyDoc>, Vec<String>> {
+    let name = &file.name;
+    match parse_documents(name, &file.text) {
         Ok(d) if d.is_empty() => Err(vec![format!(
             "{name}:1:1: error: no policy document (empty, or caught mid-write?); delete the file to remove its policies"
         )]),
