@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use palisade_identity::api::{Attestation, SvidRequest};
 use palisade_identity::client::{AdminClient, ApiClient};
+use palisade_identity::csr::new_key_and_csr;
 use palisade_identity::svid::{certs_from_pem, private_key_from_pem};
 use palisade_policy::TrustDomain;
-use rcgen::{CertificateParams, KeyPair};
 
 #[derive(Debug, clap::Args)]
 pub struct IssuanceArgs {
@@ -128,14 +128,7 @@ fn make_csrs(n: usize) -> Vec<String> {
         .map(|_| {
             std::thread::spawn(move || {
                 (0..per)
-                    .map(|_| {
-                        let key = KeyPair::generate().expect("keygen");
-                        CertificateParams::default()
-                            .serialize_request(&key)
-                            .expect("csr")
-                            .pem()
-                            .expect("pem")
-                    })
+                    .map(|_| new_key_and_csr().expect("key and CSR").1)
                     .collect::<Vec<_>>()
             })
         })
@@ -188,10 +181,7 @@ async fn drive(
             .create_join_token(&id, Duration::from_secs(600))
             .await?
             .token;
-        let key = KeyPair::generate()?;
-        let csr = CertificateParams::default()
-            .serialize_request(&key)?
-            .pem()?;
+        let (key, csr) = new_key_and_csr()?;
         let svid = bootstrap
             .issue(&SvidRequest {
                 csr,

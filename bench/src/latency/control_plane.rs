@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use palisade_identity::api::{Attestation, SvidRequest};
 use palisade_identity::client::ApiClient;
+use palisade_identity::csr::new_key_and_csr;
 use palisade_identity::svid::certs_from_pem;
 use palisade_policy::TrustDomain;
-use rcgen::{CertificateParams, KeyPair};
 
 use super::certs::SvidFiles;
 use super::child::{free_addr, ProxyProcess};
@@ -95,10 +95,7 @@ impl ControlPlane {
         let bundle = certs_from_pem(&bundle_pem)?;
         let td = TrustDomain::new("cluster.local")?;
         let client = ApiClient::new(&self.addr.to_string(), &td, &bundle, None)?;
-        let key = KeyPair::generate()?;
-        let csr = CertificateParams::default()
-            .serialize_request(&key)?
-            .pem()?;
+        let (key, csr) = new_key_and_csr()?;
         let request = SvidRequest {
             csr,
             attestation: Attestation::JoinToken(self.join_token(spiffe_id)?),

@@ -3,8 +3,6 @@
 //! retried with capped exponential backoff). Each new SVID is validated and
 //! published through an `ArcSwapOption`, so new handshakes use it at once.
 
-pub mod client;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +19,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime}
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{ControlPlane, CpError};
+pub use palisade_identity::client::workload::{ControlPlane, CpError};
 
 use crate::metrics::Metrics;
 use crate::tls::{self, Bundle, Credentials, Svid};

@@ -148,6 +148,17 @@ pub struct Credentials {
 /// Above this many distinct destination identities the cache stops growing.
 const MAX_CACHED_CLIENT_CONFIGS: usize = 4096;
 
+/// What the control-plane client presents: the current bundle and SVID.
+impl palisade_identity::client::workload::Current for Credentials {
+    fn bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle.certs
+    }
+
+    fn identity(&self) -> palisade_identity::client::ClientIdentity {
+        (self.svid.key.cert.clone(), self.svid.key_der.clone_key())
+    }
+}
+
 impl Credentials {
     pub fn new(svid: Svid, bundle: Bundle, accepted: Arc<[TrustDomain]>) -> Result<Self, TlsError> {
         let p = provider();

@@ -1,8 +1,9 @@
-//! Clients of the control plane's two APIs: the HTTPS workload API and the
-//! admin Unix socket.
+//! Clients of the control plane's two APIs: the HTTPS workload API (raw,
+//! and as a workload uses it) and the admin Unix socket.
 
 pub mod admin;
 pub mod api;
+pub mod workload;
 
 pub use crate::verify::SpiffeServerVerifier;
 pub use admin::AdminClient;

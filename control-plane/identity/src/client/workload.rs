@@ -1,19 +1,23 @@
-//! The proxy's view of the control plane: the control plane crate's
+//! A workload's view of the control plane (the proxy's SVID client): the
 //! SPIFFE-ID-checked API client, built per call from the current state (trust
 //! = bootstrap bundle plus the current bundle, so a CA rotation does not lock
-//! the proxy out; mTLS with the current SVID for renewals), with a deadline.
+//! the workload out; mTLS with the current SVID for renewals), with a deadline.
 
 use std::future::Future;
 use std::time::Duration;
 
-use palisade_identity::api::{
-    Attestation, EndpointsResponse, PoliciesResponse, SvidRequest, SvidResponse,
-};
-use palisade_identity::client::{ApiClient, ClientError};
-use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
 
-use crate::tls::Credentials;
+use super::{ApiClient, ClientError, ClientIdentity};
+use crate::api::{Attestation, EndpointsResponse, PoliciesResponse, SvidRequest, SvidResponse};
+use crate::spiffe::TrustDomain;
+
+/// What a workload holds once it has an SVID: the trust bundle that came
+/// with it, and its chain and key for mTLS.
+pub trait Current {
+    fn bundle(&self) -> &[CertificateDer<'static>];
+    fn identity(&self) -> ClientIdentity;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpError {
@@ -45,18 +49,17 @@ impl ControlPlane {
         }
     }
 
-    fn client(&self, creds: Option<&Credentials>) -> Result<ApiClient, ClientError> {
+    fn client(&self, current: Option<&impl Current>) -> Result<ApiClient, ClientError> {
         let mut trust = self.bootstrap.clone();
         let mut identity = None;
-        if let Some(c) = creds {
+        if let Some(c) = current {
             trust.extend(
-                c.bundle
-                    .certs
+                c.bundle()
                     .iter()
                     .filter(|b| !self.bootstrap.contains(b))
                     .cloned(),
             );
-            identity = Some((c.svid.key.cert.clone(), c.svid.key_der.clone_key()));
+            identity = Some(c.identity());
         }
         ApiClient::new(&self.addr, &self.trust_domain, &trust, identity)
     }
@@ -76,18 +79,18 @@ impl ControlPlane {
         csr: String,
         attestation: Attestation,
     ) -> Result<SvidResponse, CpError> {
-        let client = self.client(None)?;
+        let client = self.client(None::<&NoSvid>)?;
         self.deadline(client.issue(&SvidRequest { csr, attestation }))
             .await
     }
 
     /// Renewal over mTLS with the SVID being replaced.
-    pub async fn renew(&self, csr: &str, current: &Credentials) -> Result<SvidResponse, CpError> {
+    pub async fn renew(&self, csr: &str, current: &impl Current) -> Result<SvidResponse, CpError> {
         let client = self.client(Some(current))?;
         self.deadline(client.renew(csr)).await
     }
 
-    pub async fn endpoints(&self, current: &Credentials) -> Result<EndpointsResponse, CpError> {
+    pub async fn endpoints(&self, current: &impl Current) -> Result<EndpointsResponse, CpError> {
         let client = self.client(Some(current))?;
         self.deadline(client.endpoints()).await
     }
@@ -96,7 +99,7 @@ impl ControlPlane {
     /// the control plane answers once its version differs, or after `wait`.
     pub async fn policies(
         &self,
-        current: &Credentials,
+        current: &impl Current,
         known: Option<u64>,
         wait: Duration,
     ) -> Result<PoliciesResponse, CpError> {
@@ -111,5 +114,26 @@ impl ControlPlane {
             .await
             .map_err(|_| CpError::Timeout(deadline))?
             .map_err(CpError::from)
+    }
+}
+
+impl<T: Current + ?Sized> Current for std::sync::Arc<T> {
+    fn bundle(&self) -> &[CertificateDer<'static>] {
+        (**self).bundle()
+    }
+    fn identity(&self) -> ClientIdentity {
+        (**self).identity()
+    }
+}
+
+/// The state before the first SVID: nothing to present.
+enum NoSvid {}
+
+impl Current for NoSvid {
+    fn bundle(&self) -> &[CertificateDer<'static>] {
+        match *self {}
+    }
+    fn identity(&self) -> ClientIdentity {
+        match *self {}
     }
 }
