@@ -20,7 +20,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    // A value past what a Duration holds is an error, not a panic at start.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too long a duration"))
 }
 
 pub fn format(d: &Duration) -> String {
@@ -45,5 +46,31 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     match Raw::deserialize(d)? {
         Raw::Num(n) => Ok(Duration::from_secs(n)),
         Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_parse_and_print_back() {
+        for (text, want) in [
+            ("250ms", Duration::from_millis(250)),
+            ("5", Duration::from_secs(5)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(parse(text), Ok(want), "{text}");
+            assert_eq!(parse(&format(&want)), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_duration_too_long_to_hold_is_an_error_not_a_panic() {
+        let e = parse("99999999999999999999h").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse("99999999999999999999").is_err());
     }
 }
