@@ -8,6 +8,7 @@ import base64
 import datetime
 import json
 import os
+import struct
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -96,6 +97,11 @@ def jwt_seeds(ec_key, rsa_key):
     write("jwt", "claims-bad-sub", claims(dict(good, sub="system:serviceaccount:demo")))
     write("jwt", "claims-no-exp", claims({k: v for k, v in good.items() if k != "exp"}))
     write("jwt", "claims-wrong-issuer", claims(dict(good, iss="https://evil")))
+    # 0x02 + nbf and exp as offsets from now + a sub: the harness builds the rest.
+    window = lambda nbf, exp, sub: b"\x02" + struct.pack("<ii", nbf, exp) + sub.encode()
+    write("jwt", "window-valid", window(-60, 3600, "system:serviceaccount:demo:client"))
+    write("jwt", "window-expired", window(-7200, -3600, "system:serviceaccount:demo:client"))
+    write("jwt", "window-bad-sub", window(-60, 3600, "system:serviceaccount:demo"))
 
 
 def csr_seeds():

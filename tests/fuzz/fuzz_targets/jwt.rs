@@ -1,7 +1,9 @@
 //! Kubernetes service-account tokens against a fixed test JWKS. Input that
 //! starts with 0x01 is a claims set the harness signs with the test key (so
-//! the fuzzer reaches the claim checks); anything else is a token string as
-//! a client sends it. Verification never panics, and a token it accepts has
+//! the fuzzer reaches the claim checks); 0x02 is `nbf` and `exp` as offsets
+//! from now (two little-endian i32) and then a `sub`, signed into an
+//! otherwise valid token; anything else is a token string as a client
+//! sends it. Verification never panics, and a token it accepts has
 //! a valid time window (`exp`, `nbf`, with the leeway) and maps to exactly
 //! the namespace and service account its `sub` names.
 #![no_main]
@@ -47,6 +49,17 @@ fn signed(claims: &[u8]) -> String {
 fuzz_target!(|data: &[u8]| {
     let token = match data.split_first() {
         Some((1, claims)) => signed(claims),
+        Some((2, rest)) if rest.len() >= 8 => {
+            let offset = |b: &[u8]| i64::from(i32::from_le_bytes(b.try_into().unwrap()));
+            let claims = serde_json::json!({
+                "iss": ISSUER,
+                "aud": "palisade",
+                "sub": String::from_utf8_lossy(&rest[8..]),
+                "nbf": now() + offset(&rest[..4]),
+                "exp": now() + offset(&rest[4..8]),
+            });
+            signed(claims.to_string().as_bytes())
+        }
         _ => match std::str::from_utf8(data) {
             Ok(t) => t.to_owned(),
             Err(_) => return,
