@@ -202,6 +202,11 @@ impl<S> H1Guard<S> {
                     }
                     Some(p) => {
                         self.line.extend_from_slice(&data[i..i + p]);
+                        // Checked here too: the limit must not depend on
+                        // whether the line arrived in one read.
+                        if self.line.len() > MAX_CHUNK_LINE {
+                            return self.refuse_here(i, "bad_chunked_body");
+                        }
                         i += p + 1;
                         let size = chunk_size(&self.line);
                         self.line.clear();
@@ -247,13 +252,17 @@ impl<S> H1Guard<S> {
                         i += 1;
                         continue;
                     }
+                    let start = i;
                     let (consumed, done) = take_block(&mut self.line, &data[i..]);
                     i += consumed;
+                    // Whole or not: a block that arrives in one read is
+                    // held to the same limit.
+                    if self.line.len() > self.limits.max_header_bytes {
+                        return self.refuse_here(start, "header_too_large");
+                    }
                     if done {
                         self.line.clear();
                         self.state = State::Head;
-                    } else if self.line.len() > self.limits.max_header_bytes {
-                        return self.refuse_here(i, "header_too_large");
                     }
                 }
                 State::Passthrough | State::Poisoned | State::TimingOut(_) | State::Closed => {
@@ -436,6 +445,42 @@ mod tests {
         let (seen, count) = through(input).await;
         assert_eq!(seen, input);
         assert_eq!(count.0.load(Ordering::Relaxed), 0);
+    }
+
+    /// What the server reads when it reads with one large buffer, so each
+    /// read takes everything the client has sent.
+    async fn through_in_one_read(input: &[u8]) -> (Vec<u8>, Arc<Count>) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let count = Arc::new(Count::default());
+        let mut g = H1Guard::new(server, LIMITS, count.clone(), Default::default());
+        let (mut seen, mut buf) = (Vec::new(), vec![0u8; 1 << 20]);
+        loop {
+            let n = g.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return (seen, count);
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_trailer_block_is_refused_even_when_it_arrives_in_one_read() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n";
+        let trailer = format!("X-T: {}\r\n\r\n", "a".repeat(LIMITS.max_header_bytes));
+        let (seen, count) = through_in_one_read(&[&head[..], trailer.as_bytes()].concat()).await;
+        assert_eq!(seen, [&head[..], POISON].concat());
+        assert_eq!(*count.1.lock().unwrap(), vec!["header_too_large"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_chunk_size_line_is_refused_even_when_it_arrives_in_one_read() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let body = format!("1{}\r\nx\r\n0\r\n\r\n", " ".repeat(MAX_CHUNK_LINE));
+        let (seen, count) = through_in_one_read(&[&head[..], body.as_bytes()].concat()).await;
+        assert_eq!(seen, [&head[..], POISON].concat());
+        assert_eq!(*count.1.lock().unwrap(), vec!["bad_chunked_body"]);
     }
 
     #[tokio::test]
