@@ -19,6 +19,7 @@ const LIMITS: GuardLimits = GuardLimits {
     max_headers: 8,
     header_read_timeout: Duration::from_secs(3600),
     idle_timeout: Duration::from_secs(3600),
+    reject_fragment: true,
 };
 
 #[derive(Default)]

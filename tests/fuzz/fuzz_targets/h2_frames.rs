@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::{block_on, read_all, split, Chunked};
@@ -29,10 +30,15 @@ fn reference(data: &[u8]) -> (u32, u32) {
 
 fn run(payload: &[u8], plan: &[u8]) -> (u32, u32) {
     let counts = Arc::new(FrameCounts::default());
-    let seen = block_on(read_all(FrameCounter::new(
-        Chunked::new(payload, plan),
-        counts.clone(),
-    )));
+    // Made inside the runtime: the counter arms its header-timeout timer.
+    let seen = block_on(async {
+        let io = FrameCounter::new(
+            Chunked::new(payload, plan),
+            counts.clone(),
+            Duration::from_secs(3600),
+        );
+        read_all(io).await
+    });
     assert_eq!(seen, payload, "the counter changed the bytes");
     (
         counts.resets.load(Ordering::Relaxed),
