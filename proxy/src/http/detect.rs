@@ -70,8 +70,11 @@ where
     }
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
+    // Bytes already searched for the request line's end: a client that
+    // sends one byte per read must not make each read rescan the buffer.
+    let mut searched = 0;
     let detected = loop {
-        if let Some(d) = classify(&buf) {
+        if let Some(d) = classify(&buf, &mut searched) {
             break d;
         }
         if buf.len() >= MAX_DETECT {
@@ -86,8 +89,9 @@ where
     Ok((detected, Prefixed::with_prefix(buf, io)))
 }
 
-/// A decision from the bytes so far, or `None` to read more.
-fn classify(b: &[u8]) -> Option<Detected> {
+/// A decision from the bytes so far, or `None` to read more. `searched`
+/// bytes are known to hold no line end; it is moved on past what is read.
+fn classify(b: &[u8], searched: &mut usize) -> Option<Detected> {
     if b.is_empty() {
         return None;
     }
@@ -97,14 +101,22 @@ fn classify(b: &[u8]) -> Option<Detected> {
     }
     // method SP request-target SP HTTP/1.x CRLF. Every registered method
     // is upper case, so lower-case text is opaque at once.
-    let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    let method_len = b
+        .iter()
+        .take(21)
+        .take_while(|c| c.is_ascii_uppercase())
+        .count();
     if method_len == 0 || method_len > 20 {
         return Some(Detected::Opaque);
     }
     match b.get(method_len) {
         None => None,
         Some(b' ') => {
-            let line_end = b.iter().position(|c| *c == b'\n')?;
+            let Some(at) = b[*searched..].iter().position(|c| *c == b'\n') else {
+                *searched = b.len();
+                return None;
+            };
+            let line_end = *searched + at;
             let line = b[..line_end].strip_suffix(b"\r").unwrap_or(&b[..line_end]);
             Some(
                 if line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0") {
@@ -167,6 +179,17 @@ mod tests {
             assert_eq!(d, want, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(replay, input, "every byte is replayed");
         }
+    }
+
+    #[test]
+    fn a_request_line_read_a_byte_at_a_time_is_searched_once() {
+        let line = b"GET /x HTTP/1.1\r\n";
+        let mut searched = 0;
+        for end in 1..line.len() {
+            assert_eq!(classify(&line[..end], &mut searched), None, "{end}");
+            assert_eq!(searched, if end > 3 { end } else { 0 });
+        }
+        assert_eq!(classify(line, &mut searched), Some(Detected::Http1));
     }
 
     #[tokio::test]

@@ -19,7 +19,6 @@ const LIMITS: GuardLimits = GuardLimits {
     max_headers: 8,
     header_read_timeout: Duration::from_secs(3600),
     idle_timeout: Duration::from_secs(3600),
-    // `http.normalization.fragment: reject`, so that refusal is fuzzed too.
     reject_fragment: true,
 };
 

@@ -30,15 +30,14 @@ fn reference(data: &[u8]) -> (u32, u32) {
 
 fn run(payload: &[u8], plan: &[u8]) -> (u32, u32) {
     let counts = Arc::new(FrameCounts::default());
-    // Built on the runtime, as its timer needs one; the input never stalls,
-    // so the owed-frame timeout must never fire.
+    // Made inside the runtime: the counter arms its header-timeout timer.
     let seen = block_on(async {
-        let counter = FrameCounter::new(
+        let io = FrameCounter::new(
             Chunked::new(payload, plan),
             counts.clone(),
             Duration::from_secs(3600),
         );
-        read_all(counter).await
+        read_all(io).await
     });
     assert_eq!(seen, payload, "the counter changed the bytes");
     (
