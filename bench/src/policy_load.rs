@@ -147,9 +147,8 @@ fn proxy_memory(
     std::fs::write(&tmp, yaml)?;
     let t = Instant::now();
     std::fs::rename(&tmp, &policy)?;
-    let expect = format!("\"rules\":{rules},");
     wait_for(&mut proxy, Duration::from_secs(300), || {
-        Ok(get(admin, "/config_dump")?.contains(&expect))
+        Ok(policy_rules(&get(admin, "/config_dump")?) == Some(rules as u64))
     })?;
     let reload = t.elapsed();
     // The replaced set is freed on another thread; let it finish.
@@ -178,6 +177,13 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `policy.rules` from a /config_dump response.
+fn policy_rules(response: &str) -> Option<u64> {
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    let dump: serde_json::Value = serde_json::from_str(body).ok()?;
+    dump["policy"]["rules"].as_u64()
 }
 
 /// One `GET` on the admin port; the whole response as text.
