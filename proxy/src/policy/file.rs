@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +96,7 @@ pub fn watch(
     let mut watcher = notify::recommended_watcher({
         let wake = wake.clone();
         move |event: notify::Result<Event>| match event {
-            Ok(e) if only.as_ref().is_none_or(|f| relevant(&e, f)) => wake.notify_one(),
+            Ok(e) if wakes(&e, only.as_deref()) => wake.notify_one(),
             Ok(_) => {}
             // Overflowed queues and the like: reloading is always safe.
             Err(_) => wake.notify_one(),
@@ -132,6 +133,18 @@ fn watched(path: &Path) -> (PathBuf, Option<PathBuf>) {
     (parent, path.file_name().map(PathBuf::from))
 }
 
+/// Whether `e` may have changed the policy. Opening and reading the file
+/// (as every reload does) must not wake another reload, or the proxy
+/// re-parses its policy forever; a writer closing it still does.
+fn wakes(e: &Event, only: Option<&Path>) -> bool {
+    let read_only = match e.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => true,
+        _ => false,
+    };
+    !read_only && only.is_none_or(|f| relevant(e, f))
+}
+
 /// An event about the file itself or a ConfigMap's `..data`/`..<timestamp>`
 /// entries; siblings in a shared directory are ignored.
 fn relevant(e: &Event, file: &Path) -> bool {
@@ -155,5 +168,19 @@ mod tests {
         assert!(relevant(&event("/etc/palisade/..data"), &only));
         assert!(relevant(&event("/etc/palisade/..2024_05_01"), &only));
         assert!(!relevant(&event("/etc/palisade/other.conf"), &only));
+    }
+
+    #[test]
+    fn reading_the_policy_does_not_wake_a_reload() {
+        use notify::event::ModifyKind;
+        let file = Path::new("policy.yaml");
+        let at = |kind| Event::new(kind).add_path(PathBuf::from("/etc/palisade/policy.yaml"));
+        let open = at(EventKind::Access(AccessKind::Open(AccessMode::Any)));
+        let read = at(EventKind::Access(AccessKind::Close(AccessMode::Read)));
+        assert!(!wakes(&open, Some(file)) && !wakes(&read, Some(file)));
+        assert!(!wakes(&open, None));
+        assert!(wakes(&at(EventKind::Modify(ModifyKind::Any)), Some(file)));
+        let written = at(EventKind::Access(AccessKind::Close(AccessMode::Write)));
+        assert!(wakes(&written, Some(file)));
     }
 }
