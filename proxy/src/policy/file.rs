@@ -4,6 +4,7 @@
 //! symlink flip are both seen; a directory is watched itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,13 +94,17 @@ pub fn watch(
 ) -> notify::Result<RecommendedWatcher> {
     let (dir, only) = watched(&path);
     let wake = Arc::new(Notify::new());
+    // Set by every event, cleared by the reload that covers it: the events
+    // of one burst make one reload, not one now and one after it.
+    let dirty = Arc::new(AtomicBool::new(false));
     let mut watcher = notify::recommended_watcher({
-        let wake = wake.clone();
-        move |event: notify::Result<Event>| match event {
-            Ok(e) if wakes(&e, only.as_deref()) => wake.notify_one(),
-            Ok(_) => {}
+        let (wake, dirty) = (wake.clone(), dirty.clone());
+        move |event: notify::Result<Event>| {
             // Overflowed queues and the like: reloading is always safe.
-            Err(_) => wake.notify_one(),
+            if event.is_err() || event.is_ok_and(|e| wakes(&e, only.as_deref())) {
+                dirty.store(true, Ordering::SeqCst);
+                wake.notify_one();
+            }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -112,6 +117,9 @@ pub fn watch(
             }
             // Let a burst of events (write, chmod, rename, symlink flip) settle.
             tokio::time::sleep(debounce).await;
+            if !dirty.swap(false, Ordering::SeqCst) {
+                continue;
+            }
             let (r, p) = (reloader.clone(), path.clone());
             if let Err(e) = tokio::task::spawn_blocking(move || load_now(&r, &p)).await {
                 tracing::error!(error = %e, "policy reload task failed");
