@@ -1,12 +1,13 @@
-//! `decide()` cost at 10, 1,000 and 100,000 rules (it must stay flat), and
-//! the time to compile 100,000 rules (what a policy reload pays off the hot
-//! path).
+//! `decide()` cost at 10, 1,000 and 100,000 rules (it must stay flat), also
+//! on 100,000-rule sets of every shape (`policy_shapes`), and the time to
+//! compile 100,000 rules (what a policy reload pays off the hot path).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use palisade_bench::policy_shapes::{ProbePeer, Shape};
 use palisade_policy::model::{
     Action, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange, Rule, Target,
 };
@@ -223,5 +224,40 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_compile);
+/// The request each shape's probe describes, allowed by a rule in the middle.
+fn bench_decide_shapes(c: &mut Criterion) {
+    const RULES: usize = 100_000;
+    let mut group = c.benchmark_group("decide_shapes");
+    for shape in Shape::ALL {
+        let docs = parse_documents("shape.yaml", &shape.yaml(RULES, 0)).unwrap();
+        let policy = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap().0;
+        let probe = shape.probe(RULES);
+        let local = SpiffeId::parse(&probe.local).unwrap();
+        let peer_id;
+        let peer = match &probe.peer {
+            ProbePeer::Identity(id) => {
+                peer_id = SpiffeId::parse(id).unwrap();
+                Peer::Identity(&peer_id)
+            }
+            ProbePeer::Address(ip) => Peer::Address(ip.parse().unwrap()),
+        };
+        let req = Request {
+            direction: Direction::Ingress,
+            local: &local,
+            peer,
+            port: probe.port,
+            http: probe.path.as_deref().map(|path| HttpInfo {
+                method: "GET",
+                path,
+                host: None,
+            }),
+        };
+        group.bench_with_input(BenchmarkId::new(shape.name(), RULES), &req, |b, req| {
+            b.iter(|| decide(black_box(&policy), black_box(req)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_decide_shapes, bench_compile);
 criterion_main!(benches);

@@ -3,14 +3,18 @@
 //! (ten files, parsed on up to four threads), compile, swap in (arc-swap)
 //! and wake the live connections' watchers. The set replaced before is
 //! freed on another thread, as in the proxy. Also its two halves: reading
-//! and parsing, and compile-and-swap from parsed documents. Target: < 1 s.
+//! and parsing, and compile-and-swap from parsed documents. Then parsing and
+//! compiling 100,000 rules of every shape (`policy_shapes`): the cost must
+//! stay linear whatever the rules look like. Target: < 1 s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use palisade_bench::policy_shapes::Shape;
 use palisade_policy::DefaultPolicy;
+use palisade_policy::{compile, parse_documents, Defaults};
 use palisade_proxy::config::SourceKind;
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::policy::file::{read_path, FileRead, PathKind};
@@ -144,5 +148,24 @@ fn file(docs: Vec<palisade_policy::PolicyDoc>) -> Update {
     })
 }
 
-criterion_group!(benches, bench_reload);
+fn bench_shapes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compile_100k_rules");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for shape in Shape::ALL {
+        let yaml = shape.yaml(RULES, 0);
+        g.bench_with_input(
+            BenchmarkId::new("parse_compile", shape.name()),
+            &yaml,
+            |b, yaml| {
+                b.iter(|| {
+                    let docs = parse_documents("shape.yaml", yaml).expect("valid");
+                    compile(docs, Defaults::new(DefaultPolicy::Deny)).expect("compiles")
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_reload, bench_shapes);
 criterion_main!(benches);

@@ -4,3 +4,5 @@
 
 pub mod issuance;
 pub mod latency;
+pub mod policy_load;
+pub mod policy_shapes;

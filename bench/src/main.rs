@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use palisade_bench::{issuance, latency};
+use palisade_bench::{issuance, latency, policy_load};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,9 @@ enum Cmd {
     Latency(latency::LatencyArgs),
     /// SVID issuance throughput and latency of a real control plane.
     Issuance(issuance::IssuanceArgs),
+    /// Parse and compile time of a large policy set of each shape, and the
+    /// memory a real proxy gains holding it.
+    PolicyLoad(policy_load::PolicyLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Latency(args) => latency::run(args),
         Cmd::Issuance(args) => issuance::run(args),
+        Cmd::PolicyLoad(args) => policy_load::run(args),
     };
     match result {
         Ok(code) => code,

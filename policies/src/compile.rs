@@ -140,7 +140,7 @@ pub fn compile(
                 continue;
             };
             let builder = &mut builders[direction as usize];
-            for t in &targets {
+            for &t in &targets {
                 builder.select(t, p, doc.mode);
             }
             for rule in doc_rules {
@@ -157,25 +157,22 @@ pub fn compile(
                     mode: doc.mode,
                     has_http: rule.http.is_some(),
                 });
-                let peers: Vec<PeerKey> = match &rule.peers {
-                    None => vec![PeerKey::Any],
-                    Some(list) => list.iter().map(peer_key).collect(),
-                };
                 let ports = rule.ports.as_deref().unwrap_or(&[PortRange::ALL]);
-                for t in &targets {
-                    for peer in &peers {
+                let mut add = |peer| {
+                    for &t in &targets {
                         for r in ports {
-                            builder.add(
-                                t,
-                                peer.clone(),
-                                Atom {
-                                    lo: r.lo,
-                                    hi: r.hi,
-                                    rule: ordinal,
-                                },
-                            );
+                            let atom = Atom {
+                                lo: r.lo,
+                                hi: r.hi,
+                                rule: ordinal,
+                            };
+                            builder.add(t, peer, atom);
                         }
                     }
+                };
+                match &rule.peers {
+                    None => add(PeerKey::Any),
+                    Some(list) => list.iter().map(peer_key).for_each(add),
                 }
             }
         }
@@ -194,32 +191,45 @@ pub fn compile(
     Ok((compiled, warnings))
 }
 
-fn target_key(t: &Target) -> TargetKey {
+fn target_key(t: &Target) -> TargetKey<'_> {
     match t {
-        Target::Identity(IdMatch::Exact(id)) => TargetKey::Exact(id.as_str().to_owned()),
-        Target::Identity(IdMatch::Prefix(p)) => TargetKey::Prefix(p.clone()),
-        Target::Namespace(ns) => TargetKey::Namespace(ns.clone()),
+        Target::Identity(IdMatch::Exact(id)) => TargetKey::Exact(id.as_str()),
+        Target::Identity(IdMatch::Prefix(p)) => TargetKey::Prefix(p),
+        Target::Namespace(ns) => TargetKey::Namespace(ns),
     }
 }
 
-fn peer_key(p: &PeerMatch) -> PeerKey {
+fn peer_key(p: &PeerMatch) -> PeerKey<'_> {
     match p {
-        PeerMatch::Identity(IdMatch::Exact(id)) => PeerKey::Exact(id.as_str().to_owned()),
-        PeerMatch::Identity(IdMatch::Prefix(p)) => PeerKey::Prefix(p.clone()),
-        PeerMatch::Namespace(ns) => PeerKey::Namespace(ns.clone()),
+        PeerMatch::Identity(IdMatch::Exact(id)) => PeerKey::Exact(id.as_str()),
+        PeerMatch::Identity(IdMatch::Prefix(p)) => PeerKey::Prefix(p),
+        PeerMatch::Namespace(ns) => PeerKey::Namespace(ns),
         PeerMatch::Cidr(net) => PeerKey::Cidr(Cidr::from_net(net)),
     }
 }
 
 fn version_of(docs: &[PolicyDoc], default_policy: DefaultPolicy) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(default_policy.as_str());
-    hasher.update([0]);
-    let canonical = serde_json::to_vec(docs).expect("policy documents serialize");
-    hasher.update(&canonical);
-    let digest = hasher.finalize();
+    let mut hasher = HashWriter(Sha256::new());
+    hasher.0.update(default_policy.as_str());
+    hasher.0.update([0]);
+    // Streamed: a large set's JSON is never held whole.
+    serde_json::to_writer(&mut hasher, docs).expect("policy documents serialize");
+    let digest = hasher.0.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The documents that select `workload` (in either direction): what a

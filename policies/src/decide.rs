@@ -4,7 +4,7 @@
 use crate::compile::CompiledPolicy;
 use crate::decision::{Decision, DefaultPolicy, HttpInfo, Matched, Peer, Request, Verdict};
 use crate::http::{fit_any, Checked, Fit};
-use crate::index::{Best, NONE};
+use crate::index::{Best, HttpRules, NONE};
 use crate::model::{Action, Mode};
 
 /// Authorizes one connection (`req.http == None`) or one HTTP request.
@@ -72,7 +72,7 @@ impl Acc {
     fn add(
         &mut self,
         best: Best,
-        http_rules: &[u32],
+        http_rules: HttpRules<'_>,
         http: Option<HttpInfo<'_>>,
         policy: &CompiledPolicy,
     ) {

@@ -1,6 +1,7 @@
 //! YAML documents to validated `PolicyDoc`s. Every mistake becomes a located
 //! diagnostic; parsing carries on so one run reports them all.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::diag::{quoted_list, unknown_name, Diagnostic};
@@ -272,11 +273,12 @@ impl Cx {
             }
         };
         let mut out: Vec<Rule> = Vec::with_capacity(items.len());
+        let mut names: HashSet<String> = HashSet::with_capacity(items.len());
         let mut ok = true;
         for item in items {
             match self.rule(item, direction) {
                 Some(r) => {
-                    if out.iter().any(|o| o.name == r.name) {
+                    if !names.insert(r.name.clone()) {
                         self.error(
                             item.pos,
                             format!(

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
+
 use crate::diag::Diagnostic;
 use crate::http::under_prefix;
 use crate::model::{
@@ -11,10 +13,11 @@ use crate::model::{
     Target,
 };
 
-/// Bounds the pairwise check for pathological inputs (thousands of deny
-/// rules on one workload); real policies stay far below it.
-const MAX_CANDIDATES: usize = 256;
+/// Bounds the checks per allow rule for pathological inputs (thousands of
+/// deny rules on one workload, peer and port); real policies stay far below.
+const MAX_CANDIDATES: usize = 32;
 
+#[derive(Clone, Copy)]
 struct Deny<'a> {
     doc: &'a PolicyDoc,
     rule: &'a Rule,
@@ -24,7 +27,7 @@ pub(crate) fn warnings(docs: &[PolicyDoc]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for direction in Direction::ALL {
         let denies = DenyIndex::new(docs, direction);
-        if denies.is_empty() {
+        if denies.targets.is_empty() {
             continue;
         }
         for doc in docs {
@@ -32,11 +35,7 @@ pub(crate) fn warnings(docs: &[PolicyDoc]) -> Vec<Diagnostic> {
                 if rule.action != Action::Allow {
                     continue;
                 }
-                let Some(d) = denies
-                    .candidates(&doc.targets[0])
-                    .take(MAX_CANDIDATES)
-                    .find(|d| shadows(d, doc, rule))
-                else {
+                let Some(d) = denies.shadowing(doc, rule) else {
                     continue;
                 };
                 out.push(Diagnostic::warning(
@@ -57,19 +56,45 @@ pub(crate) fn warnings(docs: &[PolicyDoc]) -> Vec<Diagnostic> {
     out
 }
 
-/// Deny rules by the target keys of their policies.
+/// Deny rules by target key, then by peer key, then by port, so an allow
+/// rule meets only the denies that could cover its first target, peer and
+/// port: linear in rules whatever their shape.
 struct DenyIndex<'a> {
-    exact: HashMap<&'a str, Vec<Deny<'a>>>,
-    namespace: HashMap<&'a str, Vec<Deny<'a>>>,
-    prefix: Vec<(&'a str, Deny<'a>)>,
+    targets: HashMap<Key<'a>, Bucket<'a>>,
+    /// The lengths of the glob targets present.
+    glob_lens: Vec<usize>,
+}
+
+/// A target or peer, as a key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Exact(&'a str),
+    Namespace(&'a str),
+    Glob(&'a str),
+    Cidr(IpNet),
+    Any,
+}
+
+#[derive(Default)]
+struct Bucket<'a> {
+    peers: HashMap<Key<'a>, Ports<'a>>,
+    glob_lens: Vec<usize>,
+    cidr_lens: Vec<u8>,
+    namespaces: bool,
+}
+
+/// Denies whose ports are all single ports, by port; the others.
+#[derive(Default)]
+struct Ports<'a> {
+    single: HashMap<u16, Vec<Deny<'a>>>,
+    wide: Vec<Deny<'a>>,
 }
 
 impl<'a> DenyIndex<'a> {
     fn new(docs: &'a [PolicyDoc], direction: Direction) -> Self {
         let mut idx = DenyIndex {
-            exact: HashMap::new(),
-            namespace: HashMap::new(),
-            prefix: Vec::new(),
+            targets: HashMap::new(),
+            glob_lens: Vec::new(),
         };
         for doc in docs {
             for rule in doc
@@ -78,14 +103,29 @@ impl<'a> DenyIndex<'a> {
                 .iter()
                 .filter(|r| r.action == Action::Deny)
             {
+                let d = Deny { doc, rule };
                 for t in &doc.targets {
-                    let d = Deny { doc, rule };
-                    match t {
-                        Target::Identity(IdMatch::Exact(id)) => {
-                            idx.exact.entry(id.as_str()).or_default().push(d)
+                    let tk = target_key(t);
+                    if let Key::Glob(g) = tk {
+                        insert_len(&mut idx.glob_lens, g.len());
+                    }
+                    let bucket = idx.targets.entry(tk).or_default();
+                    for pk in peer_keys(rule.peers.as_deref()) {
+                        match pk {
+                            Key::Glob(g) => insert_len(&mut bucket.glob_lens, g.len()),
+                            Key::Cidr(net) => insert_len(&mut bucket.cidr_lens, net.prefix_len()),
+                            Key::Namespace(_) => bucket.namespaces = true,
+                            Key::Exact(_) | Key::Any => {}
                         }
-                        Target::Identity(IdMatch::Prefix(p)) => idx.prefix.push((p, d)),
-                        Target::Namespace(ns) => idx.namespace.entry(ns).or_default().push(d),
+                        let ports = bucket.peers.entry(pk).or_default();
+                        match rule.ports.as_deref() {
+                            Some(rs) if rs.iter().all(|r| r.lo == r.hi) => {
+                                for r in rs {
+                                    ports.single.entry(r.lo).or_default().push(d);
+                                }
+                            }
+                            _ => ports.wide.push(d),
+                        }
                     }
                 }
             }
@@ -93,27 +133,136 @@ impl<'a> DenyIndex<'a> {
         idx
     }
 
-    fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.namespace.is_empty() && self.prefix.is_empty()
-    }
-
-    /// Deny rules whose policy selects at least everything `t` selects.
-    fn candidates<'s>(&'s self, t: &'s Target) -> impl Iterator<Item = &'s Deny<'a>> + 's {
-        let (exact, ns): (Option<&str>, Option<&str>) = match t {
-            Target::Identity(IdMatch::Exact(id)) => (Some(id.as_str()), id.namespace()),
-            Target::Namespace(ns) => (None, Some(ns)),
-            Target::Identity(IdMatch::Prefix(_)) => (None, None),
-        };
-        let from_exact = exact.and_then(|e| self.exact.get(e)).into_iter().flatten();
-        let from_ns = ns.and_then(|n| self.namespace.get(n)).into_iter().flatten();
-        let from_prefix = self.prefix.iter().filter(move |(p, _)| match t {
-            Target::Identity(IdMatch::Exact(id)) => {
-                id.as_str().len() > p.len() && id.as_str().starts_with(*p)
+    /// A deny rule that matches everything `allow` (of `doc`) matches.
+    fn shadowing(&self, doc: &PolicyDoc, allow: &Rule) -> Option<Deny<'a>> {
+        let port = allow.ports.as_deref().map_or(0, |rs| rs[0].lo);
+        let mut budget = MAX_CANDIDATES;
+        let mut found = None;
+        let mut check = |list: &[Deny<'a>]| {
+            for d in list.iter().take(budget) {
+                budget -= 1;
+                if shadows(d, doc, allow) {
+                    found = Some(*d);
+                    return true;
+                }
             }
-            Target::Identity(IdMatch::Prefix(q)) => q.starts_with(*p),
-            Target::Namespace(_) => false,
+            false
+        };
+        for_each_cover(&doc.targets[0], &self.glob_lens, |tk| {
+            let Some(bucket) = self.targets.get(&tk) else {
+                return false;
+            };
+            bucket.for_each_peer_cover(allow.peers.as_deref(), |pk| {
+                bucket.peers.get(&pk).is_some_and(|ports| {
+                    ports.single.get(&port).is_some_and(|l| check(l)) || check(&ports.wide)
+                })
+            })
         });
-        from_exact.chain(from_ns).chain(from_prefix.map(|(_, d)| d))
+        found
+    }
+}
+
+impl Bucket<'_> {
+    /// Calls `f` with every peer key that could cover the allow rule's
+    /// first peer, until `f` returns true.
+    fn for_each_peer_cover(
+        &self,
+        peers: Option<&[PeerMatch]>,
+        mut f: impl FnMut(Key<'_>) -> bool,
+    ) -> bool {
+        let found = match peers.and_then(<[_]>::first) {
+            None => false,
+            Some(PeerMatch::Identity(m)) => {
+                let ns = match m {
+                    IdMatch::Exact(id) if self.namespaces => id.namespace(),
+                    _ => None,
+                };
+                ns.is_some_and(|ns| f(Key::Namespace(ns)))
+                    || for_each_id_cover(m, &self.glob_lens, &mut f)
+            }
+            Some(PeerMatch::Namespace(ns)) => f(Key::Namespace(ns)),
+            Some(PeerMatch::Cidr(net)) => self.cidr_lens.iter().any(|&len| {
+                len <= net.prefix_len()
+                    && IpNet::new(net.addr(), len).is_ok_and(|n| f(Key::Cidr(n.trunc())))
+            }),
+        };
+        found || f(Key::Any)
+    }
+}
+
+/// Calls `f` with every target key that selects at least what `t` selects,
+/// until `f` returns true.
+fn for_each_cover(t: &Target, glob_lens: &[usize], mut f: impl FnMut(Key<'_>) -> bool) -> bool {
+    match t {
+        Target::Identity(m) => {
+            let ns = match m {
+                IdMatch::Exact(id) => id.namespace(),
+                IdMatch::Prefix(_) => None,
+            };
+            ns.is_some_and(|ns| f(Key::Namespace(ns))) || for_each_id_cover(m, glob_lens, &mut f)
+        }
+        Target::Namespace(ns) => f(Key::Namespace(ns)),
+    }
+}
+
+/// The identity keys (exact, or a glob of one of `glob_lens`) that match at
+/// least every identity `m` matches.
+fn for_each_id_cover(
+    m: &IdMatch,
+    glob_lens: &[usize],
+    f: &mut impl FnMut(Key<'_>) -> bool,
+) -> bool {
+    let (s, strict) = match m {
+        IdMatch::Exact(id) => {
+            if f(Key::Exact(id.as_str())) {
+                return true;
+            }
+            (id.as_str(), true)
+        }
+        IdMatch::Prefix(q) => (q.as_str(), false),
+    };
+    glob_lens.iter().any(|&len| {
+        let fits = if strict {
+            s.len() > len
+        } else {
+            s.len() >= len
+        };
+        // Globs end in `/`, so a cover ends on a segment boundary.
+        fits && s.as_bytes()[len - 1] == b'/' && f(Key::Glob(&s[..len]))
+    })
+}
+
+fn target_key(t: &Target) -> Key<'_> {
+    match t {
+        Target::Identity(m) => id_key(m),
+        Target::Namespace(ns) => Key::Namespace(ns),
+    }
+}
+
+fn peer_keys(peers: Option<&[PeerMatch]>) -> Vec<Key<'_>> {
+    match peers {
+        None => vec![Key::Any],
+        Some(list) => list
+            .iter()
+            .map(|p| match p {
+                PeerMatch::Identity(m) => id_key(m),
+                PeerMatch::Namespace(ns) => Key::Namespace(ns),
+                PeerMatch::Cidr(net) => Key::Cidr(net.trunc()),
+            })
+            .collect(),
+    }
+}
+
+fn id_key(m: &IdMatch) -> Key<'_> {
+    match m {
+        IdMatch::Exact(id) => Key::Exact(id.as_str()),
+        IdMatch::Prefix(p) => Key::Glob(p),
+    }
+}
+
+fn insert_len<T: Ord + Copy>(lens: &mut Vec<T>, len: T) {
+    if let Err(i) = lens.binary_search(&len) {
+        lens.insert(i, len);
     }
 }
 

@@ -149,7 +149,15 @@ impl<'a> Builder<'a> {
                 Ok(None)
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor, _) = self.stack.pop().expect("the parser balances collections");
+                let (mut node, anchor, _) =
+                    self.stack.pop().expect("the parser balances collections");
+                // Most collections hold one or two items: without this, a
+                // large policy's tree is mostly spare capacity.
+                match &mut node.kind {
+                    Kind::Seq(items) => items.shrink_to_fit(),
+                    Kind::Map(entries) => entries.shrink_to_fit(),
+                    _ => {}
+                }
                 self.finish(node, anchor, pos)
             }
             Event::Alias(id) => {

@@ -221,3 +221,38 @@ fn every_mistake_in_a_file_is_reported_in_one_run() {
     let e = errors(&text);
     assert_eq!(e.len(), 3, "{e:#?}");
 }
+
+#[test]
+fn shadows_are_found_among_thousands_of_unrelated_denies() {
+    // A thousand denies on the same workload for other peers come first;
+    // the covering denies (a namespace on two single ports, a supernet)
+    // must still be found.
+    let mut spec = format!("{TARGETS}  ingress:\n");
+    for i in 0..1000 {
+        spec += &format!(
+            "    - {{name: d{i}, action: deny, from: [{{identity: spiffe://td/ns/x/sa/p{i}}}], ports: [80]}}\n"
+        );
+    }
+    spec += "    - {name: block-web, action: deny, from: [{namespace: web}], ports: [80, 81]}\n";
+    spec += "    - {name: block-net, action: deny, from: [{cidr: 10.0.0.0/8}]}\n";
+    spec += "    - {name: web, action: allow, from: [{identity: spiffe://td/ns/web/sa/ui}], ports: [\"80-81\"]}\n";
+    spec += "    - {name: net, action: allow, from: [{cidr: 10.1.2.0/24}], ports: [443]}\n";
+    spec += "    - {name: open, action: allow, from: [{identity: spiffe://td/ns/web/sa/ui}], ports: [\"80-82\"]}\n";
+    let docs = parse_documents("shop.yaml", &doc(&spec)).unwrap();
+    let (_, warnings) = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap();
+    let shadowed: Vec<String> = warnings
+        .iter()
+        .map(|w| w.to_string())
+        .map(|w| w.split(" never applies: ").next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        shadowed,
+        [
+            "shop.yaml:1009:7: warning: ingress allow rule `web`",
+            "shop.yaml:1010:7: warning: ingress allow rule `net`",
+        ],
+        "{warnings:#?}"
+    );
+    assert!(warnings[0].to_string().contains("deny rule `block-web`"));
+    assert!(warnings[1].to_string().contains("deny rule `block-net`"));
+}

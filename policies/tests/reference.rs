@@ -496,3 +496,158 @@ proptest! {
         }
     }
 }
+
+/// A fixed scramble, so the large policy below is the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn peer_id(i: u64) -> String {
+    format!("spiffe://cluster.local/ns/n{}/sa/peer{i}", i % 7)
+}
+
+/// Many distinct peers, nested and overlapping CIDRs, overlapping port
+/// ranges and HTTP rules spanning many port segments, on a few workloads:
+/// the shapes the index files into hash maps, shared tables and segment
+/// trees rather than scanning.
+fn large_policy(rng: &mut Lcg) -> Vec<PolicyDoc> {
+    let nets: Vec<String> = (0..300)
+        .map(|_| {
+            let len = 8 + rng.below(25) as u8;
+            let ip = 0x0a00_0000u32 | (rng.below(1 << 24) as u32);
+            let v4 = std::net::Ipv4Addr::from(ip & (u32::MAX << (32 - u32::from(len))));
+            format!("{v4}/{len}")
+        })
+        .collect();
+    (0..4)
+        .map(|p| {
+            let ingress = (0..600)
+                .map(|r| {
+                    let deny = rng.below(12) == 0;
+                    let peers = match rng.below(10) {
+                        // Deny rules always name peers, so not everything is denied.
+                        0 if !deny => None,
+                        1..=3 => Some(vec![PeerMatch::Cidr(
+                            nets[rng.below(nets.len() as u64) as usize].parse().unwrap(),
+                        )]),
+                        4 => Some(vec![PeerMatch::Namespace(format!("n{}", rng.below(7)))]),
+                        _ => Some(vec![PeerMatch::Identity(IdMatch::Exact(id(&peer_id(
+                            rng.below(400),
+                        ))))]),
+                    };
+                    let ports = match rng.below(4) {
+                        0 => None,
+                        1 => {
+                            let lo = 1 + rng.below(60) as u16;
+                            Some(vec![PortRange {
+                                lo,
+                                hi: lo + rng.below(30) as u16,
+                            }])
+                        }
+                        _ => {
+                            let p = 1 + rng.below(80) as u16;
+                            Some(vec![PortRange { lo: p, hi: p }])
+                        }
+                    };
+                    let http = (rng.below(4) == 0).then(|| {
+                        vec![HttpMatch {
+                            methods: vec![],
+                            paths: vec![PathMatch::Prefix(format!("/p{}", rng.below(5)))],
+                            hosts: vec![],
+                        }]
+                    });
+                    Rule {
+                        pos: Pos::default(),
+                        name: format!("r{r}"),
+                        action: if deny { Action::Deny } else { Action::Allow },
+                        peers,
+                        ports,
+                        http,
+                    }
+                })
+                .collect();
+            PolicyDoc {
+                source: Arc::from("large.yaml"),
+                pos: Pos::default(),
+                namespace: "a".into(),
+                name: format!("p{p}"),
+                targets: vec![Target::Identity(IdMatch::Exact(id(IDS[p % 2])))],
+                mode: if p == 3 { Mode::Audit } else { Mode::Enforce },
+                ingress: Some(ingress),
+                egress: None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn many_distinct_peers_and_overlapping_cidrs_decide_like_the_reference() {
+    let mut rng = Lcg(7);
+    let docs = large_policy(&mut rng);
+    let (policy, _) = compile(docs.clone(), Defaults::new(DefaultPolicy::Deny)).unwrap();
+    let peers: Vec<&'static str> = (0..420)
+        .map(|i| &*Box::leak(peer_id(i).into_boxed_str()))
+        .collect();
+    let paths = ["/p0/x", "/p3", "/q"];
+    let (mut allowed, mut denied) = (0, 0);
+    for _ in 0..3000 {
+        let peer = if rng.below(2) == 0 {
+            Ok(peers[rng.below(peers.len() as u64) as usize])
+        } else {
+            let ip = 0x0a00_0000u32 | (rng.below(1 << 24) as u32);
+            Err(IpAddr::from(std::net::Ipv4Addr::from(ip)))
+        };
+        let http = (rng.below(3) == 0).then(|| ("GET", paths[rng.below(3) as usize], None));
+        let req = Req {
+            direction: Direction::Ingress,
+            local: IDS[rng.below(2) as usize],
+            peer,
+            port: rng.below(100) as u16,
+            http,
+        };
+        let local = id(req.local);
+        let peer_id = req.peer.ok().map(id);
+        let peer = match (&peer_id, req.peer) {
+            (Some(p), _) => Peer::Identity(p),
+            (None, Err(ip)) => Peer::Address(ip),
+            (None, Ok(_)) => unreachable!(),
+        };
+        let d = decide(
+            &policy,
+            &Request {
+                direction: req.direction,
+                local: &local,
+                peer,
+                port: req.port,
+                http: req
+                    .http
+                    .map(|(method, path, host)| HttpInfo { method, path, host }),
+            },
+        );
+        let got = Outcome {
+            verdict: d.verdict,
+            would_deny: d.would_deny,
+            label: d.label(),
+            mode: d.mode,
+            http_required: d.http_required,
+        };
+        assert_eq!(got, reference(&docs, DefaultPolicy::Deny, &req), "{req:?}");
+        match d.verdict {
+            Verdict::Allow => allowed += 1,
+            Verdict::Deny => denied += 1,
+        }
+    }
+    // Both verdicts are exercised, not just the default.
+    assert!(
+        allowed > 300 && denied > 300,
+        "{allowed} allowed, {denied} denied"
+    );
+}

@@ -3,15 +3,15 @@
 
 mod backend;
 pub mod certs;
-mod child;
+pub(crate) mod child;
 mod client;
 mod closed_loop;
-mod control_plane;
+pub(crate) mod control_plane;
 mod hist;
 mod load;
 mod machine;
 mod plot;
-mod procstat;
+pub(crate) mod procstat;
 mod report;
 mod run;
 mod stats;
