@@ -4,6 +4,7 @@
 //! `palisade-identity`.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
 pub mod cases;
 mod compile;
 mod decide;

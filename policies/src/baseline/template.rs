@@ -1,0 +1,98 @@
+//! Path templates: the normalized path that authorization matched, with each
+//! segment that looks like an identifier collapsed to `{id}`, so
+//! `/v1/users/123` and `/v1/users/456` are one route.
+
+use std::borrow::Cow;
+
+/// What a collapsed segment becomes.
+pub const ID: &str = "{id}";
+
+/// The template of a normalized request path (a query, if any, is dropped).
+/// Borrowed when no segment collapses.
+pub fn template(path: &str) -> Cow<'_, str> {
+    let path = strip_query(path);
+    if !path.split('/').any(is_id_segment) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in segments(path).enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg);
+    }
+    Cow::Owned(out)
+}
+
+/// The template's segments, `/`-separated (the first is empty), computed
+/// without allocating: how the recorder hashes and compares a request's
+/// route against learned ones.
+pub(crate) fn segments(path: &str) -> impl Iterator<Item = &str> + Clone {
+    strip_query(path)
+        .split('/')
+        .map(|s| if is_id_segment(s) { ID } else { s })
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+/// Whether a path segment is an identifier rather than a word: an integer,
+/// a UUID, 8 or more hex digits, or a long random-looking token (16 or more
+/// letters, digits, `-`, `_`, holding a digit, or mixing upper and lower
+/// case throughout). Words such as `v1`, `api`, `users` or `getUserById`
+/// never are.
+pub fn is_id_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.is_empty() {
+        return false;
+    }
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    if is_uuid(b) {
+        return true;
+    }
+    if b.len() >= 8 && b.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    let token = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_');
+    if b.len() >= 16 && b.iter().all(token) {
+        let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+        let upper = b.iter().filter(|c| c.is_ascii_uppercase()).count();
+        let lower = b.iter().filter(|c| c.is_ascii_lowercase()).count();
+        let letters = upper + lower;
+        // camelCase words have a few capitals; random tokens about half.
+        let mixed_case = upper * 4 >= b.len() && lower * 4 >= b.len();
+        return (digits > 0 && letters > 0) || mixed_case;
+    }
+    false
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_without_identifiers_is_borrowed() {
+        assert!(matches!(template("/v1/users"), Cow::Borrowed("/v1/users")));
+        assert!(matches!(template("/"), Cow::Borrowed("/")));
+        assert!(matches!(template("/a?id=123"), Cow::Borrowed("/a")));
+    }
+
+    #[test]
+    fn segments_agree_with_the_template() {
+        for p in ["/v1/users/123/orders/9f86d081884c7d65", "/", "/x/", "*"] {
+            let joined: Vec<&str> = segments(p).collect();
+            assert_eq!(joined.join("/"), template(p));
+        }
+    }
+}
