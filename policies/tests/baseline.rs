@@ -586,7 +586,7 @@ fn snapshots_round_trip_through_json_and_restore_a_recorder() {
     assert_eq!(back, snap);
 
     let restored = Baseline::new(id(API), settings());
-    assert_eq!(restored.merge(&back), 0);
+    assert_eq!(restored.merge(&back).unwrap(), 0);
     assert_eq!(restored.snapshot(5000), snap);
     assert_eq!(restored.status(5000), b.status(5000));
     let c = restored.observe(
@@ -711,7 +711,11 @@ fn merging_pods_adds_counts_and_widens_first_and_last_seen() {
     ));
     // And into a live recorder.
     let live = Baseline::new(id(API), settings());
-    live.merge(&a.snapshot(1));
-    live.merge(&b.snapshot(1));
+    live.merge(&a.snapshot(1)).unwrap();
+    live.merge(&b.snapshot(1)).unwrap();
+    assert!(matches!(
+        live.merge(&other),
+        Err(SnapshotError::OtherIdentity { .. })
+    ));
     assert_eq!(live.snapshot(1).entries, merged.entries);
 }

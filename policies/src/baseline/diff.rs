@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::key::{FlowKey, FlowPeer, Protocol};
 use super::snapshot::Snapshot;
+use super::template::example;
 use crate::compile::{docs_selecting, CompiledPolicy};
 use crate::decide::decide;
 use crate::decision::{Decision, HttpInfo, Matched, Peer, Request};
@@ -53,13 +54,7 @@ pub fn diff(snap: &Snapshot, policy: &CompiledPolicy) -> BaselineDiff {
             FlowPeer::Identity(id) => Peer::Identity(id),
             FlowPeer::Cidr(net) => Peer::Address(net.addr()),
         };
-        let path = f.route.as_ref().map(|r| {
-            r.template
-                .split('/')
-                .map(|s| if s == super::template::ID { "1" } else { s })
-                .collect::<Vec<_>>()
-                .join("/")
-        });
+        let path = f.route.as_ref().map(|r| example(&r.template));
         let req = Request {
             direction: f.direction,
             local,

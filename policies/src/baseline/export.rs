@@ -5,7 +5,8 @@
 //! Rules are one per peer and port. HTTP flows become `http` entries: a
 //! template without `{id}` is an exact path; one with `{id}` becomes the
 //! prefix before its first `{id}` (`/v1/users/{id}/orders` becomes
-//! `/v1/users/*`), since the language's only wildcard is a final `/*`. So
+//! `/v1/users/*`), since the language's only wildcard is a final `/*` (a
+//! template cut with `{rest}` likewise). So
 //! the policy allows a little more than was seen below such a prefix; the
 //! comments list the templates each entry stands for. A port also seen
 //! carrying opaque bytes, or HTTP without a request, gets no `http`.
@@ -15,7 +16,7 @@ use std::fmt::Write;
 
 use super::key::{FlowPeer, Protocol};
 use super::snapshot::{Entry, Snapshot};
-use super::template::ID;
+use super::template::{example, ID, REST};
 use super::time::rfc3339;
 use crate::model::{Direction, API_VERSION, KIND};
 use crate::spiffe::SpiffeId;
@@ -74,7 +75,10 @@ fn path_match(template: &str) -> Option<String> {
         return None;
     }
     let segs: Vec<&str> = template.split('/').skip(1).collect();
-    match segs.iter().position(|s| *s == ID || s.contains('*')) {
+    match segs
+        .iter()
+        .position(|s| *s == ID || *s == REST || s.contains('*'))
+    {
         None => Some(template.to_owned()),
         Some(i) => Some(format!("/{}/*", segs[..i].join("/")).replace("//*", "/*")),
     }
@@ -83,15 +87,6 @@ fn path_match(template: &str) -> Option<String> {
 /// The policy language takes uppercase letters only.
 fn expressible_method(m: &str) -> bool {
     !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase())
-}
-
-/// A concrete path the template stands for: `{id}` becomes `1`.
-fn example_path(template: &str) -> String {
-    template
-        .split('/')
-        .map(|s| if s == ID { "1" } else { s })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 fn q(s: &str) -> String {
@@ -338,7 +333,7 @@ fn write_cases(
     for e in &g.routes {
         let r = e.flow.route.as_ref().expect("routes have a route");
         let name = format!("learned: {}", e.flow);
-        let path = example_path(&r.template);
+        let path = example(&r.template);
         write_case(
             out,
             &name,

@@ -103,19 +103,23 @@ pub struct FlowRef<'a> {
 }
 
 impl<'a> FlowRef<'a> {
-    /// The flow of a request that policy allowed. A request with `http`
-    /// is always an HTTP flow.
+    /// The flow of a request that policy allowed (the one `decide()` was
+    /// asked about; its `local` is the baseline's workload).
     pub fn from_request(req: &Request<'a>, protocol: Protocol) -> Self {
         FlowRef {
             direction: req.direction,
             peer: req.peer,
             port: req.port,
-            protocol: if req.http.is_some() {
-                Protocol::Http
-            } else {
-                protocol
-            },
+            protocol,
             http: req.http,
+        }
+    }
+
+    /// `Http` for a request, whatever `protocol` says.
+    pub fn protocol(&self) -> Protocol {
+        match self.http {
+            Some(_) => Protocol::Http,
+            None => self.protocol,
         }
     }
 
@@ -129,7 +133,7 @@ impl<'a> FlowRef<'a> {
                 PeerRef::Cidr(net) => FlowPeer::Cidr(net),
             },
             port: self.port,
-            protocol: self.protocol,
+            protocol: self.protocol(),
             route: self.http.map(|h| Route {
                 method: h.method.to_owned(),
                 template: template::template(h.path).into_owned(),
@@ -250,7 +254,7 @@ impl<'a> Lookup<'a> {
             direction: flow.direction,
             peer: flow.peer(settings),
             port: flow.port,
-            protocol: flow.protocol,
+            protocol: flow.protocol(),
             route: flow.http.map(|h| (h.method, RoutePath::Request(h.path))),
         }
     }

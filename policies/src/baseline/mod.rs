@@ -32,4 +32,4 @@ pub use rate::{RateExcess, RateProfile};
 pub use recorder::{Action, Baseline, Check, Deviation, DeviationKind, EntryView, Outcome, Status};
 pub use settings::{BaselineMode, BaselineSettings, RateSpikeSettings, SettingsError};
 pub use snapshot::{Entry, Snapshot, SnapshotError, SNAPSHOT_VERSION};
-pub use template::{is_id_segment, template};
+pub use template::{is_id_segment, template, ID, MAX_TEMPLATE, REST};

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::key::{FlowKey, FlowRef, Hashes, Lookup};
 use super::rate::{RateExcess, RateProfile};
 use super::settings::{BaselineMode, BaselineSettings};
-use super::snapshot::{Entry, Snapshot};
+use super::snapshot::{Entry, Snapshot, SnapshotError};
 use crate::spiffe::SpiffeId;
 
 /// Shards per table: enough that the proxy's worker threads rarely meet on
@@ -539,8 +539,15 @@ impl Baseline {
     /// `Snapshot::merge`; new ones are learned within `max_entries` (the
     /// rest are counted as overflow). Rate profiles learned with another
     /// bucket length are not comparable and start afresh. Returns the
-    /// number of entries that did not fit.
-    pub fn merge(&self, snap: &Snapshot) -> u64 {
+    /// number of entries that did not fit; a snapshot of another identity
+    /// is refused.
+    pub fn merge(&self, snap: &Snapshot) -> Result<u64, SnapshotError> {
+        if snap.identity != self.identity {
+            return Err(SnapshotError::OtherIdentity {
+                ours: self.identity.clone(),
+                theirs: snap.identity.clone(),
+            });
+        }
         let same_bucket = snap.bucket_ms == self.settings.bucket_ms();
         let mut dropped = 0;
         for e in &snap.entries {
@@ -580,7 +587,7 @@ impl Baseline {
         if let Some(t) = snap.last_new_flow {
             self.last_new_flow.fetch_max(t, Ordering::Relaxed);
         }
-        dropped
+        Ok(dropped)
     }
 }
 

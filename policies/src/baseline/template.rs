@@ -7,11 +7,19 @@ use std::borrow::Cow;
 /// What a collapsed segment becomes.
 pub const ID: &str = "{id}";
 
+/// What ends a template cut at `MAX_TEMPLATE` bytes.
+pub const REST: &str = "{rest}";
+
+/// A template keeps at most this many bytes of segments (each counted with
+/// one separator); the rest of a longer path becomes `/{rest}`, so a flow's
+/// memory is bounded whatever the path.
+pub const MAX_TEMPLATE: usize = 256;
+
 /// The template of a normalized request path (a query, if any, is dropped).
 /// Borrowed when no segment collapses.
 pub fn template(path: &str) -> Cow<'_, str> {
     let path = strip_query(path);
-    if !path.split('/').any(is_id_segment) {
+    if path.len() < MAX_TEMPLATE && !path.split('/').any(is_id_segment) {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -27,10 +35,47 @@ pub fn template(path: &str) -> Cow<'_, str> {
 /// The template's segments, `/`-separated (the first is empty), computed
 /// without allocating: how the recorder hashes and compares a request's
 /// route against learned ones.
-pub(crate) fn segments(path: &str) -> impl Iterator<Item = &str> + Clone {
-    strip_query(path)
+pub(crate) fn segments(path: &str) -> Segments<'_> {
+    Segments {
+        inner: strip_query(path).split('/'),
+        used: 0,
+        done: false,
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Segments<'a> {
+    inner: std::str::Split<'a, char>,
+    used: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        let seg = self.inner.next()?;
+        let seg = if is_id_segment(seg) { ID } else { seg };
+        self.used += seg.len() + 1;
+        if self.used > MAX_TEMPLATE {
+            self.done = true;
+            return Some(REST);
+        }
+        Some(seg)
+    }
+}
+
+/// A concrete path a template stands for (`{id}` and `{rest}` become `1`):
+/// what export's cases and `diff` ask `decide()` about.
+pub(crate) fn example(template: &str) -> String {
+    template
         .split('/')
-        .map(|s| if is_id_segment(s) { ID } else { s })
+        .map(|s| if s == ID || s == REST { "1" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn strip_query(path: &str) -> &str {
@@ -89,8 +134,30 @@ mod tests {
     }
 
     #[test]
+    fn a_long_path_is_cut_at_the_bound_and_stays_cut() {
+        let long = format!("/files/{}", "abcdefg/".repeat(100));
+        let t = template(&long);
+        assert!(t.len() <= MAX_TEMPLATE + REST.len(), "{}", t.len());
+        assert!(
+            t.starts_with("/files/abcdefg/") && t.ends_with("/{rest}"),
+            "{t}"
+        );
+        assert_eq!(template(&t), t, "templating a template changes nothing");
+        let just_under = format!("/{}", "z".repeat(MAX_TEMPLATE - 2));
+        assert!(matches!(template(&just_under), Cow::Borrowed(_)));
+        assert_eq!(template(&format!("{just_under}b")), "/{rest}");
+    }
+
+    #[test]
     fn segments_agree_with_the_template() {
-        for p in ["/v1/users/123/orders/9f86d081884c7d65", "/", "/x/", "*"] {
+        let long = format!("/x/{}", "12345/abc/".repeat(60));
+        for p in [
+            "/v1/users/123/orders/9f86d081884c7d65",
+            "/",
+            "/x/",
+            "*",
+            &long,
+        ] {
             let joined: Vec<&str> = segments(p).collect();
             assert_eq!(joined.join("/"), template(p));
         }
