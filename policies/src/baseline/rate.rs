@@ -8,6 +8,7 @@ use super::settings::RateSpikeSettings;
 
 /// The learned rate of one flow, per bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateProfile {
     /// Exponentially weighted mean of closed buckets' counts.
     pub mean: f64,

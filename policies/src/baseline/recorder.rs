@@ -404,21 +404,24 @@ impl Baseline {
     ) -> Check {
         let b = now / self.settings.bucket_ms();
         let mut shard = self.flows.lock(h.flow);
-        let same = shard.entry(h.flow).or_default();
-        if let Some(slot) = same.iter_mut().find(|s| look.same_flow(&s.key)) {
+        let known = shard
+            .get_mut(&h.flow)
+            .and_then(|same| same.iter_mut().find(|s| look.same_flow(&s.key)));
+        if let Some(slot) = known {
             // Learned by another connection since `observe_known` looked.
             slot.stats.count = slot.stats.count.saturating_add(1);
             slot.stats.last_seen = slot.stats.last_seen.max(now);
             slot.stats.rate.record(b, &self.settings.rate_spike, false);
             return Check::pass(Outcome::Known);
         }
+        // Nothing is stored for a flow past the cap, not even its hash.
         if !self.reserve() {
             return Check::pass(Outcome::Overflow);
         }
         let key = Arc::new(key());
         let mut rate = RateProfile::new(b);
         rate.record(b, &self.settings.rate_spike, false);
-        same.push(Slot {
+        shard.entry(h.flow).or_default().push(Slot {
             key: key.clone(),
             stats: Stats {
                 count: 1,
@@ -558,8 +561,10 @@ impl Baseline {
                 rate = RateProfile::new(e.last_seen / self.settings.bucket_ms());
             }
             let mut shard = self.flows.lock(h.flow);
-            let same = shard.entry(h.flow).or_default();
-            if let Some(slot) = same.iter_mut().find(|s| look.same_flow(&s.key)) {
+            let known = shard
+                .get_mut(&h.flow)
+                .and_then(|same| same.iter_mut().find(|s| look.same_flow(&s.key)));
+            if let Some(slot) = known {
                 let st = &mut slot.stats;
                 st.count = st.count.saturating_add(e.count);
                 st.first_seen = st.first_seen.min(e.first_seen);
@@ -572,7 +577,7 @@ impl Baseline {
                 continue;
             }
             let key = Arc::new(e.flow.clone());
-            same.push(Slot {
+            shard.entry(h.flow).or_default().push(Slot {
                 key: key.clone(),
                 stats: Stats {
                     count: e.count,
@@ -584,7 +589,10 @@ impl Baseline {
             drop(shard);
             self.index(&key, h);
         }
-        if let Some(t) = snap.last_new_flow {
+        // A snapshot that does not say when it last learned a flow: its
+        // newest first sighting.
+        let newest = snap.entries.iter().map(|e| e.first_seen).max();
+        if let Some(t) = snap.last_new_flow.or(newest) {
             self.last_new_flow.fetch_max(t, Ordering::Relaxed);
         }
         Ok(dropped)
