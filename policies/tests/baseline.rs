@@ -719,3 +719,44 @@ fn merging_pods_adds_counts_and_widens_first_and_last_seen() {
     ));
     assert_eq!(live.snapshot(1).entries, merged.entries);
 }
+
+#[test]
+fn a_connection_on_a_port_known_through_its_requests_is_known() {
+    let b = Baseline::new(id(API), settings());
+    let fe = id(FRONTEND);
+    b.observe(
+        &req(&fe, 8080, "GET", "/v1/users/1"),
+        BaselineMode::Learn,
+        0,
+    );
+    let c = b.observe(
+        &conn(Direction::Ingress, &fe, 8080, Protocol::Http),
+        BaselineMode::Protect,
+        10,
+    );
+    assert_eq!((c.outcome, c.action), (Outcome::Known, Action::Pass));
+}
+
+#[test]
+fn threads_recording_at_once_lose_no_count_and_learn_each_flow_once() {
+    let b = Baseline::new(id(API), settings());
+    let peers: Vec<SpiffeId> = (0..8)
+        .map(|i| id(&format!("spiffe://cluster.local/ns/shop/sa/client-{i}")))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (b, peers) = (&b, &peers);
+            s.spawn(move || {
+                for i in 0..2_000u64 {
+                    let peer = &peers[(i % 8) as usize];
+                    let path = format!("/v1/items/{}", i + t);
+                    b.observe(&req(peer, 8080, "GET", &path), BaselineMode::Learn, i);
+                }
+            });
+        }
+    });
+    let snap = b.snapshot(10_000);
+    assert_eq!(snap.entries.len(), 8, "one route per peer");
+    assert_eq!(snap.entries.iter().map(|e| e.count).sum::<u64>(), 8_000);
+    assert!(snap.entries.iter().all(|e| e.count == 1_000));
+}
