@@ -307,7 +307,8 @@ impl Baseline {
         self.len() == 0
     }
 
-    /// New flows not learned because `max_entries` was reached.
+    /// Observations of new flows not learned because `max_entries` was
+    /// reached (each connection or request counts).
     pub fn overflow_total(&self) -> u64 {
         self.overflow.load(Ordering::Relaxed)
     }
