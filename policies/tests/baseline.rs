@@ -760,3 +760,20 @@ fn threads_recording_at_once_lose_no_count_and_learn_each_flow_once() {
     assert_eq!(snap.entries.iter().map(|e| e.count).sum::<u64>(), 8_000);
     assert!(snap.entries.iter().all(|e| e.count == 1_000));
 }
+
+#[test]
+fn a_check_serializes_with_its_outcome_kind_and_action() {
+    let b = learned();
+    let fe = id(FRONTEND);
+    let c = b.observe(
+        &req(&fe, 8080, "DELETE", "/v1/users/1"),
+        BaselineMode::Protect,
+        10,
+    );
+    let v = serde_json::to_value(&c).unwrap();
+    assert_eq!(v["outcome"], "deviation");
+    assert_eq!(v["kind"], "baseline.new_route");
+    assert_eq!(v["action"], "block");
+    assert_eq!(v["compared"]["flow"]["port"], 8080);
+    assert_eq!(DeviationKind::NewRoute.label(), "new_route");
+}
