@@ -262,6 +262,10 @@ fn status_moves_from_learning_to_stabilizing_to_stable_and_a_new_flow_resets_it(
         21_000,
     );
     assert_eq!(b.status(21_000), Status::Learning, "a new flow resets it");
+    let summary = serde_json::to_value(b.summary(21_000)).unwrap();
+    assert_eq!(summary["status"], "learning");
+    assert_eq!(summary["entries"], 2);
+    assert_eq!(summary["last_new_flow"], 21_000);
     let no_auto = Baseline::new(id(API), settings());
     no_auto.observe(
         &conn(Direction::Ingress, &fe, 8080, Protocol::Opaque),

@@ -43,6 +43,18 @@ impl Status {
     }
 }
 
+/// A workload's baseline at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub identity: SpiffeId,
+    pub status: Status,
+    pub entries: usize,
+    pub max_entries: usize,
+    pub overflow: u64,
+    /// When the last new flow was learned (unix ms).
+    pub last_new_flow: Option<u64>,
+}
+
 /// What kind of departure from the baseline a flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum DeviationKind {
@@ -326,6 +338,18 @@ impl Baseline {
             Status::Stabilizing
         } else {
             Status::Learning
+        }
+    }
+
+    /// Status and counts, as `/config_dump` and the metrics show them.
+    pub fn summary(&self, now: u64) -> Summary {
+        Summary {
+            identity: self.identity.clone(),
+            status: self.status(now),
+            entries: self.len(),
+            max_entries: self.settings.max_entries,
+            overflow: self.overflow_total(),
+            last_new_flow: (!self.is_empty()).then(|| self.last_new_flow.load(Ordering::Relaxed)),
         }
     }
 
