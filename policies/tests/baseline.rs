@@ -98,6 +98,7 @@ fn identifiers_collapse_to_id_and_words_never_do() {
         "2fa",
         "deadbee",
         "oauth2callback",
+        "authentication2fa",
         "feedback",
         "well-known",
     ] {

@@ -84,9 +84,9 @@ fn strip_query(path: &str) -> &str {
 
 /// Whether a path segment is an identifier rather than a word: an integer,
 /// a UUID, 8 or more hex digits, or a long random-looking token (16 or more
-/// letters, digits, `-`, `_`, holding a digit, or mixing upper and lower
-/// case throughout). Words such as `v1`, `api`, `users` or `getUserById`
-/// never are.
+/// letters, digits, `-`, `_`, holding two digits or more, or with a quarter
+/// or more of it upper case and a quarter lower case). Words such as `v1`,
+/// `api`, `users`, `getUserById` or `authentication2fa` never are.
 pub fn is_id_segment(seg: &str) -> bool {
     let b = seg.as_bytes();
     if b.is_empty() {
@@ -109,7 +109,7 @@ pub fn is_id_segment(seg: &str) -> bool {
         let letters = upper + lower;
         // camelCase words have a few capitals; random tokens about half.
         let mixed_case = upper * 4 >= b.len() && lower * 4 >= b.len();
-        return (digits > 0 && letters > 0) || mixed_case;
+        return (digits >= 2 && letters > 0) || mixed_case;
     }
     false
 }
