@@ -15,6 +15,7 @@
 //! - **export** turns a snapshot into a `SegmentationPolicy` and a cases
 //!   file, and **diff** compares it with the policy in force.
 
+mod check;
 mod diff;
 mod export;
 mod key;
@@ -25,11 +26,12 @@ mod snapshot;
 mod template;
 mod time;
 
+pub use check::{Action, Check, Deviation, DeviationKind, EntryView, Outcome};
 pub use diff::{diff, BaselineDiff, UnallowedFlow, UnusedRule};
 pub use export::{export, Export};
 pub use key::{FlowKey, FlowPeer, FlowRef, Protocol, Route};
 pub use rate::{RateExcess, RateProfile};
-pub use recorder::{Action, Baseline, Check, Deviation, DeviationKind, EntryView, Outcome, Status};
+pub use recorder::{Baseline, Status, Summary};
 pub use settings::{BaselineMode, BaselineSettings, RateSpikeSettings, SettingsError};
 pub use snapshot::{Entry, Snapshot, SnapshotError, SNAPSHOT_VERSION};
 pub use template::{is_id_segment, template, ID, MAX_TEMPLATE, REST};
