@@ -782,3 +782,41 @@ fn a_check_serializes_with_its_outcome_kind_and_action() {
     assert_eq!(v["compared"]["flow"]["port"], 8080);
     assert_eq!(DeviationKind::NewRoute.label(), "new_route");
 }
+
+#[test]
+fn a_path_out_of_normal_form_or_a_long_method_still_makes_a_readable_baseline() {
+    let b = Baseline::new(id(API), settings());
+    let fe = id(FRONTEND);
+    let long = "X".repeat(500);
+    b.observe(&req(&fe, 8080, "GET", "/a/../b"), BaselineMode::Learn, 0);
+    b.observe(&req(&fe, 8080, &long, "/b"), BaselineMode::Learn, 0);
+    // Each is known again as it was learned.
+    assert_eq!(
+        b.observe(&req(&fe, 8080, "GET", "/x//y"), BaselineMode::Monitor, 1)
+            .outcome,
+        Outcome::Known
+    );
+    assert_eq!(
+        b.observe(&req(&fe, 8080, &long, "/b"), BaselineMode::Monitor, 1)
+            .outcome,
+        Outcome::Known
+    );
+    let snap = b.snapshot(2);
+    let routes: Vec<_> = snap
+        .entries
+        .iter()
+        .filter_map(|e| e.flow.route.clone())
+        .collect();
+    assert_eq!(
+        (routes[0].method.as_str(), routes[0].template.as_str()),
+        ("GET", "/{rest}")
+    );
+    assert_eq!(
+        (routes[1].method.len(), routes[1].template.as_str()),
+        (64, "/b")
+    );
+    assert_eq!(
+        Snapshot::from_json(snap.to_json().as_bytes(), 10).unwrap(),
+        snap
+    );
+}

@@ -317,7 +317,9 @@ fn observation() -> impl Strategy<Value = Obs> {
         Just("POST"),
         Just("DELETE"),
         Just("M-SEARCH"),
-        Just("get")
+        Just("get"),
+        Just("X\n  evil: [1]"),
+        Just("")
     ];
     let path = prop_oneof![
         prop::collection::vec(segment(), 0..5).prop_map(|s| format!("/{}", s.join("/"))),

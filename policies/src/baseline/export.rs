@@ -242,7 +242,7 @@ pub fn export(snap: &Snapshot) -> Export {
                             let _ = writeln!(
                                 p,
                                 "        # {} {}: {}, {:.1}/bucket",
-                                r.method,
+                                r.method.escape_debug(),
                                 r.template,
                                 seen(e.count, e.first_seen, e.last_seen),
                                 e.rate.mean

@@ -135,8 +135,8 @@ impl<'a> FlowRef<'a> {
             port: self.port,
             protocol: self.protocol(),
             route: self.http.map(|h| Route {
-                method: h.method.to_owned(),
-                template: template::template(h.path).into_owned(),
+                method: method(h.method).to_owned(),
+                template: template::template(template::learnable(h.path)).into_owned(),
             }),
         }
     }
@@ -148,6 +148,22 @@ impl<'a> FlowRef<'a> {
         }
     }
 }
+
+/// A method is learned by its first `MAX_METHOD` bytes, so an entry's size
+/// is bounded.
+pub(crate) fn method(m: &str) -> &str {
+    if m.len() <= MAX_METHOD {
+        return m;
+    }
+    let mut end = MAX_METHOD;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    &m[..end]
+}
+
+/// The longest method kept, in bytes.
+pub const MAX_METHOD: usize = 64;
 
 /// The CIDR bucket an address is learned in; IPv4-mapped IPv6 counts as IPv4.
 pub(crate) fn bucket(ip: IpAddr, settings: &BaselineSettings) -> IpNet {
@@ -255,7 +271,12 @@ impl<'a> Lookup<'a> {
             peer: flow.peer(settings),
             port: flow.port,
             protocol: flow.protocol(),
-            route: flow.http.map(|h| (h.method, RoutePath::Request(h.path))),
+            route: flow.http.map(|h| {
+                (
+                    method(h.method),
+                    RoutePath::Request(template::learnable(h.path)),
+                )
+            }),
         }
     }
 

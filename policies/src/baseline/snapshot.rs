@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::key::{FlowKey, FlowPeer, Protocol, Route};
+use super::key::{FlowKey, FlowPeer, Protocol, Route, MAX_METHOD};
 use super::rate::RateProfile;
 use super::template;
 use crate::model::Direction;
@@ -273,9 +273,8 @@ fn flow_key(r: KeyRepr) -> Result<FlowKey, String> {
             if r.protocol != Protocol::Http {
                 return Err("a flow with a method and path has protocol `http`".into());
             }
-            let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
-            if method.is_empty() || method.len() > 64 || !method.chars().all(token) {
-                return Err(format!("`{method}` is not an HTTP method"));
+            if method.len() > MAX_METHOD {
+                return Err(format!("method `{method}` is over {MAX_METHOD} bytes"));
             }
             if path != "*" && !is_normal_path(&path) {
                 return Err(format!("`{path}` is not a normalized path template"));

@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use crate::normalize::is_normal_path;
+
 /// What a collapsed segment becomes.
 pub const ID: &str = "{id}";
 
@@ -76,6 +78,18 @@ pub(crate) fn example(template: &str) -> String {
         .map(|s| if s == ID || s == REST { "1" } else { s })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The path a request is learned by: its own when in normal form (what the
+/// proxy passes: the path authorization matched), else `/{rest}`, so a
+/// caller's mistake cannot make a baseline that does not read back or
+/// export.
+pub(crate) fn learnable(path: &str) -> &str {
+    if path == "*" || is_normal_path(strip_query(path)) {
+        path
+    } else {
+        "/{rest}"
+    }
 }
 
 fn strip_query(path: &str) -> &str {
