@@ -103,11 +103,12 @@ fn object_name(s: &str, fallback: &str) -> String {
             _ => '-',
         })
         .collect();
+    let s: String = s.chars().take(200).collect();
     let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if s.is_empty() {
         fallback.to_owned()
     } else {
-        s.chars().take(200).collect()
+        s.to_owned()
     }
 }
 
@@ -423,5 +424,13 @@ mod tests {
         assert_eq!(path_match("/a*b/c").as_deref(), Some("/*"));
         assert_eq!(path_match("/"), Some("/".into()));
         assert_eq!(path_match("*"), None);
+    }
+
+    #[test]
+    fn object_names_are_cut_to_a_valid_name() {
+        let long = format!("{}-x", "a".repeat(199));
+        assert_eq!(object_name(&long, "f"), "a".repeat(199));
+        assert_eq!(object_name("--Shop_API--", "f"), "shop-api");
+        assert_eq!(object_name("__", "f"), "f");
     }
 }
