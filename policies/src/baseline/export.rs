@@ -172,7 +172,14 @@ pub fn export(snap: &Snapshot) -> Export {
         "# Review before committing: it allows every learned flow and nothing else."
     );
     let _ = writeln!(p, "apiVersion: {API_VERSION}\nkind: {KIND}");
-    let _ = writeln!(p, "metadata:\n  name: {name}\n  namespace: {namespace}");
+    // Quoted, like every value taken from the baseline: `77` or `1e3` are
+    // names, not numbers.
+    let _ = writeln!(
+        p,
+        "metadata:\n  name: {}\n  namespace: {}",
+        q(&name),
+        q(&namespace)
+    );
     let _ = writeln!(p, "spec:\n  targets:\n    - identity: {}", q(id.as_str()));
     let mut cases = String::new();
     let _ = writeln!(
@@ -215,7 +222,7 @@ pub fn export(snap: &Snapshot) -> Export {
                 all.len(),
                 seen(c, f, l)
             );
-            let _ = writeln!(p, "    - name: {rule}\n      action: allow");
+            let _ = writeln!(p, "    - name: {}\n      action: allow", q(&rule));
             let _ = match peer {
                 FlowPeer::Identity(pid) => writeln!(
                     p,
@@ -424,6 +431,14 @@ mod tests {
         assert_eq!(path_match("/a*b/c").as_deref(), Some("/*"));
         assert_eq!(path_match("/"), Some("/".into()));
         assert_eq!(path_match("*"), None);
+    }
+
+    #[test]
+    fn a_numeric_namespace_is_written_as_a_string() {
+        let id = crate::SpiffeId::parse("spiffe://cluster.local/ns/77/sa/1e3").unwrap();
+        let out = export(&Snapshot::empty(id, 10_000, 0));
+        crate::parse_documents("baseline.yaml", &out.policy).expect("parses");
+        assert!(out.policy.contains("namespace: \"77\""), "{}", out.policy);
     }
 
     #[test]
