@@ -89,8 +89,27 @@ fn expressible_method(m: &str) -> bool {
     !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase())
 }
 
+/// A YAML double-quoted string. Characters YAML does not allow in a
+/// document (controls, DEL, C1, surrogates, U+FFFE/U+FFFF) are escaped, as
+/// are `"` and `\`.
 fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'.. => {
+                out.push(c)
+            }
+            // What is left is below U+10000.
+            c => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A Kubernetes object name from free text: lowercase, `[a-z0-9-.]`,
@@ -251,7 +270,7 @@ pub fn export(snap: &Snapshot) -> Export {
                                 p,
                                 "        # {} {}: {}, {:.1}/bucket",
                                 r.method.escape_debug(),
-                                r.template,
+                                r.template.escape_debug(),
                                 seen(e.count, e.first_seen, e.last_seen),
                                 e.rate.mean
                             );
@@ -431,6 +450,12 @@ mod tests {
         assert_eq!(path_match("/a*b/c").as_deref(), Some("/*"));
         assert_eq!(path_match("/"), Some("/".into()));
         assert_eq!(path_match("*"), None);
+    }
+
+    #[test]
+    fn quoted_strings_escape_what_yaml_does_not_allow() {
+        assert_eq!(q("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(q("x\u{7f}\ny\u{85}é"), r#""x\u007f\u000ay\u0085é""#);
     }
 
     #[test]
