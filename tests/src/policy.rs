@@ -87,7 +87,10 @@ pub fn spec(cp: &crate::cp::ControlPlane, name: &str, id: &str) -> crate::proxy:
 /// Point `spec` at a policy file or directory, with extra `policy:` keys
 /// (e.g. `"  debounce: 5ms\n"`).
 pub fn use_policy(spec: &mut crate::proxy::ProxySpec, path: &Path, extra: &str) {
-    spec.extra_yaml += &format!("policy:\n  path: \"{}\"\n{extra}", path.display());
+    spec.policy = Some(path.to_owned());
+    if !extra.is_empty() {
+        spec.extra_yaml += &format!("policy:\n{extra}");
+    }
 }
 
 /// A policy file in its own temporary directory.

@@ -10,7 +10,7 @@ use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use palisade_identity::api::{Attestation, SvidRequest};
 use palisade_identity::client::ClientError;
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::pki::csr_pem;
 use rcgen::KeyPair;
 use serde_json::json;
@@ -210,7 +210,7 @@ fn sa() -> &'static str {
 fn k8s_control_plane() -> (ControlPlane, Issuer) {
     let dir = tempfile::tempdir().unwrap();
     let (issuer, jwks) = Issuer::new(dir.path());
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec![
             "--jwks".into(),
             jwks.display().to_string(),

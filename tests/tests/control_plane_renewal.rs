@@ -143,7 +143,7 @@ async fn during_rotation_overlap_old_and_new_svids_both_verify_against_the_bundl
 #[tokio::test]
 async fn retired_ca_leaves_the_bundle_once_its_svids_have_expired() {
     // Tiny SVID TTL so the old CA's last SVID expires within the test.
-    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneOptions {
+    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneSpec {
         svid_ttl: "2s".into(),
         ..Default::default()
     });

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::eventually;
 use palisade_tests::policy::{
     policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir,
@@ -286,7 +286,7 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         allow(CLIENT_ID, "from-client"),
     )
     .unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
         ..Default::default()
     });
@@ -426,7 +426,7 @@ fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("server.yaml");
     std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
         ..Default::default()
     });
