@@ -18,6 +18,8 @@ use palisade_identity::svid::{certs_from_pem, private_key_from_pem};
 use palisade_policy::TrustDomain;
 use palisadectl::local::{ControlPlane, ControlPlaneSpec};
 
+use crate::latency::procstat::cpu_seconds;
+
 #[derive(Debug, clap::Args)]
 pub struct IssuanceArgs {
     /// Measured duration.
@@ -36,16 +38,6 @@ pub struct IssuanceArgs {
     /// are reused round-robin only if the run outpaces them.
     #[arg(long)]
     pub csrs: Option<usize>,
-}
-
-/// utime + stime of `pid`, in clock ticks (100 Hz on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 overall; 12 and 13 after the comm field.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn default_bin() -> anyhow::Result<PathBuf> {
@@ -149,7 +141,7 @@ async fn drive(
     let next = Arc::new(AtomicUsize::new(0));
     let warm_until = Instant::now() + Duration::from_secs(args.warmup_seconds);
     let end = warm_until + Duration::from_secs(args.seconds);
-    let cpu_start = Arc::new(std::sync::Mutex::new(None::<u64>));
+    let cpu_start = Arc::new(std::sync::Mutex::new(None::<f64>));
     let mut tasks = Vec::new();
     for client in clients {
         let (csrs, next) = (csrs.clone(), next.clone());
@@ -192,7 +184,7 @@ async fn drive(
         }));
     }
     tokio::time::sleep_until(warm_until.into()).await;
-    *cpu_start.lock().expect("cpu lock") = Some(cpu_ticks(pid));
+    *cpu_start.lock().expect("cpu lock") = Some(cpu_seconds(pid)?);
     let issued_before_clock = next.load(Ordering::Relaxed);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -203,7 +195,7 @@ async fn drive(
         ok += r.ok;
         errors += r.errors;
     }
-    let cpu_ticks = cpu_ticks(pid) - cpu_start.lock().expect("cpu lock").unwrap_or(0);
+    let cpu = cpu_seconds(pid)? - cpu_start.lock().expect("cpu lock").unwrap_or(0.0);
     let secs = args.seconds as f64;
     let used = next.load(Ordering::Relaxed);
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
@@ -222,7 +214,7 @@ async fn drive(
     println!("  errors:      {errors}");
     println!(
         "  control plane CPU: {:.2} cores (client shares the same machine)",
-        cpu_ticks as f64 / 100.0 / secs
+        cpu / secs
     );
     println!(
         "  CSRs:        {} pre-generated, {} used{}",

@@ -56,10 +56,6 @@ impl DerefMut for ProxySpec {
     }
 }
 
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 /// A running proxy in its own temp dir (config and log), killed on drop.
 pub struct Proxy {
     sidecar: Sidecar,
