@@ -185,19 +185,11 @@ impl ControlPlane {
 
     /// `palisadectl token create` against this control plane, successful or not.
     pub fn token_create(&self, spiffe_id: &str, ttl: &str) -> std::io::Result<Output> {
-        let socket = self.admin_socket();
-        let socket = socket.to_str().context("non-UTF-8 admin socket path");
-        let socket = socket.map_err(std::io::Error::other)?;
-        self.palisadectl(&[
-            "token",
-            "create",
-            "--admin-socket",
-            socket,
-            "--identity",
-            spiffe_id,
-            "--ttl",
-            ttl,
-        ])
+        Command::new(&self.palisadectl)
+            .args(["token", "create", "--admin-socket"])
+            .arg(self.admin_socket())
+            .args(["--identity", spiffe_id, "--ttl", ttl])
+            .output()
     }
 
     /// A single-use join token for `spiffe_id`, redeemable for `ttl`.
