@@ -223,7 +223,7 @@ pub async fn refuse_get_body(
         _ => "the request did not end in time\n",
     };
     let mut r = conn.refuse(status, reason, text);
-    super::server::close_after(&mut r);
+    super::upgrade::close_after(&mut r);
     Some(r)
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::h1_head::{check_head, chunk_size, take_block, too_large_head, Verdict};
+use super::h1_head::{check_head, chunk_size, take_block, too_large_head, HeadCheck};
 
 /// Bytes that end hyper's parse with a 400: NUL is never valid in a head.
 const POISON: &[u8] = b"\0\r\n\r\n";
@@ -170,13 +170,13 @@ impl<S> H1Guard<S> {
                     self.head_lines = 0;
                     self.arm(self.limits.idle_timeout);
                     match verdict {
-                        Verdict::Ok(next) => self.state = next,
-                        Verdict::TooLarge(reason) => {
+                        HeadCheck::Ok(next) => self.state = next,
+                        HeadCheck::TooLarge(reason) => {
                             self.violation(reason);
                             self.poison(too_large_head(self.limits.max_headers, prior_tail));
                             return start;
                         }
-                        Verdict::Refuse(reason) => {
+                        HeadCheck::Refuse(reason) => {
                             self.violation(reason);
                             self.poison(POISON.to_vec());
                             return start;
@@ -513,7 +513,7 @@ mod tests {
             reject_fragment: false,
             ..LIMITS
         };
-        assert_eq!(check_head(req, &limits), Verdict::Ok(State::Head));
+        assert_eq!(check_head(req, &limits), HeadCheck::Ok(State::Head));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ const TOO_LARGE_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 
 /// The checks on one complete request head.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(super) enum HeadCheck {
     /// Next state after the head.
     Ok(State),
     /// Replace it so hyper answers 431.
@@ -55,7 +55,7 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 }
 
 /// The checks on a complete request head, and where its body ends.
-pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
+pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> HeadCheck {
     let mut lines = head
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -96,34 +96,34 @@ pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
         }
     }
     if fields > limits.max_headers {
-        return Verdict::TooLarge("too_many_headers");
+        return HeadCheck::TooLarge("too_many_headers");
     }
     if head.len() > limits.max_header_bytes {
-        return Verdict::TooLarge("header_too_large");
+        return HeadCheck::TooLarge("header_too_large");
     }
     if te_lines > 0 && cl_lines > 0 {
-        return Verdict::Refuse("content_length_with_transfer_encoding");
+        return HeadCheck::Refuse("content_length_with_transfer_encoding");
     }
     if te_lines > 1 || te_list {
-        return Verdict::Refuse("repeated_transfer_encoding");
+        return HeadCheck::Refuse("repeated_transfer_encoding");
     }
     if bad_cl {
-        return Verdict::Refuse("invalid_content_length");
+        return HeadCheck::Refuse("invalid_content_length");
     }
     if cl_lines > 1 {
-        return Verdict::Refuse("repeated_content_length");
+        return HeadCheck::Refuse("repeated_content_length");
     }
     if te_lines == 1 && !chunked {
-        return Verdict::Refuse("unsupported_transfer_encoding");
+        return HeadCheck::Refuse("unsupported_transfer_encoding");
     }
     // `#` is valid in neither method nor version: it is the target's.
     if limits.reject_fragment && request_line.contains(&b'#') {
-        return Verdict::Refuse(Rejection::Fragment.reason());
+        return HeadCheck::Refuse(Rejection::Fragment.reason());
     }
     if request_line.starts_with(b"CONNECT ") || (upgrade && connection_upgrade) {
-        return Verdict::Ok(State::Passthrough);
+        return HeadCheck::Ok(State::Passthrough);
     }
-    Verdict::Ok(match (chunked, length) {
+    HeadCheck::Ok(match (chunked, length) {
         (true, _) => State::ChunkSize,
         (false, Some(n)) if n > 0 => State::Body(n),
         _ => State::Head,
