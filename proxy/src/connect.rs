@@ -118,3 +118,48 @@ pub async fn mtls(
     }
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::Drain;
+    use crate::metrics::Metrics;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn without_an_svid_no_connection_to_the_peer_is_opened() {
+        let rt = Runtime {
+            timeouts: Default::default(),
+            creds: Default::default(),
+            metrics: Arc::new(Metrics::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(1)),
+            drain: Drain::default(),
+            policy: Default::default(),
+            http: Default::default(),
+        };
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = peer.local_addr().unwrap();
+        let id = SpiffeId::parse("spiffe://td.example/ns/a/sa/db").unwrap();
+        for alpn in [None, Some(&b"h2"[..])] {
+            let e = mtls(&rt, addr, &id, alpn).await.unwrap_err();
+            assert_eq!(e.reason(), "no_identity");
+        }
+        // The first connection the peer sees is this one: none came before.
+        let ours = TcpStream::connect(addr).await.unwrap();
+        let (_, from) = peer.accept().await.unwrap();
+        assert_eq!(from, ours.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_connect_failed_and_keeps_its_io_error() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // The listener is gone: the port refuses.
+        let e = tcp(addr, Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(e.reason(), "connect_failed");
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::ConnectionRefused);
+    }
+}

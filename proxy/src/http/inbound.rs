@@ -19,11 +19,9 @@ use super::detect::Detected;
 use super::headers::{self, ORIG_PROTO};
 use super::{server, upgrade, Conn, Started};
 use crate::config::Protocol;
-use crate::io::Counted;
-use crate::metrics::OpenConn;
-use crate::{authz, Runtime};
+use crate::Runtime;
 
-/// An inbound HTTP connection: counted like any connection, then served.
+/// An inbound HTTP connection from a peer (`None`: plaintext) to the app.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<S>(
     rt: Arc<Runtime>,
@@ -37,13 +35,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let open = OpenConn::new(rt.metrics.conn(
-        Direction::Ingress,
-        authz::peer_label(peer.as_ref()),
-        peer.is_some(),
-    ));
     tracing::debug!(client.addr = %client, app = %app, protocol = detected.as_str(), "inbound HTTP connection");
-    let io = Counted::new(io, open.0.clone());
     let mut conn = Conn::new(
         rt,
         Direction::Ingress,

@@ -21,8 +21,6 @@ use super::headers::{self, ORIG_PROTO};
 use super::{server, upgrade, Conn, Started};
 use crate::config::Protocol;
 use crate::connect::ConnectError;
-use crate::io::Counted;
-use crate::metrics::OpenConn;
 use crate::Runtime;
 
 /// An outbound HTTP connection from the app to a meshed destination.
@@ -37,12 +35,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let open = OpenConn::new(
-        rt.metrics
-            .conn(Direction::Egress, destination_id.as_str(), true),
-    );
     tracing::debug!(client.addr = %client, server.addr = %destination, protocol = detected.as_str(), "outbound HTTP connection");
-    let io = Counted::new(io, open.0.clone());
     let conn = Conn::new(
         rt,
         Direction::Egress,

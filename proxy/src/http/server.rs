@@ -22,7 +22,8 @@ use super::detect::Detected;
 use super::h1_guard::{GuardLimits, H1Guard};
 use super::h2_frames::{FrameCounter, FrameCounts};
 use super::Conn;
-use crate::metrics::direction_label;
+use crate::io::Counted;
+use crate::metrics::{direction_label, OpenConn};
 
 /// Drive a hyper connection; on drain, ask it to finish what it has
 /// started (GOAWAY / `Connection: close`) and wait for that. A macro: the
@@ -42,7 +43,8 @@ macro_rules! until_drained {
 }
 
 /// Serve `io` as `proto` until the client is done, the connection breaks a
-/// limit, or a drain ends it. `handle` answers each request.
+/// limit, or a drain ends it, counted like any connection under the peer's
+/// label. `handle` answers each request.
 pub async fn serve<S, F, Fut>(conn: Arc<Conn>, io: S, proto: Detected, handle: F)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -50,6 +52,9 @@ where
     Fut: Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static,
 {
     let rt = conn.rt.clone();
+    let tls = conn.peer.is_some();
+    let open = OpenConn::new(rt.metrics.conn(conn.direction, conn.peer_label(), tls));
+    let io = Counted::new(io, open.0.clone());
     let s = &rt.http.settings;
     let svc = {
         let conn = conn.clone();
