@@ -72,7 +72,7 @@ fn peer(id: Option<&SpiffeId>, addr: SocketAddr) -> Peer<'_> {
 }
 
 /// One policy load, one credentials load, one `decide()`.
-fn decide_now(
+pub fn decide_now(
     rt: &Runtime,
     direction: Direction,
     peer: Peer<'_>,
