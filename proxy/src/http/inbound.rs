@@ -65,7 +65,9 @@ async fn handle(
     };
     if !conn.allow_get_body {
         let wait = conn.rt.http.settings.header_read_timeout;
-        if let Some(r) = body::refuse_get_body(&conn, &mut req, wait).await {
+        if let Some((status, reason, text)) = body::get_body_refusal(&mut req, wait).await {
+            let mut r = conn.refuse(status, reason, text);
+            upgrade::close_after(&mut r);
             return Ok(conn.finish(r, start, log));
         }
     }
