@@ -122,21 +122,11 @@ pub async fn mtls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Drain;
-    use crate::metrics::Metrics;
     use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn without_an_svid_no_connection_to_the_peer_is_opened() {
-        let rt = Runtime {
-            timeouts: Default::default(),
-            creds: Default::default(),
-            metrics: Arc::new(Metrics::new()),
-            permits: Arc::new(tokio::sync::Semaphore::new(1)),
-            drain: Drain::default(),
-            policy: Default::default(),
-            http: Default::default(),
-        };
+        let rt = Runtime::without_identity();
         let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = peer.local_addr().unwrap();
         let id = SpiffeId::parse("spiffe://td.example/ns/a/sa/db").unwrap();

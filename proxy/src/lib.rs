@@ -47,6 +47,22 @@ pub struct Runtime {
     pub http: http::Http,
 }
 
+#[cfg(test)]
+impl Runtime {
+    /// Default settings, no SVID yet, no policy: for unit tests.
+    pub(crate) fn without_identity() -> Runtime {
+        Runtime {
+            timeouts: Default::default(),
+            creds: Default::default(),
+            metrics: Arc::new(Metrics::new()),
+            permits: Arc::new(Semaphore::new(1)),
+            drain: Default::default(),
+            policy: Default::default(),
+            http: Default::default(),
+        }
+    }
+}
+
 /// Accept on `listener` until drain, running `handle` for each connection
 /// under a connection permit. Over the limit, connections are closed at once
 /// and counted with reason `max_connections`.
