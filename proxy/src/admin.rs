@@ -168,19 +168,9 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Drain;
-    use crate::metrics::Metrics;
 
     fn admin() -> Admin {
-        let rt = Arc::new(Runtime {
-            timeouts: Default::default(),
-            creds: Default::default(),
-            metrics: Arc::new(Metrics::new()),
-            permits: Arc::new(tokio::sync::Semaphore::new(1)),
-            drain: Drain::default(),
-            policy: Default::default(),
-            http: Default::default(),
-        });
+        let rt = Arc::new(Runtime::without_identity());
         let mut cfg = Config::default();
         cfg.validate().unwrap();
         Admin::new(rt, &cfg, &[], None)

@@ -125,7 +125,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Mode::Transparent => {
             let l = bind("inbound", cfg.inbound.bind).await?;
             listeners.push(("inbound".into(), l.local_addr()?));
-            let target = inbound::Target::Transparent {
+            let target = inbound::LocalApp::Transparent {
                 permissive_ports: cfg.inbound.permissive_ports.clone().into(),
                 forward_to: cfg.inbound.forward_to,
                 protocols: Arc::new(cfg.inbound.protocols.clone()),
@@ -145,7 +145,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.outbound.endpoints_refresh,
                 background.clone(),
             ));
-            let target = outbound::Target::Transparent {
+            let target = outbound::Upstream::Transparent {
                 endpoints: map,
                 unmeshed: cfg.outbound.unmeshed,
                 protocols: Arc::new(cfg.outbound.protocols.clone()),
@@ -156,7 +156,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             for p in &cfg.inbound.ports {
                 let l = bind("inbound", p.listen).await?;
                 listeners.push((format!("inbound -> {}", p.app), l.local_addr()?));
-                let target = inbound::Target::Fixed {
+                let target = inbound::LocalApp::Fixed {
                     app: p.app,
                     permissive: p.permissive,
                     protocol: p.protocol,
@@ -170,7 +170,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                     format!("outbound -> {} ({})", r.destination, r.identity),
                     l.local_addr()?,
                 ));
-                let target = outbound::Target::Route {
+                let target = outbound::Upstream::Route {
                     destination: r.destination,
                     identity: r.identity.clone(),
                     protocol: r.protocol,

@@ -51,7 +51,7 @@ impl FileRead {
 
 /// Reads `path` and applies it. Blocking.
 pub fn load_now(reloader: &Reloader, path: &Path) {
-    reloader.metrics().authz.file_reads.inc();
+    reloader.metrics().policy.file_reads.inc();
     match read(path) {
         Ok(read) => {
             reloader.apply(Update::File(read));
