@@ -20,9 +20,31 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 
 use super::access_log::{micros, AccessLog, Entry};
-use super::client::StreamSlot;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream connection that counts the streams it carries (the HTTP/2
+/// pool's). Bodies name it through this trait, so they need not know the pool.
+pub trait Streams: Send + Sync {
+    /// One stream on this connection has ended.
+    fn release(&self);
+}
+
+/// One stream claimed on a pooled connection, released when dropped.
+pub struct StreamSlot(Arc<dyn Streams>);
+
+impl StreamSlot {
+    /// Holds a stream already counted on `conn`.
+    pub fn claimed(conn: Arc<dyn Streams>) -> Self {
+        StreamSlot(conn)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
 
 /// A request body on its way upstream, counted when it is logged.
 pub struct ReqBody {

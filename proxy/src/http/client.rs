@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::SpiffeId;
 use tokio::net::TcpStream;
 
-use super::body::{ReqBody, RespBody};
+use super::body::{ReqBody, RespBody, StreamSlot, Streams};
 use crate::config::http::MAX_WINDOW;
 use crate::connect::{self, ConnectError};
 use crate::Runtime;
@@ -119,27 +119,25 @@ struct Peer {
     opening: tokio::sync::Mutex<()>,
 }
 
-/// A stream counted on a pooled connection until the response ends. The
-/// last stream of a connection beyond a destination's first closes it.
-pub struct StreamSlot(Arc<PeerConn>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let conn = &self.0;
-        if conn.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
+/// A stream counts on its connection until the response ends. The last
+/// stream of a connection beyond a destination's first closes it.
+impl Streams for PeerConn {
+    fn release(&self) {
+        if self.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let Some(peer) = conn.peer.upgrade() else {
+        let Some(peer) = self.peer.upgrade() else {
             return;
         };
-        let extra = |v: &[Arc<PeerConn>]| v.iter().skip(1).any(|c| Arc::ptr_eq(c, conn));
+        let this = |c: &Arc<PeerConn>| std::ptr::eq(Arc::as_ptr(c), self);
+        let extra = |v: &[Arc<PeerConn>]| v.iter().skip(1).any(this);
         if !extra(&peer.conns.load()) {
             return;
         }
         peer.conns.rcu(|v| {
             let mut v = Vec::clone(v);
-            if extra(&v) && conn.streams.load(Ordering::Acquire) == 0 {
-                v.retain(|c| !Arc::ptr_eq(c, conn));
+            if extra(&v) && self.streams.load(Ordering::Acquire) == 0 {
+                v.retain(|c| !this(c));
             }
             v
         });
@@ -168,17 +166,18 @@ impl PeerPool {
     ) -> Result<Response<RespBody>, UpstreamError> {
         let limit = rt.http.settings.max_concurrent_streams;
         let peer = self.peer(dst);
-        let slot = match claim(&peer, id, limit) {
-            Some(s) => s,
+        let conn = match claim(&peer, id, limit) {
+            Some(c) => c,
             None => {
                 let _one = peer.opening.lock().await;
                 match claim(&peer, id, limit) {
-                    Some(s) => s,
+                    Some(c) => c,
                     None => open(rt, &peer, dst, id).await?,
                 }
             }
         };
-        let mut sender = slot.0.sender.clone();
+        let mut sender = conn.sender.clone();
+        let slot = StreamSlot::claimed(conn);
         let resp = sender
             .send_request(req)
             .await
@@ -200,8 +199,9 @@ impl PeerPool {
     }
 }
 
-/// A stream on an open connection to the right identity with room for it.
-fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<StreamSlot> {
+/// An open connection to the right identity with room for one more stream,
+/// which is counted on it.
+fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<Arc<PeerConn>> {
     peer.conns.load().iter().find_map(|c| {
         if c.id != *id || !c.sender.is_ready() {
             return None;
@@ -211,7 +211,7 @@ fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<StreamSlot> {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| StreamSlot(c.clone()))
+            .map(|_| c.clone())
     })
 }
 
@@ -221,7 +221,7 @@ async fn open(
     peer: &Arc<Peer>,
     dst: SocketAddr,
     id: &SpiffeId,
-) -> Result<StreamSlot, UpstreamError> {
+) -> Result<Arc<PeerConn>, UpstreamError> {
     let s = &rt.http.settings;
     let tls = connect::mtls(rt, dst, id, Some(b"h2")).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -256,7 +256,7 @@ async fn open(
         v
     });
     tracing::debug!(server.addr = %dst, server.id = %id, "HTTP/2 connection to sidecar opened");
-    Ok(StreamSlot(conn))
+    Ok(conn)
 }
 
 /// A dedicated HTTP/1.1 connection to a sidecar, for one upgrade.
