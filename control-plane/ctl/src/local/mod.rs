@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use control_plane::{ControlPlane, ControlPlaneSpec};
 pub use palisade_proxy::config::Protocol;
 pub use process::Process;
-pub use sidecar::{InboundPort, Interception, OutboundRoute, Sidecar, SidecarSpec};
+pub use sidecar::{Interception, Sidecar, SidecarSpec};
 
 /// A loopback port that was free a moment ago, for a child process to bind.
 ///

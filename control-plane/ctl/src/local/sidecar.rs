@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use palisade_policy::{SpiffeId, TrustDomain};
-use palisade_proxy::config::{Config, Mode, PortMapping, Protocol, Route};
+use palisade_proxy::config::{
+    self, Config, ExplicitInbound, ExplicitOutbound, PortMapping, Protocol, Route,
+};
 
 use super::{free_addr, http_request, Process};
 
@@ -23,35 +25,14 @@ pub enum Interception {
     Transparent,
 }
 
-/// One explicit inbound listener: `listen` → the local app `app`.
-#[derive(Debug, Clone)]
-pub struct InboundPort {
-    pub listen: SocketAddr,
-    pub app: SocketAddr,
-    /// Plaintext is accepted too.
-    pub permissive: bool,
-    pub protocol: Protocol,
-    /// GET and the like may carry a body to the app.
-    pub allow_get_body: bool,
-}
-
-/// One explicit outbound listener: `listen` → `destination`, which must prove `identity`.
-#[derive(Debug, Clone)]
-pub struct OutboundRoute {
-    pub listen: SocketAddr,
-    pub destination: SocketAddr,
-    pub identity: SpiffeId,
-    pub protocol: Protocol,
-}
-
 /// What a sidecar does; see proxy/README.md for every setting.
 #[derive(Debug, Clone)]
 pub struct SidecarSpec {
     /// Names its process, `<dir>/<name>.yaml` and `<dir>/<name>.log`.
     pub name: String,
     pub interception: Interception,
-    pub inbound: Vec<InboundPort>,
-    pub routes: Vec<OutboundRoute>,
+    pub inbound: Vec<PortMapping>,
+    pub routes: Vec<Route>,
     pub admin: SocketAddr,
     /// The control plane's workload API.
     pub control_plane: SocketAddr,
@@ -98,7 +79,7 @@ impl SidecarSpec {
     /// returns the listener's address.
     pub fn inbound(&mut self, app: SocketAddr, permissive: bool) -> std::io::Result<SocketAddr> {
         let listen = free_addr()?;
-        self.inbound.push(InboundPort {
+        self.inbound.push(PortMapping {
             listen,
             app,
             permissive,
@@ -112,7 +93,7 @@ impl SidecarSpec {
     pub fn route(&mut self, destination: SocketAddr, identity: &str) -> anyhow::Result<SocketAddr> {
         let identity = SpiffeId::parse(identity).with_context(|| format!("route to {identity}"))?;
         let listen = free_addr()?;
-        self.routes.push(OutboundRoute {
+        self.routes.push(Route {
             listen,
             destination,
             identity,
@@ -124,34 +105,21 @@ impl SidecarSpec {
     /// The proxy's configuration for this spec: the one place a sidecar's
     /// `Config` is built.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut c = Config {
-            mode: match self.interception {
-                Interception::Explicit => Mode::Explicit,
-                Interception::Transparent => Mode::Transparent,
+        let interception = match self.interception {
+            Interception::Transparent => config::Interception::default(),
+            Interception::Explicit => config::Interception::Explicit {
+                inbound: ExplicitInbound {
+                    ports: self.inbound.clone(),
+                },
+                outbound: ExplicitOutbound {
+                    routes: self.routes.clone(),
+                },
             },
+        };
+        let mut c = Config {
+            interception,
             ..Config::default()
         };
-        c.inbound.ports = self
-            .inbound
-            .iter()
-            .map(|p| PortMapping {
-                listen: p.listen,
-                app: p.app,
-                permissive: p.permissive,
-                protocol: p.protocol,
-                allow_get_body: p.allow_get_body,
-            })
-            .collect();
-        c.outbound.routes = self
-            .routes
-            .iter()
-            .map(|r| Route {
-                listen: r.listen,
-                destination: r.destination,
-                identity: r.identity.clone(),
-                protocol: r.protocol,
-            })
-            .collect();
         c.admin.bind = self.admin;
         c.identity.control_plane = self.control_plane.to_string();
         c.identity.trust_domain = TrustDomain::new(&self.trust_domain)?;
@@ -277,11 +245,13 @@ mod tests {
         let yaml = serde_saphyr::to_string(&s.config().unwrap()).unwrap();
         let mut c = Config::from_yaml(&yaml).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.mode, Mode::Explicit);
+        let config::Interception::Explicit { inbound, outbound } = &c.interception else {
+            panic!("not explicit: {:?}", c.interception);
+        };
         assert_eq!(c.admin.bind, s.admin);
-        assert_eq!(c.inbound.ports[0].listen, s.inbound[0].listen);
-        assert!(c.inbound.ports[0].permissive);
-        assert_eq!(c.outbound.routes[0].identity, s.routes[0].identity);
+        assert_eq!(inbound.ports, s.inbound);
+        assert!(inbound.ports[0].permissive);
+        assert_eq!(outbound.routes, s.routes);
         assert_eq!(c.identity.join_token.as_deref(), Some("tok"));
         assert_eq!(c.identity.control_plane, "127.0.0.1:8443");
         assert_eq!(c.policy.path.as_deref(), Some(Path::new("/policies")));
