@@ -32,6 +32,7 @@ pub struct Metrics {
     pub bundle_cas: Gauge,
     pub bundle_sequence: Gauge,
     pub api_connections_open: Gauge,
+    pub policy_dir_reads: Counter,
     pub policy_reload_errors: Family<ReasonLabel, Counter>,
 }
 
@@ -53,6 +54,7 @@ impl Metrics {
             bundle_cas: Gauge::default(),
             bundle_sequence: Gauge::default(),
             api_connections_open: Gauge::default(),
+            policy_dir_reads: Counter::default(),
             policy_reload_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -95,6 +97,11 @@ impl Metrics {
             "api_connections_open",
             "Open connections on the workload API port",
             m.api_connections_open.clone(),
+        );
+        registry.register(
+            "policy_dir_reads",
+            "Reads of --policy-dir after a change to it, accepted or not",
+            m.policy_dir_reads.clone(),
         );
         registry.register(
             "policy_reload_errors",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{EventKind, RecursiveMode, Watcher};
 use palisade_policy::fs::{empty_allowed, read_files, ALLOW_EMPTY_MARKER};
+use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,8 +33,8 @@ pub enum PolicySourceError {
     /// The directory went from some policies to none without the marker.
     #[error("{0} no longer holds any policy: refused, as it would drop every policy in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in it")]
     Emptied(String),
-    #[error("cannot watch {0}: {1}")]
-    Watch(String, notify::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 impl PolicySourceError {
@@ -80,6 +80,16 @@ impl PolicyStore {
             return Err(PolicySourceError::Emptied(self.dir.display().to_string()));
         }
         let n = chunks.len();
+        let old = self.chunks.load_full();
+        if old
+            .iter()
+            .map(|c| &c.served)
+            .eq(chunks.iter().map(|c| &c.served))
+        {
+            // A touch or a rewrite with the same text: no poll is woken.
+            return Ok(n);
+        }
+        drop(old);
         self.chunks.store(Arc::new(chunks));
         self.changed.send_modify(|g| *g += 1);
         Ok(n)
@@ -128,50 +138,31 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads whenever the directory changes, after `DEBOUNCE` of quiet;
-    /// a rejected reload counts in `errors` by reason. The returned watcher
-    /// must be kept alive.
+    /// Reloads after each burst of changes to the directory, once it has
+    /// been quiet for `DEBOUNCE`; each read counts in `reads`, a rejected
+    /// one in `errors` by reason. The returned watch must be kept alive.
     pub fn watch(
         self: &Arc<Self>,
+        reads: Counter,
         errors: Family<ReasonLabel, Counter>,
-    ) -> Result<notify::RecommendedWatcher, PolicySourceError> {
-        let watch_err = |e| PolicySourceError::Watch(self.dir.display().to_string(), e);
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            // Opening and reading the files is no change, and the reload
-            // does just that: it must not wake the next one.
-            if !matches!(
-                e,
-                Ok(notify::Event {
-                    kind: EventKind::Access(_),
-                    ..
-                })
-            ) {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(watch_err)?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(watch_err)?;
+    ) -> Result<PathWatch, PolicySourceError> {
         let store = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("policy-watch".into())
-            .spawn(move || {
-                // Ends when the watcher (and so the sender) is dropped.
-                while rx.recv().is_ok() {
-                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                    match store.reload() {
-                        Ok(n) => tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded"),
-                        Err(e) => {
-                            errors.get_or_create(&ReasonLabel { reason: e.reason() }).inc();
-                            tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
-                        }
-                    }
+        let w = palisade_policy::watch::watch(&self.dir, DEBOUNCE, "policy-watch", move || {
+            reads.inc();
+            match store.reload() {
+                Ok(n) => {
+                    tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded")
                 }
-            })
-            .map_err(|e| PolicySourceError::Invalid(format!("policy-watch thread: {e}")))?;
-        Ok(watcher)
+                Err(e) => {
+                    errors
+                        .get_or_create(&ReasonLabel { reason: e.reason() })
+                        .inc();
+                    tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
+                }
+            }
+        })?;
+        tracing::info!(dir = %self.dir.display(), "watching the policies");
+        Ok(w)
     }
 }
 
@@ -334,5 +325,20 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
         let got = waiting.await.unwrap();
         assert_ne!(got.version, v);
         assert!(got.documents[0].yaml.contains("egress: []"));
+    }
+
+    #[test]
+    fn a_reload_that_changes_nothing_wakes_no_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("shop.yaml");
+        std::fs::write(&f, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let changed = store.changed.subscribe();
+        std::fs::write(&f, TWO).unwrap();
+        assert_eq!(store.reload().unwrap(), 2);
+        assert!(!changed.has_changed().unwrap(), "same text, no wake");
+        std::fs::write(&f, TWO.replace("ingress: []", "egress: []")).unwrap();
+        store.reload().unwrap();
+        assert!(changed.has_changed().unwrap(), "new text wakes the polls");
     }
 }

@@ -3,8 +3,9 @@
 //! files (truncated, half-written, a ConfigMap symlink flip to an invalid
 //! file) keep the last good policy, an emptied source (the file replaced by
 //! a directory, a directory's last file deleted) keeps it too until
-//! `.palisade-allow-empty` says so, a `touch` is read once, and the control
-//! plane's policy directory reaches the proxies it selects.
+//! `.palisade-allow-empty` says so, a read is no change and a `touch` is read
+//! once (by the proxy and by the control plane), and the control plane's
+//! policy directory reaches the proxies it selects.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -402,13 +403,11 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     let reloads = p.server.metric("policy_reloads_total", &[]);
     let before = reads();
 
-    // A touch: open for writing, new mtime, close. Nothing changes.
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap();
-    f.set_modified(std::time::SystemTime::now()).unwrap();
-    drop(f);
+    std::fs::read_to_string(&file).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), before, "reading the file is no change");
+
+    touch(&file);
     wait_until("the touch is seen", || reads() > before);
     // Fifty debounce periods: a watcher woken by its own reads would have
     // read the file again and again by now.
@@ -419,6 +418,43 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     assert_eq!(reads(), settled, "no read without a change");
     assert_eq!(p.server.metric("policy_reloads_total", &[]), reloads);
     assert!(allowed(p.entry));
+}
+
+/// A touch: open for writing, new mtime, close. Nothing changes.
+fn touch(file: &Path) {
+    let f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+}
+
+#[test]
+fn reading_or_touching_the_control_planes_policy_directory_does_not_make_it_reload_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
+        ..Default::default()
+    });
+    let reads = || cp.metric("policy_dir_reads_total");
+
+    std::fs::read_to_string(&file).unwrap();
+    std::fs::read_dir(dir.path()).unwrap().for_each(drop);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), 0.0, "reading the directory is no change");
+
+    touch(&file);
+    wait_until("the touch is seen", || reads() >= 1.0);
+    // Ten debounce periods: a watcher woken by its own reads would have
+    // read the directory again and again by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = reads();
+    assert!(settled <= 2.0, "{settled} reads after one touch");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), settled, "no read without a change");
+    assert_eq!(
+        cp.metric("policy_reload_errors_total{reason=\"invalid\"}"),
+        0.0
+    );
 }
 
 #[test]
