@@ -254,70 +254,85 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/api}]\n  ingress: []\n\
 apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: db, namespace: shop}\n\
 spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
 
+    /// A directory holding `shop.yaml` (= `TWO`), and its store.
+    struct Shop {
+        dir: tempfile::TempDir,
+        file: PathBuf,
+        store: Arc<PolicyStore>,
+    }
+
+    fn shop() -> Shop {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.yaml");
+        std::fs::write(&file, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        Shop { dir, file, store }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    const API: &str = "spiffe://td/ns/shop/sa/api";
+
     #[test]
     fn each_workload_gets_only_the_documents_that_select_it() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("shop.yaml"), TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap());
+        let Shop {
+            dir: _dir, store, ..
+        } = shop();
+        let api = store.for_workload(&id(API));
         assert_eq!(api.documents.len(), 1);
         assert_eq!(api.documents[0].name, "shop/api");
         assert!(!api.documents[0].yaml.contains("name: db"));
-        let db = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/db").unwrap());
+        let db = store.for_workload(&id("spiffe://td/ns/shop/sa/db"));
         assert_eq!(db.documents[0].name, "shop/db");
         assert_ne!(api.version, db.version);
-        let none = store.for_workload(&SpiffeId::parse("spiffe://td/ns/web/sa/x").unwrap());
+        let none = store.for_workload(&id("spiffe://td/ns/web/sa/x"));
         assert!(none.documents.is_empty());
     }
 
     #[test]
     fn a_bad_change_is_rejected_with_its_location_and_the_last_good_set_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let before = store.for_workload(&api);
-        std::fs::write(&f, TWO.replace("ingress: []", "ingres: []")).unwrap();
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
+        let before = store.for_workload(&id(API));
+        std::fs::write(&file, TWO.replace("ingress: []", "ingres: []")).unwrap();
         let err = store.reload().unwrap_err().to_string();
         assert!(err.contains("shop.yaml:7:3"), "{err}");
-        assert_eq!(store.for_workload(&api), before);
+        assert_eq!(store.for_workload(&id(API)), before);
     }
 
     #[test]
     fn removing_the_last_policy_is_refused_unless_the_marker_is_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let before = store.for_workload(&api);
-        std::fs::remove_file(&f).unwrap();
+        let Shop { dir, file, store } = shop();
+        let before = store.for_workload(&id(API));
+        std::fs::remove_file(&file).unwrap();
         let err = store.reload().unwrap_err();
         assert_eq!(err.reason(), "emptied");
         assert!(err.to_string().contains(ALLOW_EMPTY_MARKER), "{err}");
-        assert_eq!(store.for_workload(&api), before);
+        assert_eq!(store.for_workload(&id(API)), before);
         std::fs::write(dir.path().join(ALLOW_EMPTY_MARKER), "").unwrap();
         assert_eq!(store.reload().unwrap(), 0);
-        assert!(store.for_workload(&api).documents.is_empty());
+        assert!(store.for_workload(&id(API)).documents.is_empty());
     }
 
     #[tokio::test]
     async fn a_poll_with_the_current_version_waits_for_a_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let v = store.for_workload(&api).version;
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
+        let v = store.for_workload(&id(API)).version;
         let s = store.clone();
-        let waiting = tokio::spawn(async move {
-            let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-            s.poll(&api, Some(v), Duration::from_secs(30)).await
-        });
+        let waiting =
+            tokio::spawn(async move { s.poll(&id(API), Some(v), Duration::from_secs(30)).await });
         tokio::task::yield_now().await;
         std::fs::write(
-            &f,
+            &file,
             TWO.replace("ingress: []\n---", "ingress: []\n  egress: []\n---"),
         )
         .unwrap();
@@ -329,15 +344,16 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
 
     #[test]
     fn a_reload_that_changes_nothing_wakes_no_poll() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
         let changed = store.changed.subscribe();
-        std::fs::write(&f, TWO).unwrap();
+        std::fs::write(&file, TWO).unwrap();
         assert_eq!(store.reload().unwrap(), 2);
         assert!(!changed.has_changed().unwrap(), "same text, no wake");
-        std::fs::write(&f, TWO.replace("ingress: []", "egress: []")).unwrap();
+        std::fs::write(&file, TWO.replace("ingress: []", "egress: []")).unwrap();
         store.reload().unwrap();
         assert!(changed.has_changed().unwrap(), "new text wakes the polls");
     }

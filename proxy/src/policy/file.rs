@@ -216,47 +216,27 @@ mod tests {
 
     #[test]
     fn an_emptied_source_or_a_kind_change_is_refused_unless_the_marker_allows_it() {
-        let file = |docs| {
-            Some(Shape {
-                kind: PathKind::File,
-                docs,
-            })
-        };
-        let dir = |docs| {
-            Some(Shape {
-                kind: PathKind::Directory,
-                docs,
-            })
-        };
-        let reason = |last, read: FileRead| check_shape(last, &read, "/p").map_err(|r| r.reason);
-        assert_eq!(reason(None, read_of(PathKind::Directory, 0, false)), Ok(()));
-        assert_eq!(
-            reason(dir(0), read_of(PathKind::Directory, 0, false)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(dir(2), read_of(PathKind::Directory, 1, false)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::Directory, 0, false)),
-            Err(RejectReason::Emptied)
-        );
-        assert_eq!(
-            reason(file(1), read_of(PathKind::Directory, 0, false)),
-            Err(RejectReason::PathKindChanged)
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::File, 1, false)),
-            Err(RejectReason::PathKindChanged)
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::Directory, 0, true)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(file(1), read_of(PathKind::Directory, 0, true)),
-            Ok(())
-        );
+        use PathKind::{Directory as Dir, File};
+        use RejectReason::{Emptied, PathKindChanged};
+        let was = |kind, docs| Some(Shape { kind, docs });
+        // (last accepted read, this read's kind, documents, marker, verdict)
+        let cases = [
+            (None, Dir, 0, false, Ok(())),
+            (was(Dir, 0), Dir, 0, false, Ok(())),
+            (was(Dir, 2), Dir, 1, false, Ok(())),
+            (was(Dir, 1), Dir, 0, false, Err(Emptied)),
+            (was(File, 1), Dir, 0, false, Err(PathKindChanged)),
+            (was(Dir, 1), File, 1, false, Err(PathKindChanged)),
+            (was(Dir, 1), Dir, 0, true, Ok(())),
+            (was(File, 1), Dir, 0, true, Ok(())),
+        ];
+        for (last, kind, docs, marker, verdict) in cases {
+            let read = read_of(kind, docs, marker);
+            let got = check_shape(last, &read, "/p").map_err(|r| r.reason);
+            assert_eq!(
+                got, verdict,
+                "{last:?}, then {kind:?} with {docs} document(s), marker {marker}"
+            );
+        }
     }
 }
