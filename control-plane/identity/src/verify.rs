@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::spiffe::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
@@ -21,12 +23,36 @@ fn reject(r: SvidRejection) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(r))))
 }
 
+/// The handshake-signature methods, alike in both verifier traits: checked
+/// with the crypto provider's algorithms, kept in the field `$algs`. Each
+/// TLS version's method calls rustls's function of the same name.
+macro_rules! signatures_checked_with {
+    ($algs:ident) => {
+        signatures_checked_with!($algs: verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$algs.supported_schemes()
+        }
+    };
+    ($algs:ident: $($check:ident),+) => {$(
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            $check(message, cert, dss, &self.$algs)
+        }
+    )+};
+}
+
 /// Inbound: a client certificate chaining to the bundle, carrying exactly one
 /// SPIFFE ID in an accepted trust domain.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     accepted: Arc<[TrustDomain]>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeClientVerifier {
@@ -35,11 +61,16 @@ impl SpiffeClientVerifier {
         accepted: Arc<[TrustDomain]>,
         provider: Arc<CryptoProvider>,
     ) -> Result<SpiffeClientVerifier, rustls::server::VerifierBuilderError> {
+        let algorithms = provider.signature_verification_algorithms;
         let chain = WebPkiClientVerifier::builder_with_provider(roots, provider)
             // Hints would list every CA; workloads always send their one SVID.
             .clear_root_hint_subjects()
             .build()?;
-        Ok(SpiffeClientVerifier { chain, accepted })
+        Ok(SpiffeClientVerifier {
+            chain,
+            accepted,
+            algorithms,
+        })
     }
 }
 
@@ -66,27 +97,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
+    signatures_checked_with!(algorithms);
 }
 
 /// Outbound: the server's chain verified with webpki against the bundle, and
@@ -95,7 +106,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeServerVerifier {
@@ -107,7 +118,7 @@ impl SpiffeServerVerifier {
         SpiffeServerVerifier {
             roots,
             expected,
-            provider,
+            algorithms: provider.signature_verification_algorithms,
         }
     }
 }
@@ -128,42 +139,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             &self.roots,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
+            self.algorithms.all,
         )?;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signatures_checked_with!(algorithms);
 }
