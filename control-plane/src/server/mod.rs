@@ -86,7 +86,7 @@ impl State {
             authority,
             tokens: JoinTokens::default(),
             k8s,
-            metrics: Metrics::new(),
+            metrics: Metrics::default(),
             endpoints: Arc::new(EndpointMap::default()),
             policies,
             tls: ArcSwap::from_pointee(serving),
