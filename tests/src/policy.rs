@@ -103,4 +103,9 @@ impl PolicyFile {
         std::fs::write(&path, text).expect("write policy");
         PolicyFile { path, _dir: dir }
     }
+
+    /// The directory holding the file (and only it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
 use palisade_tests::eventually;
 use palisade_tests::policy::{
-    policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir,
+    policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir, PolicyFile,
 };
 use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
 
@@ -93,14 +93,13 @@ fn ping(s: &mut TcpStream, n: u64) -> std::io::Result<()> {
 #[test]
 fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_reload_closes_the_live_one(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let (v1, v2) = (
         allow(CLIENT_ID, "from-client"),
         allow(CLIENT_ID, "client-v2"),
     );
-    std::fs::write(&file, &v1).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 2ms\n");
+    let policy = PolicyFile::new(&v1);
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 2ms\n");
     let entry = p.entry;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -143,7 +142,7 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     let reloads = |p: &Proxy| p.metric("policy_reloads_total", &[]);
     let base = reloads(&p.server);
     for i in 0..1000u32 {
-        write_atomic(&file, if i % 2 == 0 { &v2 } else { &v1 });
+        write_atomic(file, if i % 2 == 0 { &v2 } else { &v1 });
         let want = base + f64::from(i) + 1.0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while reloads(&p.server) < want {
@@ -166,7 +165,7 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     // Now a policy that no longer admits the client: the live connection
     // is closed and counted, new ones are refused.
     ping(&mut live, u64::MAX).unwrap();
-    write_atomic(&file, &allow(OTHER_ID, "only-other"));
+    write_atomic(file, &allow(OTHER_ID, "only-other"));
     let mut buf = [0u8; 8];
     let closed = match live.read(&mut buf) {
         Ok(0) => true,
@@ -204,9 +203,9 @@ fn assert_kept(p: &Pair, errors_before: f64, version: &serde_json::Value, needle
     assert!(allowed(p.entry), "traffic follows the last good policy");
 }
 
-/// `server.yaml:<line>:<col>:` somewhere in `err`.
+/// `policy.yaml:<line>:<col>:` somewhere in `err`.
 fn located(err: &str) -> bool {
-    err.split("server.yaml:").skip(1).any(|rest| {
+    err.split("policy.yaml:").skip(1).any(|rest| {
         let mut parts = rest.splitn(3, ':');
         let digits = |s: Option<&str>| {
             s.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
@@ -217,40 +216,38 @@ fn located(err: &str) -> bool {
 
 #[test]
 fn a_truncated_file_is_rejected_with_its_location_and_the_last_good_policy_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let good = allow(CLIENT_ID, "from-client");
-    std::fs::write(&file, &good).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "");
+    let policy = PolicyFile::new(&good);
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "");
     assert!(allowed(p.entry));
     let version = p.server.config_dump()["policy_version"].clone();
 
     // Cut inside the rule: `action` is gone.
     let cut = good.find("      action").unwrap();
-    std::fs::write(&file, &good[..cut]).unwrap();
-    assert_kept(&p, 0.0, &version, "server.yaml:");
+    std::fs::write(file, &good[..cut]).unwrap();
+    assert_kept(&p, 0.0, &version, "policy.yaml:");
     let err = p.server.config_dump()["policy"]["last_error"].to_string();
     assert!(located(&err), "file:line:col in {err}");
 
     // A good file is picked up and clears the error.
-    write_atomic(&file, &allow(OTHER_ID, "only-other"));
+    write_atomic(file, &allow(OTHER_ID, "only-other"));
     wait_until("the denying policy applies", || !allowed(p.entry));
     assert!(p.server.config_dump()["policy"]["last_error"].is_null());
 }
 
 #[test]
 fn a_half_written_file_is_rejected_until_the_writer_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "");
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "");
     let version = p.server.config_dump()["policy_version"].clone();
 
     // A slow writer stops inside a flow mapping and keeps the file open.
     let next = allow(OTHER_ID, "only-other");
     let half = next.find("identity: ").unwrap();
-    let mut writer = write_partial(&file, &next, half);
-    assert_kept(&p, 0.0, &version, "server.yaml:");
+    let mut writer = write_partial(file, &next, half);
+    assert_kept(&p, 0.0, &version, "policy.yaml:");
 
     writer.write_all(&next.as_bytes()[half..]).unwrap();
     drop(writer);
@@ -287,10 +284,7 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         allow(CLIENT_ID, "from-client"),
     )
     .unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
-        ..Default::default()
-    });
+    let cp = serving_policies(dir.path());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
     assert!(allowed(p.entry));
     let dump = p.server.config_dump();
@@ -360,54 +354,52 @@ fn assert_emptied_on_purpose(p: &Pair, marker: &Path) {
     );
 }
 
-#[test]
-fn a_policy_file_replaced_by_an_empty_directory_keeps_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
+/// A pair whose server reads a policy file (`whole_dir`: its directory)
+/// that denies the client; the file, the pair and the policy's version.
+fn denied_pair(whole_dir: bool) -> (PolicyFile, Pair, serde_json::Value) {
+    let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
+    let path = if whole_dir {
+        policy.dir()
+    } else {
+        &policy.path
+    };
+    let p = start_pair(ControlPlane::start(), Some(path), "  debounce: 20ms\n");
     assert!(!allowed(p.entry));
     let version = p.server.config_dump()["policy_version"].clone();
+    (policy, p, version)
+}
 
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+#[test]
+fn a_policy_file_replaced_by_an_empty_directory_keeps_denying_until_the_marker_allows_it() {
+    let (policy, p, version) = denied_pair(false);
+    std::fs::remove_file(&policy.path).unwrap();
+    std::fs::create_dir(&policy.path).unwrap();
     assert_still_denied(&p, "path_kind_changed", &version);
-    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+    assert_emptied_on_purpose(&p, &policy.dir().join(".palisade-allow-empty"));
 }
 
 #[test]
 fn deleting_the_only_file_of_a_policy_directory_keeps_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let p = start_pair(
-        ControlPlane::start(),
-        Some(dir.path()),
-        "  debounce: 20ms\n",
-    );
-    assert!(!allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
-
-    std::fs::remove_file(&file).unwrap();
+    let (policy, p, version) = denied_pair(true);
+    std::fs::remove_file(&policy.path).unwrap();
     assert_still_denied(&p, "emptied", &version);
-    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+    assert_emptied_on_purpose(&p, &policy.dir().join(".palisade-allow-empty"));
 }
 
 #[test]
 fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 20ms\n");
     let reads = || p.server.metric("policy_file_reads_total", &[]);
     let reloads = p.server.metric("policy_reloads_total", &[]);
     let before = reads();
 
-    std::fs::read_to_string(&file).unwrap();
+    std::fs::read_to_string(file).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(reads(), before, "reading the file is no change");
 
-    touch(&file);
+    touch(file);
     wait_until("the touch is seen", || reads() > before);
     // Fifty debounce periods: a watcher woken by its own reads would have
     // read the file again and again by now.
@@ -420,6 +412,14 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     assert!(allowed(p.entry));
 }
 
+/// A control plane serving the policies in `dir`.
+fn serving_policies(dir: &Path) -> ControlPlane {
+    ControlPlane::start_with(ControlPlaneOptions {
+        extra_args: vec!["--policy-dir".into(), dir.display().to_string()],
+        ..Default::default()
+    })
+}
+
 /// A touch: open for writing, new mtime, close. Nothing changes.
 fn touch(file: &Path) {
     let f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
@@ -428,21 +428,16 @@ fn touch(file: &Path) {
 
 #[test]
 fn reading_or_touching_the_control_planes_policy_directory_does_not_make_it_reload_in_a_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
-        ..Default::default()
-    });
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let cp = serving_policies(policy.dir());
     let reads = || cp.metric("policy_dir_reads_total");
 
-    std::fs::read_to_string(&file).unwrap();
-    std::fs::read_dir(dir.path()).unwrap().for_each(drop);
+    std::fs::read_to_string(&policy.path).unwrap();
+    std::fs::read_dir(policy.dir()).unwrap().for_each(drop);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(reads(), 0.0, "reading the directory is no change");
 
-    touch(&file);
+    touch(&policy.path);
     wait_until("the touch is seen", || reads() >= 1.0);
     // Ten debounce periods: a watcher woken by its own reads would have
     // read the directory again and again by now.
@@ -459,18 +454,13 @@ fn reading_or_touching_the_control_planes_policy_directory_does_not_make_it_relo
 
 #[test]
 fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
-        ..Default::default()
-    });
+    let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
+    let cp = serving_policies(policy.dir());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
     assert!(!allowed(p.entry));
 
     let refused = "policy_reload_errors_total{reason=\"emptied\"}";
-    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(&policy.path).unwrap();
     wait_until("the control plane refuses the empty directory", || {
         p.cp.metric(refused) >= 1.0
     });
@@ -486,7 +476,7 @@ fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(p.cp.metric(refused), settled, "the watcher does not loop");
 
-    std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+    std::fs::write(policy.dir().join(".palisade-allow-empty"), "").unwrap();
     wait_until("the marked removal reaches the proxy", || {
         p.server.config_dump()["policy"]["policies"] == 0
     });
