@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
 use palisade_tests::eventually;
 use palisade_tests::policy::{
-    policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir, PolicyFile,
+    policy_doc, start_pair, write_atomic, write_partial, ConfigMapDir, PolicyFile,
 };
-use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
+use palisade_tests::proxy::{echo_roundtrip, Mesh, Proxy, CLIENT_ID, SERVER_ID};
 
 const OTHER_ID: &str = "spiffe://cluster.local/ns/demo/sa/other";
 
@@ -29,37 +29,6 @@ fn allow(peer: &str, rule: &str) -> String {
         "  ingress:\n    - name: {rule}\n      action: allow\n      from:\n        - identity: {peer}\n"
     );
     policy_doc("server", SERVER_ID, &body)
-}
-
-/// client app → client proxy → server proxy (policy at `policy`) → echo.
-struct Pair {
-    cp: ControlPlane,
-    _echo: Echo,
-    server: Proxy,
-    _client: Proxy,
-    /// Where the client app connects.
-    entry: SocketAddr,
-}
-
-fn start_pair(cp: ControlPlane, policy: Option<&Path>, policy_yaml: &str) -> Pair {
-    let echo = Echo::start();
-    let mut b = spec(&cp, "server", SERVER_ID);
-    let b_in = b.inbound(echo.addr, false);
-    match policy {
-        Some(p) => use_policy(&mut b, p, policy_yaml),
-        None => b.extra_yaml += policy_yaml,
-    }
-    let mut a = spec(&cp, "client", CLIENT_ID);
-    let entry = a.route(b_in, SERVER_ID);
-    let server = Proxy::start_ready(b);
-    let client = Proxy::start_ready(a);
-    Pair {
-        cp,
-        _echo: echo,
-        server,
-        _client: client,
-        entry,
-    }
 }
 
 /// `policy_reload_errors_total` for one reason.
@@ -100,7 +69,7 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     let policy = PolicyFile::new(&v1);
     let file = &policy.path;
     let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 2ms\n");
-    let entry = p.entry;
+    let entry = p.a_out;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -140,12 +109,12 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     };
 
     let reloads = |p: &Proxy| p.metric("policy_reloads_total", &[]);
-    let base = reloads(&p.server);
+    let base = reloads(&p.b);
     for i in 0..1000u32 {
         write_atomic(file, if i % 2 == 0 { &v2 } else { &v1 });
         let want = base + f64::from(i) + 1.0;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads(&p.server) < want {
+        while reloads(&p.b) < want {
             assert!(Instant::now() < deadline, "reload {i} not applied");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -153,14 +122,14 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     stop.store(true, Ordering::Relaxed);
     long_lived.join().unwrap();
     fresh.join().unwrap();
-    assert_eq!(reloads(&p.server), base + 1000.0);
+    assert_eq!(reloads(&p.b), base + 1000.0);
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
         "allowed traffic failed"
     );
     assert!(new_ok.load(Ordering::Relaxed) > 0 && long_pings.load(Ordering::Relaxed) > 0);
-    assert_eq!(p.server.metric("tcp_authz_terminate_total", &[]), 0.0);
+    assert_eq!(p.b.metric("tcp_authz_terminate_total", &[]), 0.0);
 
     // Now a policy that no longer admits the client: the live connection
     // is closed and counted, new ones are refused.
@@ -182,25 +151,25 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
         ("peer", CLIENT_ID),
     ];
     wait_until("terminate counted", || {
-        p.server.metric("tcp_authz_terminate_total", &terminated) == 1.0
+        p.b.metric("tcp_authz_terminate_total", &terminated) == 1.0
     });
     assert!(!allowed(entry), "new connections are denied too");
 }
 
 /// Checks the error was counted and shown, and the last good policy (which
 /// admits the client, at `version`) is still the one in force.
-fn assert_kept(p: &Pair, errors_before: f64, version: &serde_json::Value, needle: &str) {
+fn assert_kept(p: &Mesh, errors_before: f64, version: &serde_json::Value, needle: &str) {
     wait_until("reload error counted", || {
-        p.server.metric("policy_reload_errors_total", &[]) > errors_before
+        p.b.metric("policy_reload_errors_total", &[]) > errors_before
     });
-    let dump = p.server.config_dump();
+    let dump = p.b.config_dump();
     let err = dump["policy"]["last_error"].as_str().unwrap_or_default();
     assert!(err.contains(needle), "last_error {err:?} lacks {needle:?}");
     assert_eq!(
         &dump["policy_version"], version,
         "the last good policy stays"
     );
-    assert!(allowed(p.entry), "traffic follows the last good policy");
+    assert!(allowed(p.a_out), "traffic follows the last good policy");
 }
 
 /// `policy.yaml:<line>:<col>:` somewhere in `err`.
@@ -220,20 +189,20 @@ fn a_truncated_file_is_rejected_with_its_location_and_the_last_good_policy_stays
     let policy = PolicyFile::new(&good);
     let file = &policy.path;
     let p = start_pair(ControlPlane::start(), Some(file), "");
-    assert!(allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
+    assert!(allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
 
     // Cut inside the rule: `action` is gone.
     let cut = good.find("      action").unwrap();
     std::fs::write(file, &good[..cut]).unwrap();
     assert_kept(&p, 0.0, &version, "policy.yaml:");
-    let err = p.server.config_dump()["policy"]["last_error"].to_string();
+    let err = p.b.config_dump()["policy"]["last_error"].to_string();
     assert!(located(&err), "file:line:col in {err}");
 
     // A good file is picked up and clears the error.
     write_atomic(file, &allow(OTHER_ID, "only-other"));
-    wait_until("the denying policy applies", || !allowed(p.entry));
-    assert!(p.server.config_dump()["policy"]["last_error"].is_null());
+    wait_until("the denying policy applies", || !allowed(p.a_out));
+    assert!(p.b.config_dump()["policy"]["last_error"].is_null());
 }
 
 #[test]
@@ -241,7 +210,7 @@ fn a_half_written_file_is_rejected_until_the_writer_finishes() {
     let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
     let file = &policy.path;
     let p = start_pair(ControlPlane::start(), Some(file), "");
-    let version = p.server.config_dump()["policy_version"].clone();
+    let version = p.b.config_dump()["policy_version"].clone();
 
     // A slow writer stops inside a flow mapping and keeps the file open.
     let next = allow(OTHER_ID, "only-other");
@@ -251,8 +220,8 @@ fn a_half_written_file_is_rejected_until_the_writer_finishes() {
 
     writer.write_all(&next.as_bytes()[half..]).unwrap();
     drop(writer);
-    wait_until("the finished file applies", || !allowed(p.entry));
-    assert_ne!(p.server.config_dump()["policy_version"], version);
+    wait_until("the finished file applies", || !allowed(p.a_out));
+    assert_ne!(p.b.config_dump()["policy_version"], version);
 }
 
 #[test]
@@ -260,16 +229,16 @@ fn a_configmap_symlink_flip_to_an_invalid_file_keeps_the_last_good_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut cm = ConfigMapDir::create(dir.path(), "server.yaml", &allow(CLIENT_ID, "from-client"));
     let p = start_pair(ControlPlane::start(), Some(&cm.path()), "");
-    assert!(allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
+    assert!(allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
 
     let typo = allow(OTHER_ID, "only-other").replace("      from:", "      form:");
     cm.flip(&typo);
     assert_kept(&p, 0.0, &version, "unknown field `form`");
 
     cm.flip(&allow(OTHER_ID, "only-other"));
-    wait_until("the valid flip applies", || !allowed(p.entry));
-    let dump = p.server.config_dump();
+    wait_until("the valid flip applies", || !allowed(p.a_out));
+    let dump = p.b.config_dump();
     assert!(dump["policy"]["last_error"].is_null());
     assert_eq!(dump["policy"]["source"]["kind"], "file");
 }
@@ -286,8 +255,8 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
     .unwrap();
     let cp = serving_policies(dir.path());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
-    assert!(allowed(p.entry));
-    let dump = p.server.config_dump();
+    assert!(allowed(p.a_out));
+    let dump = p.b.config_dump();
     assert_eq!(dump["policy"]["source"]["kind"], "control-plane");
     assert_eq!(
         dump["policy"]["policies"], 1,
@@ -295,8 +264,7 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
     );
     let allow_labels = [("policy", "demo/server"), ("rule", "from-client")];
     assert_eq!(
-        p.server
-            .metric("inbound_tcp_authz_allow_total", &allow_labels),
+        p.b.metric("inbound_tcp_authz_allow_total", &allow_labels),
         1.0
     );
 
@@ -304,10 +272,10 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         &dir.path().join("server.yaml"),
         &allow(OTHER_ID, "only-other"),
     );
-    wait_until("the control plane's change applies", || !allowed(p.entry));
+    wait_until("the control plane's change applies", || !allowed(p.a_out));
     let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
-    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) >= 1.0);
-    let after = p.server.config_dump();
+    assert!(p.b.metric("inbound_tcp_authz_deny_total", &deny) >= 1.0);
+    let after = p.b.config_dump();
     assert_ne!(
         after["policy"]["source"]["version"],
         dump["policy"]["source"]["version"]
@@ -316,15 +284,15 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
 
 /// The client is denied by `only-other`, and the default (`all-authenticated`)
 /// would let it in: an emptied source must not.
-fn assert_still_denied(p: &Pair, reason: &str, version: &serde_json::Value) {
+fn assert_still_denied(p: &Mesh, reason: &str, version: &serde_json::Value) {
     wait_until("the emptied source is refused", || {
-        reload_errors(&p.server, reason) >= 1.0
+        reload_errors(&p.b, reason) >= 1.0
     });
     let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
-    let denials = p.server.metric("inbound_tcp_authz_deny_total", &deny);
-    assert!(!allowed(p.entry), "the last good policy still denies");
-    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) > denials);
-    let dump = p.server.config_dump();
+    let denials = p.b.metric("inbound_tcp_authz_deny_total", &deny);
+    assert!(!allowed(p.a_out), "the last good policy still denies");
+    assert!(p.b.metric("inbound_tcp_authz_deny_total", &deny) > denials);
+    let dump = p.b.config_dump();
     assert_eq!(
         &dump["policy_version"], version,
         "the last good policy stays"
@@ -339,24 +307,24 @@ fn assert_still_denied(p: &Pair, reason: &str, version: &serde_json::Value) {
 }
 
 /// With the marker the removal is accepted: no policy, the default applies.
-fn assert_emptied_on_purpose(p: &Pair, marker: &Path) {
-    let reloads = p.server.metric("policy_reloads_total", &[]);
+fn assert_emptied_on_purpose(p: &Mesh, marker: &Path) {
+    let reloads = p.b.metric("policy_reloads_total", &[]);
     std::fs::write(marker, "").unwrap();
     wait_until("the marked removal applies", || {
-        p.server.metric("policy_reloads_total", &[]) > reloads
+        p.b.metric("policy_reloads_total", &[]) > reloads
     });
-    let dump = p.server.config_dump();
+    let dump = p.b.config_dump();
     assert_eq!(dump["policy"]["policies"], 0);
     assert!(dump["policy"]["last_error"].is_null());
     assert!(
-        allowed(p.entry),
+        allowed(p.a_out),
         "policy.default (all-authenticated) applies"
     );
 }
 
 /// A pair whose server reads a policy file (`whole_dir`: its directory)
 /// that denies the client; the file, the pair and the policy's version.
-fn denied_pair(whole_dir: bool) -> (PolicyFile, Pair, serde_json::Value) {
+fn denied_pair(whole_dir: bool) -> (PolicyFile, Mesh, serde_json::Value) {
     let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
     let path = if whole_dir {
         policy.dir()
@@ -364,8 +332,8 @@ fn denied_pair(whole_dir: bool) -> (PolicyFile, Pair, serde_json::Value) {
         &policy.path
     };
     let p = start_pair(ControlPlane::start(), Some(path), "  debounce: 20ms\n");
-    assert!(!allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
+    assert!(!allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
     (policy, p, version)
 }
 
@@ -391,8 +359,8 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
     let file = &policy.path;
     let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 20ms\n");
-    let reads = || p.server.metric("policy_file_reads_total", &[]);
-    let reloads = p.server.metric("policy_reloads_total", &[]);
+    let reads = || p.b.metric("policy_file_reads_total", &[]);
+    let reloads = p.b.metric("policy_reloads_total", &[]);
     let before = reads();
 
     std::fs::read_to_string(file).unwrap();
@@ -408,8 +376,8 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     assert!(settled <= before + 2.0, "{settled} reads after one touch");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(reads(), settled, "no read without a change");
-    assert_eq!(p.server.metric("policy_reloads_total", &[]), reloads);
-    assert!(allowed(p.entry));
+    assert_eq!(p.b.metric("policy_reloads_total", &[]), reloads);
+    assert!(allowed(p.a_out));
 }
 
 /// A control plane serving the policies in `dir`.
@@ -457,15 +425,15 @@ fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_
     let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
     let cp = serving_policies(policy.dir());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
-    assert!(!allowed(p.entry));
+    assert!(!allowed(p.a_out));
 
     let refused = "policy_reload_errors_total{reason=\"emptied\"}";
     std::fs::remove_file(&policy.path).unwrap();
     wait_until("the control plane refuses the empty directory", || {
         p.cp.metric(refused) >= 1.0
     });
-    assert!(!allowed(p.entry), "the proxy keeps the denying policy");
-    assert_eq!(p.server.config_dump()["policy"]["policies"], 1);
+    assert!(!allowed(p.a_out), "the proxy keeps the denying policy");
+    assert_eq!(p.b.config_dump()["policy"]["policies"], 1);
     assert!(
         p.cp.log().contains(".palisade-allow-empty"),
         "the log says how"
@@ -478,10 +446,10 @@ fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_
 
     std::fs::write(policy.dir().join(".palisade-allow-empty"), "").unwrap();
     wait_until("the marked removal reaches the proxy", || {
-        p.server.config_dump()["policy"]["policies"] == 0
+        p.b.config_dump()["policy"]["policies"] == 0
     });
     assert!(
-        allowed(p.entry),
+        allowed(p.a_out),
         "policy.default (all-authenticated) applies"
     );
 }
