@@ -1,10 +1,13 @@
 //! Writing segmentation policies the ways real deployments do: an atomic
 //! rename, a slow non-atomic writer, and a Kubernetes ConfigMap volume
-//! (`..data` symlink flipped to a new timestamped directory).
+//! (`..data` symlink flipped to a new timestamped directory); and a
+//! client-to-server pair of sidecars with the server's policy.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::proxy::Mesh;
 
 /// One `SegmentationPolicy` for `target` in namespace `demo`, with `body`
 /// (the `ingress:`/`egress:`/`mode:` lines, indented under `spec:`).
@@ -93,6 +96,16 @@ pub fn use_policy(spec: &mut crate::proxy::ProxySpec, path: &Path, extra: &str) 
     }
 }
 
+/// The client and server sidecars of [`Mesh`]; the server reads its policy
+/// from `policy` with the extra `policy:` keys `yaml`, or with no path, has
+/// `yaml` appended to its config.
+pub fn start_pair(cp: crate::cp::ControlPlane, policy: Option<&Path>, yaml: &str) -> Mesh {
+    Mesh::start(cp, |b| match policy {
+        Some(p) => use_policy(b, p, yaml),
+        None => b.extra_yaml += yaml,
+    })
+}
+
 /// A policy file in its own temporary directory.
 pub struct PolicyFile {
     pub path: PathBuf,
@@ -105,5 +118,10 @@ impl PolicyFile {
         let path = dir.path().join("policy.yaml");
         std::fs::write(&path, text).expect("write policy");
         PolicyFile { path, _dir: dir }
+    }
+
+    /// The directory holding the file (and only it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 }

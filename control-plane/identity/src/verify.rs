@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 
 use crate::spiffe::{SpiffeId, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
@@ -24,6 +26,29 @@ fn reject(r: SvidRejection) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(r))))
 }
 
+/// The handshake-signature methods, alike in both verifier traits: checked
+/// with the crypto provider's algorithms, kept in the field `$algs`. Each
+/// TLS version's method calls rustls's function of the same name.
+macro_rules! signatures_checked_with {
+    ($algs:ident) => {
+        signatures_checked_with!($algs: verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$algs.supported_schemes()
+        }
+    };
+    ($algs:ident: $($check:ident),+) => {$(
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            $check(message, cert, dss, &self.$algs)
+        }
+    )+};
+}
+
 /// Inbound: a client certificate chaining to the bundle, carrying exactly one
 /// SPIFFE ID in an accepted trust domain. The IDs of accepted certificates
 /// are kept, so a connection learns its peer's ID from [`Self::peer_id`]
@@ -34,6 +59,7 @@ pub struct SpiffeClientVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     accepted: Arc<[TrustDomain]>,
     verified: ArcSwap<HashMap<Arc<[u8]>, SpiffeId>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 /// Distinct accepted client certificates kept; when full, the set starts
@@ -46,6 +72,7 @@ impl SpiffeClientVerifier {
         accepted: Arc<[TrustDomain]>,
         provider: Arc<CryptoProvider>,
     ) -> Result<SpiffeClientVerifier, rustls::server::VerifierBuilderError> {
+        let algorithms = provider.signature_verification_algorithms;
         let chain = WebPkiClientVerifier::builder_with_provider(roots, provider)
             // Hints would list every CA; workloads always send their one SVID.
             .clear_root_hint_subjects()
@@ -54,6 +81,7 @@ impl SpiffeClientVerifier {
             chain,
             accepted,
             verified: Default::default(),
+            algorithms,
         })
     }
 
@@ -111,27 +139,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
+    signatures_checked_with!(algorithms);
 }
 
 /// Outbound: the server's chain verified with webpki against the bundle, and
@@ -140,7 +148,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeServerVerifier {
@@ -152,7 +160,7 @@ impl SpiffeServerVerifier {
         SpiffeServerVerifier {
             roots,
             expected,
-            provider,
+            algorithms: provider.signature_verification_algorithms,
         }
     }
 }
@@ -173,44 +181,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             &self.roots,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
+            self.algorithms.all,
         )?;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signatures_checked_with!(algorithms);
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl State {
             authority,
             tokens: JoinTokens::default(),
             k8s,
-            metrics: Metrics::new(),
+            metrics: Metrics::default(),
             endpoints: Arc::new(EndpointMap::default()),
             policies,
             tls: ArcSwap::from_pointee(serving),
@@ -153,7 +153,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _policy_watcher = state
         .policies
         .as_ref()
-        .map(|p| p.watch(state.metrics.policy_reload_errors.clone()))
+        .map(|p| {
+            let m = &state.metrics;
+            p.watch(m.policy_dir_reads.clone(), m.policy_reload_errors.clone())
+        })
         .transpose()?;
 
     let listen = state.config.listen;
