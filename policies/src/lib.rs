@@ -4,6 +4,7 @@
 //! SPIFFE IDs come from `palisade-identity`.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
 pub mod cases;
 mod compile;
 mod decide;
