@@ -7,6 +7,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod drain;
+pub mod events;
 pub mod forward;
 pub mod http;
 pub mod identity;
