@@ -105,6 +105,11 @@ impl SyslogSink {
         m: &SinkMetrics,
     ) {
         loop {
+            // A daemon that restarted closed our connection; writing into
+            // it would lose the batch, so notice the close and reconnect.
+            if conn.as_ref().is_some_and(peer_closed) {
+                *conn = None;
+            }
             let stream = match conn {
                 Some(s) => s,
                 None => {
@@ -139,6 +144,23 @@ impl SyslogSink {
             }
         }
     }
+}
+
+/// Whether the daemon closed the connection (syslog never sends to us, so
+/// any end of stream or error means it is gone). A direct non-blocking peek,
+/// not the runtime's cached readiness, which may not have seen the close yet.
+fn peer_closed(s: &TcpStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut probe = [0u8; 1];
+    !matches!(
+        recv(
+            s.as_raw_fd(),
+            &mut probe,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 fn printable(b: u8) -> bool {
