@@ -78,7 +78,12 @@ async fn file_sink_appends_one_ocsf_event_per_line() {
     let path = dir.path().join("events.jsonl");
     std::fs::write(&path, "").unwrap();
     let mut reg = Registry::default();
-    let e = Emitter::start(&config(SinkConfig::File { path: path.clone() }), &mut reg).unwrap();
+    let e = Emitter::start(
+        &config(SinkConfig::File { path: path.clone() }),
+        &mut reg,
+        None,
+    )
+    .unwrap();
     let matched = Matched::NoRule {
         policy: Arc::from("shop/db"),
     };
@@ -164,7 +169,12 @@ fn http_sink(addr: SocketAddr, format: HttpFormat, batch: usize) -> SinkConfig {
 async fn http_sink_posts_json_array_batches_to_the_collector() {
     let (addr, posts) = collector(200).await;
     let mut reg = Registry::default();
-    let e = Emitter::start(&config(http_sink(addr, HttpFormat::Json, 2)), &mut reg).unwrap();
+    let e = Emitter::start(
+        &config(http_sink(addr, HttpFormat::Json, 2)),
+        &mut reg,
+        None,
+    )
+    .unwrap();
     for port in [1, 2, 3] {
         e.finding(&new_peer(port));
     }
@@ -190,7 +200,12 @@ async fn http_sink_posts_json_array_batches_to_the_collector() {
 async fn http_sink_posts_ndjson_when_configured() {
     let (addr, posts) = collector(202).await;
     let mut reg = Registry::default();
-    let e = Emitter::start(&config(http_sink(addr, HttpFormat::Ndjson, 100)), &mut reg).unwrap();
+    let e = Emitter::start(
+        &config(http_sink(addr, HttpFormat::Ndjson, 100)),
+        &mut reg,
+        None,
+    )
+    .unwrap();
     e.finding(&new_peer(1));
     e.finding(&new_peer(2));
     e.flush(FLUSH).await;
@@ -210,7 +225,12 @@ async fn http_sink_posts_ndjson_when_configured() {
 async fn a_collector_that_refuses_counts_errors_and_drops_the_batch() {
     let (addr, posts) = collector(503).await;
     let mut reg = Registry::default();
-    let e = Emitter::start(&config(http_sink(addr, HttpFormat::Json, 10)), &mut reg).unwrap();
+    let e = Emitter::start(
+        &config(http_sink(addr, HttpFormat::Json, 10)),
+        &mut reg,
+        None,
+    )
+    .unwrap();
     e.finding(&new_peer(1));
     e.flush(FLUSH).await;
 
@@ -229,7 +249,12 @@ async fn a_flood_of_identical_deviations_writes_one_line_and_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
     let mut reg = Registry::default();
-    let e = Emitter::start(&config(SinkConfig::File { path: path.clone() }), &mut reg).unwrap();
+    let e = Emitter::start(
+        &config(SinkConfig::File { path: path.clone() }),
+        &mut reg,
+        None,
+    )
+    .unwrap();
     for _ in 0..10_000 {
         e.finding(&new_peer(5432));
     }
@@ -258,7 +283,7 @@ async fn a_flood_of_distinct_flows_is_capped_per_second_and_counted() {
         max_per_second: 50,
         ..config(SinkConfig::File { path: path.clone() })
     };
-    let e = Emitter::start(&cfg, &mut reg).unwrap();
+    let e = Emitter::start(&cfg, &mut reg, None).unwrap();
     let started = Instant::now();
     for port in 0..10_000u16 {
         e.finding(&new_peer(port));
@@ -297,7 +322,7 @@ async fn a_full_queue_drops_and_counts_without_blocking_the_caller() {
             reconnect_max: Duration::from_secs(1),
         })
     };
-    let e = Emitter::start(&cfg, &mut reg).unwrap();
+    let e = Emitter::start(&cfg, &mut reg, None).unwrap();
     // On this single-threaded runtime the writer cannot run until the test
     // yields, so exactly one event fits.
     for port in 0..100 {

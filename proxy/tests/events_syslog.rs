@@ -177,7 +177,7 @@ fn syslog_config(port: u16) -> EventsConfig {
 async fn syslog_sink_delivers_ocsf_findings_to_rsyslog() {
     let rsyslog = Rsyslog::start(free_port());
     let mut reg = Registry::default();
-    let e = Emitter::start(&syslog_config(rsyslog.port), &mut reg).unwrap();
+    let e = Emitter::start(&syslog_config(rsyslog.port), &mut reg, None).unwrap();
     e.finding(&new_route(8443));
     e.flush(WAIT).await;
 
@@ -200,7 +200,7 @@ async fn syslog_sink_reconnects_after_the_daemon_restarts() {
     let port = free_port();
     let first = Rsyslog::start(port);
     let mut reg = Registry::default();
-    let e = Emitter::start(&syslog_config(port), &mut reg).unwrap();
+    let e = Emitter::start(&syslog_config(port), &mut reg, None).unwrap();
     e.finding(&new_route(1));
     e.flush(WAIT).await;
     first.wait_for("baseline.new_route", 1).await;

@@ -3,11 +3,20 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use palisade_policy::Matched;
+use palisade_proxy::events::{
+    ControlPlaneLink, Denial, Emitter, Endpoint, EventsConfig, Finding, FindingAction, FindingKind,
+    FindingMode, Flow, SinkConfig,
+};
+use palisade_proxy::identity::{AttestationSource, CredentialsCell, IdentityManager};
+use palisade_proxy::metrics::{Direction, Metrics};
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::pki;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
 /// GET on the admin socket; the JSON body.
@@ -142,4 +151,86 @@ async fn a_malformed_batch_is_refused_with_a_reason_and_counted() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn the_proxys_control_plane_sink_delivers_its_events_to_the_collector() {
+    let cp = ControlPlane::start();
+    let id = "spiffe://cluster.local/ns/shop/sa/api";
+    // The proxy's own identity flow: a join token, then the SVID in the cell.
+    let client = || {
+        palisade_proxy::identity::ControlPlane::new(
+            cp.addr().to_string(),
+            cp.trust_domain(),
+            cp.bundle(),
+            Duration::from_secs(10),
+        )
+    };
+    let creds = CredentialsCell::default();
+    IdentityManager {
+        cp: client(),
+        attestation: AttestationSource::JoinToken(cp.join_token(id)),
+        accepted: Arc::from([cp.trust_domain()]),
+        cell: creds.clone(),
+        metrics: Arc::new(Metrics::new()),
+    }
+    .refresh()
+    .await
+    .expect("SVID");
+
+    let cfg = EventsConfig {
+        sinks: vec![SinkConfig::ControlPlane {
+            batch: 100,
+            flush_interval: Duration::from_secs(30),
+        }],
+        ..Default::default()
+    };
+    let mut reg = Registry::default();
+    let link = ControlPlaneLink {
+        cp: Arc::new(client()),
+        creds,
+    };
+    let emitter = Emitter::start(&cfg, &mut reg, Some(link)).unwrap();
+    let flow = Flow {
+        direction: Direction::Outbound,
+        src: Endpoint {
+            addr: "10.0.0.7:40112".parse().unwrap(),
+            id: Some(id),
+        },
+        dst: Endpoint {
+            addr: "10.0.0.9:5432".parse().unwrap(),
+            id: Some("spiffe://cluster.local/ns/shop/sa/db"),
+        },
+        http: None,
+    };
+    let matched = Matched::NoRule {
+        policy: Arc::from("shop/db"),
+    };
+    emitter.denied(&Denial {
+        flow,
+        matched: &matched,
+        http_status: None,
+    });
+    emitter.finding(&Finding {
+        kind: FindingKind::NewPort,
+        flow,
+        baseline: None,
+        observed_rate: None,
+        mode: FindingMode::Protect,
+        action: FindingAction::Blocked,
+    });
+    emitter.flush(Duration::from_secs(20)).await;
+
+    let page = admin_get(&cp, "/v1/events");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{page}");
+    assert!(events.iter().all(|e| e["reporter"] == id));
+    assert_eq!(events[0]["event"]["class_uid"], 4001);
+    assert_eq!(events[0]["event"]["policy"]["name"], "shop/db");
+    assert_eq!(events[1]["event"]["class_uid"], 2004);
+    assert_eq!(
+        events[1]["event"]["finding_info"]["types"][0],
+        "baseline.new_port"
+    );
+    assert_eq!(events[1]["event"]["disposition_id"], 2);
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, Request, StatusCode};
 use hyper::body::Incoming;
+use palisade_identity::api::EventsAccepted;
 use palisade_policy::SpiffeId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,12 +45,6 @@ pub struct EventsPage {
     pub events: Vec<StoredEvent>,
     /// Pass as `?since=` to get only newer events.
     pub next: u64,
-}
-
-/// POST /v1/events's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Accepted {
-    pub accepted: usize,
 }
 
 #[derive(Default)]
@@ -181,7 +176,7 @@ pub async fn post(
     let accepted = events.len();
     state.events.push(&reporter, events);
     tracing::debug!(reporter = %reporter, accepted, "security events collected");
-    Ok(json(StatusCode::OK, &Accepted { accepted }))
+    Ok(json(StatusCode::OK, &EventsAccepted { accepted }))
 }
 
 /// GET /v1/events?since=SEQ&limit=N on the admin socket.

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::duration;
+use crate::identity::{ControlPlane, CredentialsCell};
 use crate::metrics::Direction;
 pub use limit::Suppressed;
 use sink::{Msg, Record};
@@ -98,6 +99,14 @@ pub enum SinkConfig {
         #[serde(default = "default_http_timeout", with = "duration")]
         timeout: Duration,
     },
+    /// Batches POSTed to the control plane's collector over mTLS with the
+    /// workload's SVID (a JSON array).
+    ControlPlane {
+        #[serde(default = "default_batch")]
+        batch: usize,
+        #[serde(default = "default_flush_interval", with = "duration")]
+        flush_interval: Duration,
+    },
     /// RFC 5424 messages over TCP with octet counting (RFC 6587).
     Syslog {
         /// `host:port` of the syslog daemon.
@@ -150,6 +159,7 @@ impl SinkConfig {
             SinkConfig::Stdout => "stdout",
             SinkConfig::File { .. } => "file",
             SinkConfig::Http { .. } => "http",
+            SinkConfig::ControlPlane { .. } => "control_plane",
             SinkConfig::Syslog { .. } => "syslog",
         }
     }
@@ -168,12 +178,22 @@ pub enum EventsError {
     Url { url: String, reason: String },
     #[error("events sink http: batch must be at least 1")]
     EmptyBatch,
+    #[error("events sink control_plane: the proxy has no control plane to send to")]
+    NoControlPlane,
     #[error("events sink syslog: facility {0} is not a syslog facility (0 to 23)")]
     Facility(u8),
     #[error("events sink syslog: app_name {0:?} must be 1 to 48 printable ASCII characters without spaces")]
     AppName(String),
     #[error("events sink syslog: address {0:?} is not host:port")]
     SyslogAddress(String),
+}
+
+/// How the `control_plane` sink reaches the collector: the proxy's
+/// control-plane client and its live SVID.
+#[derive(Clone)]
+pub struct ControlPlaneLink {
+    pub cp: Arc<ControlPlane>,
+    pub creds: CredentialsCell,
 }
 
 // ---- what the proxy reports ----
@@ -378,15 +398,20 @@ struct SinkHandle {
 
 impl Emitter {
     /// Validates the config, registers the `events_*` metrics and starts one
-    /// writer task per sink. Must run inside the Tokio runtime.
-    pub fn start(cfg: &EventsConfig, registry: &mut Registry) -> Result<Emitter, EventsError> {
+    /// writer task per sink. `control_plane` is needed only by a
+    /// `control_plane` sink. Must run inside the Tokio runtime.
+    pub fn start(
+        cfg: &EventsConfig,
+        registry: &mut Registry,
+        control_plane: Option<ControlPlaneLink>,
+    ) -> Result<Emitter, EventsError> {
         if cfg.queue == 0 {
             return Err(EventsError::EmptyQueue);
         }
         let writers = cfg
             .sinks
             .iter()
-            .map(sink::Writer::open)
+            .map(|s| sink::Writer::open(s, control_plane.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
 
         let reg = registry.sub_registry_with_prefix("events");

@@ -171,6 +171,7 @@ async fn a_bad_sink_fails_the_start_with_a_reason() {
             timeout: Duration::from_secs(1),
         }),
         &mut reg,
+        None,
     )
     .err()
     .unwrap();
@@ -180,6 +181,7 @@ async fn a_bad_sink_fails_the_start_with_a_reason() {
             path: "/nonexistent-dir/events.jsonl".into(),
         }),
         &mut reg,
+        None,
     )
     .err()
     .unwrap();
@@ -195,6 +197,6 @@ fn no_sinks_means_a_disabled_emitter() {
         .build()
         .unwrap();
     let _g = rt.enter();
-    let e = Emitter::start(&EventsConfig::default(), &mut Registry::default()).unwrap();
+    let e = Emitter::start(&EventsConfig::default(), &mut Registry::default(), None).unwrap();
     assert!(!e.is_enabled());
 }

@@ -1,5 +1,6 @@
-//! The HTTP sink: batches of events POSTed to a collector (a SIEM's HTTP
-//! input, or any endpoint that takes a JSON array or NDJSON).
+//! The HTTP sinks: batches of events POSTed to a collector (a SIEM's HTTP
+//! input, or any endpoint that takes a JSON array or NDJSON), or to the
+//! control plane's collector over mTLS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,27 +14,19 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use super::{next_backoff, split, Msg, Record, SinkMetrics};
-use crate::events::{EventsError, HttpFormat};
+use crate::events::{ControlPlaneLink, EventsError, HttpFormat};
 
 /// Attempts per batch before its events are dropped.
 const ATTEMPTS: u32 = 3;
 
-pub(crate) struct HttpSink {
-    url: Uri,
-    format: HttpFormat,
-    batch: usize,
-    flush_interval: Duration,
-    timeout: Duration,
+/// Where batches go.
+pub(crate) enum Target {
+    Url(Uri),
+    ControlPlane(ControlPlaneLink),
 }
 
-impl HttpSink {
-    pub fn new(
-        url: &str,
-        format: HttpFormat,
-        batch: usize,
-        flush_interval: Duration,
-        timeout: Duration,
-    ) -> Result<HttpSink, EventsError> {
+impl Target {
+    pub fn url(url: &str) -> Result<Target, EventsError> {
         let bad = |reason: &str| EventsError::Url {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -49,16 +42,43 @@ impl HttpSink {
         if uri.authority().is_none() {
             return Err(bad("needs a host"));
         }
+        Ok(Target::Url(uri))
+    }
+}
+
+pub(crate) struct HttpSink {
+    target: Target,
+    format: HttpFormat,
+    batch: usize,
+    flush_interval: Duration,
+    timeout: Duration,
+}
+
+impl HttpSink {
+    pub fn new(
+        target: Target,
+        format: HttpFormat,
+        batch: usize,
+        flush_interval: Duration,
+        timeout: Duration,
+    ) -> Result<HttpSink, EventsError> {
         if batch == 0 {
             return Err(EventsError::EmptyBatch);
         }
         Ok(HttpSink {
-            url: uri,
+            target,
             format,
             batch,
             flush_interval,
             timeout,
         })
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self.target {
+            Target::Url(_) => "http",
+            Target::ControlPlane(_) => "control_plane",
+        }
     }
 
     pub async fn run(self, mut rx: mpsc::Receiver<Msg>, m: SinkMetrics) {
@@ -130,25 +150,7 @@ impl HttpSink {
         let (body, content_type) = self.body(chunk);
         let mut wait = Duration::from_millis(200);
         for attempt in 1..=ATTEMPTS {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(self.url.clone())
-                .header(header::CONTENT_TYPE, content_type)
-                .body(Full::new(body.clone()))
-                .expect("validated URL and static headers");
-            let outcome = tokio::time::timeout(self.timeout, async {
-                let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                // Read the answer so the connection can be reused.
-                let _ = resp.into_body().collect().await;
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("collector answered {status}"))
-                }
-            })
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            let outcome = self.post(client, body.clone(), content_type).await;
             match outcome {
                 Ok(()) => {
                     m.sent.inc_by(chunk.len() as u64);
@@ -156,7 +158,7 @@ impl HttpSink {
                 }
                 Err(e) => {
                     m.errors.inc();
-                    tracing::warn!(sink = "http", url = %self.url, attempt, error = %e, events = chunk.len(), "cannot deliver security events");
+                    tracing::warn!(sink = self.label(), attempt, error = %e, events = chunk.len(), "cannot deliver security events");
                 }
             }
             if attempt < ATTEMPTS {
@@ -165,5 +167,55 @@ impl HttpSink {
             }
         }
         m.dropped.inc_by(chunk.len() as u64);
+    }
+
+    /// One POST of one batch, within the sink's timeout.
+    async fn post(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(), String> {
+        tokio::time::timeout(self.timeout, self.exchange(client, body, content_type))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)))
+    }
+
+    async fn exchange(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Result<(), String> {
+        let uri = match &self.target {
+            Target::Url(uri) => uri,
+            Target::ControlPlane(link) => {
+                let creds = link
+                    .creds
+                    .load_full()
+                    .ok_or("no SVID yet to authenticate with")?;
+                return link
+                    .cp
+                    .post_events(&creds, body.to_vec())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
+        };
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .expect("validated URL and static headers");
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        // Read the answer so the connection can be reused.
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("collector answered {status}"))
+        }
     }
 }

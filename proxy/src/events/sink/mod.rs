@@ -10,7 +10,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventsError, SinkConfig};
+use super::{ControlPlaneLink, EventsError, SinkConfig};
 
 /// One emitted event, shared by every sink.
 pub(crate) struct Record {
@@ -46,7 +46,10 @@ pub(crate) enum Writer {
 }
 
 impl Writer {
-    pub fn open(cfg: &SinkConfig) -> Result<Writer, EventsError> {
+    pub fn open(
+        cfg: &SinkConfig,
+        control_plane: Option<&ControlPlaneLink>,
+    ) -> Result<Writer, EventsError> {
         Ok(match cfg {
             SinkConfig::Stdout => Writer::Lines(file::Lines::stdout()),
             SinkConfig::File { path } => Writer::Lines(file::Lines::file(path)?),
@@ -57,11 +60,24 @@ impl Writer {
                 flush_interval,
                 timeout,
             } => Writer::Http(http::HttpSink::new(
-                url,
+                http::Target::url(url)?,
                 *format,
                 *batch,
                 *flush_interval,
                 *timeout,
+            )?),
+            SinkConfig::ControlPlane {
+                batch,
+                flush_interval,
+            } => Writer::Http(http::HttpSink::new(
+                http::Target::ControlPlane(
+                    control_plane.cloned().ok_or(EventsError::NoControlPlane)?,
+                ),
+                super::HttpFormat::Json,
+                *batch,
+                *flush_interval,
+                // A backstop: the control-plane client has its own deadline.
+                std::time::Duration::from_secs(60),
             )?),
             SinkConfig::Syslog {
                 address,
@@ -80,7 +96,7 @@ impl Writer {
     pub fn label(&self) -> &'static str {
         match self {
             Writer::Lines(l) => l.label(),
-            Writer::Http(_) => "http",
+            Writer::Http(h) => h.label(),
             Writer::Syslog(_) => "syslog",
         }
     }
