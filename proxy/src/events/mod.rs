@@ -126,7 +126,7 @@ impl FindingAction {
 }
 
 /// The learned entry a flow was compared with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BaselineEntry {
     pub count: u64,
     /// Milliseconds since the Unix epoch.
