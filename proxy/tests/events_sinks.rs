@@ -283,8 +283,10 @@ async fn a_flood_of_distinct_flows_is_capped_per_second_and_counted() {
         max_per_second: 50,
         ..config(SinkConfig::File { path: path.clone() })
     };
-    let e = Emitter::start(&cfg, &mut reg, None).unwrap();
+    // Started before the emitter, so `seconds` covers every second of its
+    // limiter's clock the loop can touch.
     let started = Instant::now();
+    let e = Emitter::start(&cfg, &mut reg, None).unwrap();
     for port in 0..10_000u16 {
         e.finding(&new_peer(port));
     }
