@@ -8,6 +8,7 @@ pub mod authz;
 pub mod config;
 pub mod connect;
 pub mod drain;
+pub mod events;
 pub mod forward;
 pub mod http;
 pub mod identity;

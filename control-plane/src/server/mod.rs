@@ -3,6 +3,7 @@
 //! the optional metrics port, and keeps the CA and serving SVID fresh.
 
 pub mod admin;
+pub mod events;
 pub mod http;
 pub mod listener;
 pub mod tls;
@@ -53,6 +54,8 @@ pub struct State {
     pub policies: Option<Arc<PolicyStore>>,
     pub tls: ArcSwap<ServingTls>,
     pub control_plane_id: SpiffeId,
+    /// The latest security events workloads POSTed.
+    pub events: events::EventLog,
 }
 
 impl State {
@@ -91,6 +94,7 @@ impl State {
             policies,
             tls: ArcSwap::from_pointee(serving),
             control_plane_id,
+            events: events::EventLog::default(),
         };
         state.record_bundle();
         Ok(state)
