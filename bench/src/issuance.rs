@@ -3,8 +3,8 @@
 //! token) and renews over one keep-alive mTLS connection, sending a fresh CSR
 //! (generated before the clock starts) with every request.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,9 @@ use palisade_identity::client::{AdminClient, ApiClient};
 use palisade_identity::csr::new_key_and_csr;
 use palisade_identity::svid::{certs_from_pem, private_key_from_pem};
 use palisade_policy::TrustDomain;
+use palisadectl::local::{ControlPlane, ControlPlaneSpec};
+
+use crate::latency::procstat::cpu_seconds;
 
 #[derive(Debug, clap::Args)]
 pub struct IssuanceArgs {
@@ -35,75 +38,6 @@ pub struct IssuanceArgs {
     /// are reused round-robin only if the run outpaces them.
     #[arg(long)]
     pub csrs: Option<usize>,
-}
-
-/// The control plane under test, killed on drop.
-struct ControlPlane {
-    child: Child,
-    addr: String,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ControlPlane {
-    fn start(bin: &Path) -> anyhow::Result<ControlPlane> {
-        let dir = tempfile::Builder::new()
-            .prefix("palisade-bench-cp-")
-            .tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let state = dir.path().join("state");
-        let log = std::fs::File::create(dir.path().join("control-plane.log"))?;
-        let child = Command::new(bin)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--listen", &addr, "--max-connections", "4096"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut cp = ControlPlane {
-            child,
-            addr,
-            state,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&cp.addr).is_err()
-            || std::os::unix::net::UnixStream::connect(cp.state.join("admin.sock")).is_err()
-        {
-            if let Some(st) = cp.child.try_wait()? {
-                bail!("control plane exited with {st}");
-            }
-            if Instant::now() > deadline {
-                bail!("control plane not ready after 30s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(cp)
-    }
-
-    /// utime + stime, in clock ticks (100 Hz on Linux).
-    fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after_comm.split_whitespace().collect();
-        // Fields 14 and 15 overall; 12 and 13 after the comm field.
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    }
 }
 
 fn default_bin() -> anyhow::Result<PathBuf> {
@@ -156,7 +90,16 @@ pub fn run(args: IssuanceArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or((args.seconds + args.warmup_seconds) as usize * 12_000);
     eprintln!("generating {n_csrs} CSRs over fresh P-256 keys ...");
     let csrs = Arc::new(make_csrs(n_csrs));
-    let cp = ControlPlane::start(&bin)?;
+    let dir = tempfile::Builder::new()
+        .prefix("palisade-bench-cp-")
+        .tempdir()?;
+    let spec = ControlPlaneSpec {
+        extra_args: vec!["--max-connections".into(), "4096".into()],
+        log_filter: "warn".into(),
+        ..ControlPlaneSpec::default()
+    };
+    // Join tokens come from the admin API directly, not from palisadectl.
+    let cp = ControlPlane::start(&bin, &bin.with_file_name("palisadectl"), dir.path(), spec)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -169,9 +112,11 @@ async fn drive(
     csrs: Arc<Vec<String>>,
 ) -> anyhow::Result<ExitCode> {
     let td = TrustDomain::new("cluster.local")?;
-    let bundle = certs_from_pem(&std::fs::read(cp.state.join("bundle.pem"))?)?;
-    let admin = AdminClient::new(&cp.state.join("admin.sock"));
-    let bootstrap = ApiClient::new(&cp.addr, &td, &bundle, None)?;
+    let bundle = certs_from_pem(&std::fs::read(cp.bundle_path())?)?;
+    let admin = AdminClient::new(&cp.admin_socket());
+    let addr = cp.addr().to_string();
+    let pid = cp.pid().context("the control plane is stopped")?;
+    let bootstrap = ApiClient::new(&addr, &td, &bundle, None)?;
 
     // One SVID per worker, through a join token each.
     let mut clients = Vec::new();
@@ -190,18 +135,13 @@ async fn drive(
             .await?;
         let chain = certs_from_pem(svid.svid_chain.as_bytes())?;
         let private = private_key_from_pem(key.serialize_pem().as_bytes())?;
-        clients.push(ApiClient::new(
-            &cp.addr,
-            &td,
-            &bundle,
-            Some((chain, private)),
-        )?);
+        clients.push(ApiClient::new(&addr, &td, &bundle, Some((chain, private)))?);
     }
 
     let next = Arc::new(AtomicUsize::new(0));
     let warm_until = Instant::now() + Duration::from_secs(args.warmup_seconds);
     let end = warm_until + Duration::from_secs(args.seconds);
-    let cpu_start = Arc::new(std::sync::Mutex::new(None::<u64>));
+    let cpu_start = Arc::new(std::sync::Mutex::new(None::<f64>));
     let mut tasks = Vec::new();
     for client in clients {
         let (csrs, next) = (csrs.clone(), next.clone());
@@ -244,7 +184,7 @@ async fn drive(
         }));
     }
     tokio::time::sleep_until(warm_until.into()).await;
-    *cpu_start.lock().expect("cpu lock") = Some(cp.cpu_ticks());
+    *cpu_start.lock().expect("cpu lock") = Some(cpu_seconds(pid)?);
     let issued_before_clock = next.load(Ordering::Relaxed);
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -255,7 +195,7 @@ async fn drive(
         ok += r.ok;
         errors += r.errors;
     }
-    let cpu_ticks = cp.cpu_ticks() - cpu_start.lock().expect("cpu lock").unwrap_or(0);
+    let cpu = cpu_seconds(pid)? - cpu_start.lock().expect("cpu lock").unwrap_or(0.0);
     let secs = args.seconds as f64;
     let used = next.load(Ordering::Relaxed);
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
@@ -274,7 +214,7 @@ async fn drive(
     println!("  errors:      {errors}");
     println!(
         "  control plane CPU: {:.2} cores (client shares the same machine)",
-        cpu_ticks as f64 / 100.0 / secs
+        cpu / secs
     );
     println!(
         "  CSRs:        {} pre-generated, {} used{}",

@@ -2,18 +2,18 @@
 //! (`policy_shapes`): parse and compile time in this process, then the
 //! resident memory a real `palisade-proxy` gains when the set is swapped in.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults};
+use palisadectl::local::{
+    free_addr, http_request, ControlPlane, ControlPlaneSpec, Sidecar, SidecarSpec,
+};
 
-use crate::latency::child::{free_addr, is_executable, ProxyProcess};
-use crate::latency::control_plane::ControlPlane;
 use crate::latency::procstat::{peak_rss_kib, rss_kib};
+use crate::latency::tools::is_executable;
 use crate::policy_shapes::{Shape, LOCAL};
 
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,12 @@ pub fn run(args: PolicyLoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         let server = binary(&args.control_plane_bin, "palisade-control-plane")?;
         let ctl = binary(&args.palisadectl_bin, "palisadectl")?;
-        Some(ControlPlane::start(&server, &ctl, dir.path())?)
+        Some(ControlPlane::start(
+            &server,
+            &ctl,
+            dir.path(),
+            ControlPlaneSpec::default(),
+        )?)
     };
     println!(
         "| shape | rules | parse | compile | proxy reload seen | RSS before | RSS after | growth | peak growth |"
@@ -116,87 +121,48 @@ fn proxy_memory(
 ) -> anyhow::Result<Memory> {
     let policy = dir.join(format!("{name}.yaml"));
     std::fs::write(&policy, Shape::DistinctPeers.yaml(1, 0))?;
-    let (admin, listen, app) = (free_addr()?, free_addr()?, free_addr()?);
-    let config = dir.join(format!("{name}-proxy.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "mode: explicit\n\
-             inbound:\n  ports:\n    - {{ listen: \"{listen}\", app: \"{app}\" }}\n\
-             admin:\n  bind: \"{admin}\"\n\
-             policy:\n  path: \"{}\"\n  default: deny\n\
-             identity:\n  control_plane: \"{}\"\n  trust_domain: cluster.local\n\
-             \x20 bootstrap_bundle: \"{}\"\n  join_token: \"{}\"\n",
-            policy.display(),
-            cp.addr,
-            cp.bundle().display(),
-            cp.join_token(LOCAL)?,
-        ),
+    let token = cp.join_token(LOCAL, "10m")?;
+    let mut spec = SidecarSpec::new(
+        &format!("palisade-proxy-{name}"),
+        cp.addr(),
+        &cp.bundle_path(),
+        &token,
     )?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(&config).env("PALISADE_LOG", "warn");
-    let mut proxy = ProxyProcess::spawn(&format!("palisade-proxy-{name}"), cmd, dir)?;
-    proxy.wait_listening(&[admin], Duration::from_secs(30))?;
-    wait_for(&mut proxy, Duration::from_secs(30), || {
-        Ok(get(admin, "/ready")?.starts_with("HTTP/1.1 200"))
-    })?;
+    spec.inbound(free_addr()?, false)?;
+    spec.policy = Some(policy.clone());
+    spec.extra_yaml = "policy:\n  default: deny\n".to_owned();
+    spec.log_filter = Some("warn".to_owned());
+    let mut proxy = Sidecar::start(bin, spec, dir)?;
+    proxy.wait_ready(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_secs(1));
-    let before = rss_kib(proxy.pid())?;
+    let before = rss_kib(proxy.child.pid())?;
 
     let tmp = dir.join(format!("{name}.yaml.tmp"));
     std::fs::write(&tmp, yaml)?;
     let t = Instant::now();
     std::fs::rename(&tmp, &policy)?;
-    wait_for(&mut proxy, Duration::from_secs(300), || {
-        Ok(policy_rules(&get(admin, "/config_dump")?) == Some(rules as u64))
-    })?;
+    let admin = proxy.admin;
+    proxy
+        .child
+        .wait_until("the new policy", Duration::from_secs(300), || {
+            let (_, dump) = http_request(admin, "GET", "/config_dump").ok()?;
+            (policy_rules(&dump) == Some(rules as u64)).then_some(())
+        })?;
     let reload = t.elapsed();
     // The replaced set is freed on another thread; let it finish.
     std::thread::sleep(Duration::from_secs(1));
     Ok(Memory {
         reload,
         before,
-        after: rss_kib(proxy.pid())?,
-        peak: peak_rss_kib(proxy.pid())?,
+        after: rss_kib(proxy.child.pid())?,
+        peak: peak_rss_kib(proxy.child.pid())?,
     })
 }
 
-fn wait_for(
-    proxy: &mut ProxyProcess,
-    timeout: Duration,
-    mut done: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        proxy.ensure_running()?;
-        if done().unwrap_or(false) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{} timed out; its log:\n{}", proxy.name, proxy.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `policy.rules` from a /config_dump response.
-fn policy_rules(response: &str) -> Option<u64> {
-    let (_, body) = response.split_once("\r\n\r\n")?;
+/// `policy.rules` from a /config_dump body.
+fn policy_rules(body: &str) -> Option<u64> {
     let dump: serde_json::Value = serde_json::from_str(body).ok()?;
     dump["policy"]["rules"].as_u64()
-}
-
-/// One `GET` on the admin port; the whole response as text.
-fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 fn binary(explicit: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {

@@ -1,55 +1,12 @@
-//! Command-line configuration of `palisade-control-plane`, and the short
-//! duration syntax (`30s`, `10m`, `1h`, `7d`) shared with `palisadectl`.
+//! Command-line configuration of `palisade-control-plane`. Durations take
+//! the grammar every Palisade binary shares (`palisade_identity::duration`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade_identity::duration;
 use palisade_policy::TrustDomain;
-
-/// Parses `90`, `30s`, `10m`, `1h`, `7d` or a sum such as `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => {
-                return Err(format!(
-                    "bad duration {s:?}: unknown unit {c:?} (use s, m, h or d, e.g. 10m)"
-                ))
-            }
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: expected a number before {c:?}"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("duration {s:?} is too large"))?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(format!(
-            "bad duration {s:?}: trailing number without a unit"
-        ));
-    }
-    Ok(Duration::from_secs(total))
-}
 
 fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
     TrustDomain::new(s).map_err(|e| e.to_string())
@@ -80,10 +37,10 @@ pub struct Config {
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
     /// Lifetime of issued SVIDs (never past the signing CA's notAfter).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
     pub svid_ttl: Duration,
     /// Lifetime of each signing CA; the CA rotates at half of it.
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = duration::parse)]
     pub ca_ttl: Duration,
     /// JWKS file of the Kubernetes service-account token issuer (enables
     /// `k8s_sa_token` attestation; requires --k8s-issuer).
@@ -112,7 +69,7 @@ pub struct Config {
     pub max_connections: usize,
     /// Time a client gets to finish the TLS handshake, to send each request's
     /// headers (so also the longest idle keep-alive) and to send a body.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
     pub handshake_timeout: Duration,
 }
 
@@ -130,24 +87,31 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::Config;
+    use clap::Parser;
     use std::time::Duration;
 
     #[test]
-    fn durations_accept_units_and_sums() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    fn duration_flags_take_the_shared_grammar() {
+        let c = Config::try_parse_from([
+            "palisade-control-plane",
+            "--state-dir=/s",
+            "--svid-ttl=1h 30m",
+            "--ca-ttl=7d",
+            "--handshake-timeout=500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.svid_ttl, Duration::from_secs(5400));
+        assert_eq!(c.ca_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.handshake_timeout, Duration::from_millis(500));
     }
 
     #[test]
-    fn durations_reject_unknown_units_and_dangling_numbers() {
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("1h30")
-            .unwrap_err()
-            .contains("trailing number"));
-        assert!(parse_duration("").is_err());
+    fn a_bad_duration_flag_is_named() {
+        let err =
+            Config::try_parse_from(["palisade-control-plane", "--state-dir=/s", "--ca-ttl=1h30"])
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("--ca-ttl"), "{err}");
     }
 }

@@ -5,9 +5,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::SpiffeId;
 
 use palisade_identity::api::{Endpoint, EndpointsResponse};
@@ -30,8 +31,8 @@ pub enum EndpointsError {
         index: usize,
         error: String,
     },
-    #[error("cannot watch {0}: {1}")]
-    Watch(String, notify::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 /// Reads and validates an endpoints file.
@@ -94,51 +95,33 @@ impl EndpointMap {
         Ok(version)
     }
 
-    /// Loads `path` now and reloads it whenever it changes. The parent
-    /// directory is watched, so a Kubernetes ConfigMap symlink swap is seen.
-    /// Events are debounced (200 ms of quiet), so a file rewritten in place is
-    /// read once it is complete rather than while truncated. The returned
-    /// watcher must be kept alive.
-    pub fn watch(
-        self: &Arc<Self>,
-        path: PathBuf,
-    ) -> Result<notify::RecommendedWatcher, EndpointsError> {
+    /// Loads `path` now and reloads it after each burst of changes, once it
+    /// has been quiet for `DEBOUNCE`, so a file rewritten in place is read
+    /// once it is complete rather than while truncated. The returned watch
+    /// must be kept alive.
+    pub fn watch(self: &Arc<Self>, path: PathBuf) -> Result<PathWatch, EndpointsError> {
         self.reload(&path)?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok() {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| EndpointsError::Watch(dir.display().to_string(), e))?;
         let map = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("endpoints-watch".into())
-            .spawn(move || {
-                // Ends when the watcher (and so the sender) is dropped.
-                while rx.recv().is_ok() {
-                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                    match map.reload(&path) {
-                        Ok(v) => tracing::info!(endpoints.version = v, file = %path.display(), "endpoints loaded"),
-                        Err(e) => tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map"),
-                    }
+        let file = path.clone();
+        let w = palisade_policy::watch::watch(
+            &path,
+            DEBOUNCE,
+            "endpoints-watch",
+            move || match map.reload(&file) {
+                Ok(v) => {
+                    tracing::info!(endpoints.version = v, file = %file.display(), "endpoints loaded")
                 }
-            })
-            .map_err(|e| EndpointsError::Io("endpoints-watch thread".into(), e))?;
-        Ok(watcher)
+                Err(e) => {
+                    tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map")
+                }
+            },
+        )?;
+        Ok(w)
     }
 }
 
 /// Quiet time after the last file event before the file is read again.
-const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

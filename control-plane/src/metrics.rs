@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
@@ -32,78 +32,32 @@ pub struct Metrics {
     pub bundle_cas: Gauge,
     pub bundle_sequence: Gauge,
     pub api_connections_open: Gauge,
+    pub policy_dir_reads: Counter,
     pub policy_reload_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+    #[rustfmt::skip]
+    fn default() -> Metrics {
+        let mut r = Registry::default();
+        // The text encoder appends `_total` to counters itself.
+        Metrics {
+            svid_issued: registered(&mut r, "svid_issued", "SVIDs signed, by attestation method"),
+            svid_rejected: registered(&mut r, "svid_rejected", "SVID requests refused, by reason"),
+            api_errors: registered(&mut r, "api_errors", "Workload API connections and requests that failed, by kind"),
+            join_tokens_created: registered(&mut r, "join_tokens_created", "Join tokens created"),
+            ca_rotations: registered(&mut r, "ca_rotations", "Signing CA rotations"),
+            bundle_cas: registered(&mut r, "bundle_cas", "CA certificates in the trust bundle"),
+            bundle_sequence: registered(&mut r, "bundle_sequence", "SPIFFE bundle sequence number"),
+            api_connections_open: registered(&mut r, "api_connections_open", "Open connections on the workload API port"),
+            policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of --policy-dir after a change to it, accepted or not"),
+            policy_reload_errors: registered(&mut r, "policy_reload_errors", "Changes to --policy-dir rejected (the last good set is still served), by reason"),
+            registry: r,
+        }
     }
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let m = Metrics {
-            svid_issued: Family::default(),
-            svid_rejected: Family::default(),
-            api_errors: Family::default(),
-            join_tokens_created: Counter::default(),
-            ca_rotations: Counter::default(),
-            bundle_cas: Gauge::default(),
-            bundle_sequence: Gauge::default(),
-            api_connections_open: Gauge::default(),
-            policy_reload_errors: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "svid_issued",
-            "SVIDs signed, by attestation method",
-            m.svid_issued.clone(),
-        );
-        registry.register(
-            "svid_rejected",
-            "SVID requests refused, by reason",
-            m.svid_rejected.clone(),
-        );
-        registry.register(
-            "api_errors",
-            "Workload API connections and requests that failed, by kind",
-            m.api_errors.clone(),
-        );
-        registry.register(
-            "join_tokens_created",
-            "Join tokens created",
-            m.join_tokens_created.clone(),
-        );
-        registry.register(
-            "ca_rotations",
-            "Signing CA rotations",
-            m.ca_rotations.clone(),
-        );
-        registry.register(
-            "bundle_cas",
-            "CA certificates in the trust bundle",
-            m.bundle_cas.clone(),
-        );
-        registry.register(
-            "bundle_sequence",
-            "SPIFFE bundle sequence number",
-            m.bundle_sequence.clone(),
-        );
-        registry.register(
-            "api_connections_open",
-            "Open connections on the workload API port",
-            m.api_connections_open.clone(),
-        );
-        registry.register(
-            "policy_reload_errors",
-            "Changes to --policy-dir rejected (the last good set is still served), by reason",
-            m.policy_reload_errors.clone(),
-        );
-        Metrics { registry, ..m }
-    }
-
     pub fn rejected(&self, reason: &'static str) {
         self.svid_rejected
             .get_or_create(&ReasonLabel { reason })
@@ -127,4 +81,11 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// A new metric, registered under `name`: each metric is named in one place.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }

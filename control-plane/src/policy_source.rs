@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{EventKind, RecursiveMode, Watcher};
 use palisade_policy::fs::{empty_allowed, read_files, ALLOW_EMPTY_MARKER};
+use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,8 +33,8 @@ pub enum PolicySourceError {
     /// The directory went from some policies to none without the marker.
     #[error("{0} no longer holds any policy: refused, as it would drop every policy in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in it")]
     Emptied(String),
-    #[error("cannot watch {0}: {1}")]
-    Watch(String, notify::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 impl PolicySourceError {
@@ -80,6 +80,16 @@ impl PolicyStore {
             return Err(PolicySourceError::Emptied(self.dir.display().to_string()));
         }
         let n = chunks.len();
+        let old = self.chunks.load_full();
+        if old
+            .iter()
+            .map(|c| &c.served)
+            .eq(chunks.iter().map(|c| &c.served))
+        {
+            // A touch or a rewrite with the same text: no poll is woken.
+            return Ok(n);
+        }
+        drop(old);
         self.chunks.store(Arc::new(chunks));
         self.changed.send_modify(|g| *g += 1);
         Ok(n)
@@ -128,50 +138,31 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads whenever the directory changes, after `DEBOUNCE` of quiet;
-    /// a rejected reload counts in `errors` by reason. The returned watcher
-    /// must be kept alive.
+    /// Reloads after each burst of changes to the directory, once it has
+    /// been quiet for `DEBOUNCE`; each read counts in `reads`, a rejected
+    /// one in `errors` by reason. The returned watch must be kept alive.
     pub fn watch(
         self: &Arc<Self>,
+        reads: Counter,
         errors: Family<ReasonLabel, Counter>,
-    ) -> Result<notify::RecommendedWatcher, PolicySourceError> {
-        let watch_err = |e| PolicySourceError::Watch(self.dir.display().to_string(), e);
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            // Opening and reading the files is no change, and the reload
-            // does just that: it must not wake the next one.
-            if !matches!(
-                e,
-                Ok(notify::Event {
-                    kind: EventKind::Access(_),
-                    ..
-                })
-            ) {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(watch_err)?;
-        watcher
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(watch_err)?;
+    ) -> Result<PathWatch, PolicySourceError> {
         let store = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("policy-watch".into())
-            .spawn(move || {
-                // Ends when the watcher (and so the sender) is dropped.
-                while rx.recv().is_ok() {
-                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                    match store.reload() {
-                        Ok(n) => tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded"),
-                        Err(e) => {
-                            errors.get_or_create(&ReasonLabel { reason: e.reason() }).inc();
-                            tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
-                        }
-                    }
+        let w = palisade_policy::watch::watch(&self.dir, DEBOUNCE, "policy-watch", move || {
+            reads.inc();
+            match store.reload() {
+                Ok(n) => {
+                    tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded")
                 }
-            })
-            .map_err(|e| PolicySourceError::Invalid(format!("policy-watch thread: {e}")))?;
-        Ok(watcher)
+                Err(e) => {
+                    errors
+                        .get_or_create(&ReasonLabel { reason: e.reason() })
+                        .inc();
+                    tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
+                }
+            }
+        })?;
+        tracing::info!(dir = %self.dir.display(), "watching the policies");
+        Ok(w)
     }
 }
 
@@ -263,70 +254,85 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/api}]\n  ingress: []\n\
 apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: db, namespace: shop}\n\
 spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
 
+    /// A directory holding `shop.yaml` (= `TWO`), and its store.
+    struct Shop {
+        dir: tempfile::TempDir,
+        file: PathBuf,
+        store: Arc<PolicyStore>,
+    }
+
+    fn shop() -> Shop {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.yaml");
+        std::fs::write(&file, TWO).unwrap();
+        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        Shop { dir, file, store }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    const API: &str = "spiffe://td/ns/shop/sa/api";
+
     #[test]
     fn each_workload_gets_only_the_documents_that_select_it() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("shop.yaml"), TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap());
+        let Shop {
+            dir: _dir, store, ..
+        } = shop();
+        let api = store.for_workload(&id(API));
         assert_eq!(api.documents.len(), 1);
         assert_eq!(api.documents[0].name, "shop/api");
         assert!(!api.documents[0].yaml.contains("name: db"));
-        let db = store.for_workload(&SpiffeId::parse("spiffe://td/ns/shop/sa/db").unwrap());
+        let db = store.for_workload(&id("spiffe://td/ns/shop/sa/db"));
         assert_eq!(db.documents[0].name, "shop/db");
         assert_ne!(api.version, db.version);
-        let none = store.for_workload(&SpiffeId::parse("spiffe://td/ns/web/sa/x").unwrap());
+        let none = store.for_workload(&id("spiffe://td/ns/web/sa/x"));
         assert!(none.documents.is_empty());
     }
 
     #[test]
     fn a_bad_change_is_rejected_with_its_location_and_the_last_good_set_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let before = store.for_workload(&api);
-        std::fs::write(&f, TWO.replace("ingress: []", "ingres: []")).unwrap();
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
+        let before = store.for_workload(&id(API));
+        std::fs::write(&file, TWO.replace("ingress: []", "ingres: []")).unwrap();
         let err = store.reload().unwrap_err().to_string();
         assert!(err.contains("shop.yaml:7:3"), "{err}");
-        assert_eq!(store.for_workload(&api), before);
+        assert_eq!(store.for_workload(&id(API)), before);
     }
 
     #[test]
     fn removing_the_last_policy_is_refused_unless_the_marker_is_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let before = store.for_workload(&api);
-        std::fs::remove_file(&f).unwrap();
+        let Shop { dir, file, store } = shop();
+        let before = store.for_workload(&id(API));
+        std::fs::remove_file(&file).unwrap();
         let err = store.reload().unwrap_err();
         assert_eq!(err.reason(), "emptied");
         assert!(err.to_string().contains(ALLOW_EMPTY_MARKER), "{err}");
-        assert_eq!(store.for_workload(&api), before);
+        assert_eq!(store.for_workload(&id(API)), before);
         std::fs::write(dir.path().join(ALLOW_EMPTY_MARKER), "").unwrap();
         assert_eq!(store.reload().unwrap(), 0);
-        assert!(store.for_workload(&api).documents.is_empty());
+        assert!(store.for_workload(&id(API)).documents.is_empty());
     }
 
     #[tokio::test]
     async fn a_poll_with_the_current_version_waits_for_a_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("shop.yaml");
-        std::fs::write(&f, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
-        let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-        let v = store.for_workload(&api).version;
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
+        let v = store.for_workload(&id(API)).version;
         let s = store.clone();
-        let waiting = tokio::spawn(async move {
-            let api = SpiffeId::parse("spiffe://td/ns/shop/sa/api").unwrap();
-            s.poll(&api, Some(v), Duration::from_secs(30)).await
-        });
+        let waiting =
+            tokio::spawn(async move { s.poll(&id(API), Some(v), Duration::from_secs(30)).await });
         tokio::task::yield_now().await;
         std::fs::write(
-            &f,
+            &file,
             TWO.replace("ingress: []\n---", "ingress: []\n  egress: []\n---"),
         )
         .unwrap();
@@ -334,5 +340,21 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
         let got = waiting.await.unwrap();
         assert_ne!(got.version, v);
         assert!(got.documents[0].yaml.contains("egress: []"));
+    }
+
+    #[test]
+    fn a_reload_that_changes_nothing_wakes_no_poll() {
+        let Shop {
+            dir: _dir,
+            file,
+            store,
+        } = shop();
+        let changed = store.changed.subscribe();
+        std::fs::write(&file, TWO).unwrap();
+        assert_eq!(store.reload().unwrap(), 2);
+        assert!(!changed.has_changed().unwrap(), "same text, no wake");
+        std::fs::write(&file, TWO.replace("ingress: []", "egress: []")).unwrap();
+        store.reload().unwrap();
+        assert!(changed.has_changed().unwrap(), "new text wakes the polls");
     }
 }

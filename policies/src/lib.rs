@@ -1,7 +1,7 @@
 //! Palisade's policy model: the segmentation policy language, its compiler
 //! and the pure `decide()` engine. This crate does no I/O (the optional `fs`
-//! feature adds the one policy-file reader). SPIFFE IDs come from
-//! `palisade-identity`.
+//! feature adds the one policy-file reader, `watch` the one path watcher).
+//! SPIFFE IDs come from `palisade-identity`.
 #![forbid(unsafe_code)]
 
 pub mod baseline;
@@ -22,6 +22,8 @@ pub mod reach;
 pub mod schema;
 mod shadow;
 mod values;
+#[cfg(feature = "watch")]
+pub mod watch;
 mod yaml;
 
 pub use compile::{compile, docs_selecting, CompiledPolicy, Defaults, PolicySet};

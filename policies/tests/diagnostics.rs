@@ -1,7 +1,7 @@
 //! Every kind of mistake gets a `file:line:col` message that says what is
 //! wrong and, where it can, what was meant.
 
-use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, Severity};
+use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, Diagnostic, Severity};
 
 const HEADER: &str = "apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: p, namespace: shop}\n";
 
@@ -24,6 +24,12 @@ fn single_error(text: &str) -> String {
     let e = errors(text);
     assert_eq!(e.len(), 1, "{e:#?}");
     e.into_iter().next().unwrap()
+}
+
+/// The warnings of a valid document, compiled.
+fn warnings(text: &str) -> Vec<Diagnostic> {
+    let docs = parse_documents("shop.yaml", text).unwrap();
+    compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap().1
 }
 
 #[test]
@@ -195,8 +201,7 @@ fn allow_shadowed_by_deny_is_a_warning() {
     let text = doc(&format!(
         "{TARGETS}  ingress:\n    - name: block-shop\n      action: deny\n      from: [{{namespace: shop}}]\n    - name: frontend\n      action: allow\n      from: [{{identity: spiffe://td/ns/shop/sa/frontend}}]\n      ports: [8080]\n"
     ));
-    let docs = parse_documents("shop.yaml", &text).unwrap();
-    let (_, warnings) = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap();
+    let warnings = warnings(&text);
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert_eq!(warnings[0].severity, Severity::Warning);
     assert_eq!(
@@ -210,8 +215,7 @@ fn partially_overlapping_deny_is_not_a_shadow() {
     let text = doc(&format!(
         "{TARGETS}  ingress:\n    - name: block\n      action: deny\n      from: [{{namespace: shop}}]\n      ports: [8080]\n    - name: frontend\n      action: allow\n      from: [{{identity: spiffe://td/ns/shop/sa/frontend}}]\n      ports: [8080, 8443]\n"
     ));
-    let docs = parse_documents("shop.yaml", &text).unwrap();
-    let (_, warnings) = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap();
+    let warnings = warnings(&text);
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
@@ -238,8 +242,7 @@ fn shadows_are_found_among_thousands_of_unrelated_denies() {
     spec += "    - {name: web, action: allow, from: [{identity: spiffe://td/ns/web/sa/ui}], ports: [\"80-81\"]}\n";
     spec += "    - {name: net, action: allow, from: [{cidr: 10.1.2.0/24}], ports: [443]}\n";
     spec += "    - {name: open, action: allow, from: [{identity: spiffe://td/ns/web/sa/ui}], ports: [\"80-82\"]}\n";
-    let docs = parse_documents("shop.yaml", &doc(&spec)).unwrap();
-    let (_, warnings) = compile(docs, Defaults::new(DefaultPolicy::Deny)).unwrap();
+    let warnings = warnings(&doc(&spec));
     let shadowed: Vec<String> = warnings
         .iter()
         .map(|w| w.to_string())

@@ -8,8 +8,8 @@ use palisade_policy::model::{
     Action, HostMatch, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange, Rule, Target,
 };
 use palisade_policy::{
-    compile, decide, DefaultPolicy, Defaults, Direction, HttpInfo, Mode, Peer, PolicyDoc, Pos,
-    Request, SpiffeId, Verdict,
+    compile, decide, CompiledPolicy, DefaultPolicy, Defaults, Direction, HttpInfo, Mode, Peer,
+    PolicyDoc, Pos, Request, SpiffeId, Verdict,
 };
 use proptest::prelude::*;
 
@@ -125,6 +125,44 @@ fn http_match() -> impl Strategy<Value = HttpMatch> {
         })
 }
 
+/// Rule `r<i>`.
+fn numbered_rule(
+    i: usize,
+    deny: bool,
+    peers: Option<Vec<PeerMatch>>,
+    ports: Option<Vec<PortRange>>,
+    http: Option<Vec<HttpMatch>>,
+) -> Rule {
+    Rule {
+        pos: Pos::default(),
+        name: format!("r{i}"),
+        action: if deny { Action::Deny } else { Action::Allow },
+        peers,
+        ports,
+        http,
+    }
+}
+
+/// Policy `<namespace>/p<i>` in `source`, with no rules yet.
+fn numbered_doc(
+    source: &str,
+    namespace: &str,
+    i: usize,
+    targets: Vec<Target>,
+    audit: bool,
+) -> PolicyDoc {
+    PolicyDoc {
+        source: Arc::from(source),
+        pos: Pos::default(),
+        namespace: namespace.to_owned(),
+        name: format!("p{i}"),
+        targets,
+        mode: if audit { Mode::Audit } else { Mode::Enforce },
+        ingress: None,
+        egress: None,
+    }
+}
+
 fn rules() -> impl Strategy<Value = Vec<Rule>> {
     let rule = (
         prop::bool::ANY,
@@ -135,14 +173,7 @@ fn rules() -> impl Strategy<Value = Vec<Rule>> {
     prop::collection::vec(rule, 0..4).prop_map(|rs| {
         rs.into_iter()
             .enumerate()
-            .map(|(i, (deny, peers, ports, http))| Rule {
-                pos: Pos::default(),
-                name: format!("r{i}"),
-                action: if deny { Action::Deny } else { Action::Allow },
-                peers,
-                ports,
-                http,
-            })
+            .map(|(i, (deny, peers, ports, http))| numbered_rule(i, deny, peers, ports, http))
             .collect()
     })
 }
@@ -158,15 +189,10 @@ fn docs() -> impl Strategy<Value = Vec<PolicyDoc>> {
     prop::collection::vec(doc, 0..6).prop_map(|ds| {
         ds.into_iter()
             .enumerate()
-            .map(|(i, (ns, targets, audit, ingress, egress))| PolicyDoc {
-                source: Arc::from("gen.yaml"),
-                pos: Pos::default(),
-                namespace: ns.to_owned(),
-                name: format!("p{i}"),
-                targets,
-                mode: if audit { Mode::Audit } else { Mode::Enforce },
-                ingress,
-                egress,
+            .map(|(i, (ns, targets, audit, ingress, egress))| {
+                let mut d = numbered_doc("gen.yaml", ns, i, targets, audit);
+                (d.ingress, d.egress) = (ingress, egress);
+                d
             })
             .collect()
     })
@@ -471,6 +497,35 @@ fn reference(docs: &[PolicyDoc], default: DefaultPolicy, req: &Req) -> Outcome {
     }
 }
 
+/// What the compiled policy decides for `req`.
+fn decided(policy: &CompiledPolicy, req: &Req) -> Outcome {
+    let local = id(req.local);
+    let peer_id = req.peer.ok().map(id);
+    let peer = match (&peer_id, req.peer) {
+        (Some(p), _) => Peer::Identity(p),
+        (None, Err(ip)) => Peer::Address(ip),
+        (None, Ok(_)) => unreachable!(),
+    };
+    let http = req
+        .http
+        .map(|(method, path, host)| HttpInfo { method, path, host });
+    let request = Request {
+        direction: req.direction,
+        local: &local,
+        peer,
+        port: req.port,
+        http,
+    };
+    let d = decide(policy, &request);
+    Outcome {
+        verdict: d.verdict,
+        would_deny: d.would_deny,
+        label: d.label(),
+        mode: d.mode,
+        http_required: d.http_required,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -482,17 +537,7 @@ proptest! {
     ) {
         let (policy, _) = compile(docs.clone(), Defaults::new(default)).unwrap();
         for req in &reqs {
-            let local = id(req.local);
-            let peer_id = req.peer.ok().map(id);
-            let peer = match (&peer_id, req.peer) {
-                (Some(p), _) => Peer::Identity(p),
-                (None, Err(ip)) => Peer::Address(ip),
-                (None, Ok(_)) => unreachable!(),
-            };
-            let http = req.http.map(|(method, path, host)| HttpInfo { method, path, host });
-            let d = decide(&policy, &Request { direction: req.direction, local: &local, peer, port: req.port, http });
-            let got = Outcome { verdict: d.verdict, would_deny: d.would_deny, label: d.label(), mode: d.mode, http_required: d.http_required };
-            prop_assert_eq!(got, reference(&docs, default, req), "request {:?}", req);
+            prop_assert_eq!(decided(&policy, req), reference(&docs, default, req), "request {:?}", req);
         }
     }
 }
@@ -564,26 +609,13 @@ fn large_policy(rng: &mut Lcg) -> Vec<PolicyDoc> {
                             hosts: vec![],
                         }]
                     });
-                    Rule {
-                        pos: Pos::default(),
-                        name: format!("r{r}"),
-                        action: if deny { Action::Deny } else { Action::Allow },
-                        peers,
-                        ports,
-                        http,
-                    }
+                    numbered_rule(r, deny, peers, ports, http)
                 })
                 .collect();
-            PolicyDoc {
-                source: Arc::from("large.yaml"),
-                pos: Pos::default(),
-                namespace: "a".into(),
-                name: format!("p{p}"),
-                targets: vec![Target::Identity(IdMatch::Exact(id(IDS[p % 2])))],
-                mode: if p == 3 { Mode::Audit } else { Mode::Enforce },
-                ingress: Some(ingress),
-                egress: None,
-            }
+            let targets = vec![Target::Identity(IdMatch::Exact(id(IDS[p % 2])))];
+            let mut d = numbered_doc("large.yaml", "a", p, targets, p == 3);
+            d.ingress = Some(ingress);
+            d
         })
         .collect()
 }
@@ -613,34 +645,9 @@ fn many_distinct_peers_and_overlapping_cidrs_decide_like_the_reference() {
             port: rng.below(100) as u16,
             http,
         };
-        let local = id(req.local);
-        let peer_id = req.peer.ok().map(id);
-        let peer = match (&peer_id, req.peer) {
-            (Some(p), _) => Peer::Identity(p),
-            (None, Err(ip)) => Peer::Address(ip),
-            (None, Ok(_)) => unreachable!(),
-        };
-        let d = decide(
-            &policy,
-            &Request {
-                direction: req.direction,
-                local: &local,
-                peer,
-                port: req.port,
-                http: req
-                    .http
-                    .map(|(method, path, host)| HttpInfo { method, path, host }),
-            },
-        );
-        let got = Outcome {
-            verdict: d.verdict,
-            would_deny: d.would_deny,
-            label: d.label(),
-            mode: d.mode,
-            http_required: d.http_required,
-        };
+        let got = decided(&policy, &req);
         assert_eq!(got, reference(&docs, DefaultPolicy::Deny, &req), "{req:?}");
-        match d.verdict {
+        match got.verdict {
             Verdict::Allow => allowed += 1,
             Verdict::Deny => denied += 1,
         }

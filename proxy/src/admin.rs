@@ -15,7 +15,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::{duration, Config};
+use palisade_identity::duration;
+
+use crate::config::{Config, Interception};
 use crate::outbound::EndpointMap;
 use crate::Runtime;
 
@@ -38,13 +40,18 @@ impl Admin {
             .iter()
             .map(|(name, addr)| json!({"name": name, "address": addr}))
             .collect();
+        // Explicit mode shows transparent mode's defaults, as it always has.
+        let (inbound, outbound) = match &cfg.interception {
+            Interception::Transparent { inbound, outbound } => (inbound.clone(), outbound.clone()),
+            Interception::Explicit { .. } => Default::default(),
+        };
         let fixed = json!({
-            "mode": cfg.mode,
+            "mode": cfg.interception.mode(),
             "listeners": listeners,
             "control_plane": {"address": cfg.identity.control_plane, "spiffe_id": cfg.control_plane_id()},
             "accepted_trust_domains": cfg.identity.accepted_trust_domains,
-            "unmeshed": cfg.outbound.unmeshed,
-            "permissive_ports": cfg.inbound.permissive_ports,
+            "unmeshed": outbound.unmeshed,
+            "permissive_ports": inbound.permissive_ports,
             "timeouts": {
                 "detect": duration::format(&cfg.timeouts.detect),
                 "connect": duration::format(&cfg.timeouts.connect),
@@ -168,19 +175,9 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::Drain;
-    use crate::metrics::Metrics;
 
     fn admin() -> Admin {
-        let rt = Arc::new(Runtime {
-            timeouts: Default::default(),
-            creds: Default::default(),
-            metrics: Arc::new(Metrics::new()),
-            permits: Arc::new(tokio::sync::Semaphore::new(1)),
-            drain: Drain::default(),
-            policy: Default::default(),
-            http: Default::default(),
-        });
+        let rt = Arc::new(Runtime::without_identity());
         let mut cfg = Config::default();
         cfg.validate().unwrap();
         Admin::new(rt, &cfg, &[], None)

@@ -11,7 +11,7 @@ use palisade_policy::{
 
 use tokio::sync::watch;
 
-use crate::metrics::{self, UNAUTHENTICATED};
+use crate::metrics::{direction_label, UNAUTHENTICATED};
 use crate::Runtime;
 
 /// What the proxy knows about an inbound connection once it is identified.
@@ -35,42 +35,40 @@ pub struct OutboundCheck<'a> {
 /// The connection-level (L4) decision for an inbound connection: on the
 /// peer's identity, or its source address when plaintext, and the port.
 pub fn inbound(rt: &Runtime, check: &InboundCheck<'_>) -> Decision {
-    let peer = match check.peer {
-        Some(id) => Peer::Identity(id),
-        None => Peer::Address(check.source.ip()),
-    };
+    let peer = peer(check.peer, check.source);
     decide_now(rt, Direction::Ingress, peer, check.port, None)
 }
 
 /// The connection-level (L4) decision for an outbound connection: on the
 /// identity the destination must prove, or its address when unmeshed.
 pub fn outbound(rt: &Runtime, check: &OutboundCheck<'_>) -> Decision {
-    let peer = match check.destination_id {
-        Some(id) => Peer::Identity(id),
-        None => Peer::Address(check.destination.ip()),
-    };
+    let peer = peer(check.destination_id, check.destination);
     decide_now(rt, Direction::Egress, peer, check.destination.port(), None)
 }
 
-/// The per-request (L7) decision for an inbound HTTP request, against the
-/// policy in force right now, so a reload applies to the next request on a
-/// kept-alive connection. `peer` is `None` for plaintext (then `source`'s
-/// address is matched against `cidr` peers); `port` is the local app port.
+/// The per-request (L7) decision for an HTTP request, against the policy in
+/// force right now, so a reload applies to the next request on a kept-alive
+/// connection. `id` is the peer's identity (inbound: the caller, `None` for
+/// plaintext; outbound: the destination's), else `addr` is matched against
+/// `cidr` peers; `port` is the local app port or the destination port.
 pub fn http_request(
     rt: &Runtime,
-    peer: Option<&SpiffeId>,
-    source: SocketAddr,
+    direction: Direction,
+    id: Option<&SpiffeId>,
+    addr: SocketAddr,
     port: u16,
-    method: &str,
-    path: &str,
-    host: Option<&str>,
+    http: HttpInfo<'_>,
 ) -> Decision {
-    let peer = match peer {
+    decide_now(rt, direction, peer(id, addr), port, Some(http))
+}
+
+/// The peer as policies match it: its identity when it proved one, else its
+/// address.
+fn peer(id: Option<&SpiffeId>, addr: SocketAddr) -> Peer<'_> {
+    match id {
         Some(id) => Peer::Identity(id),
-        None => Peer::Address(source.ip()),
-    };
-    let http = HttpInfo { method, path, host };
-    decide_now(rt, Direction::Ingress, peer, port, Some(http))
+        None => Peer::Address(addr.ip()),
+    }
 }
 
 /// One policy load, one credentials load, one `decide()`.
@@ -110,22 +108,22 @@ pub fn peer_label(peer: Option<&SpiffeId>) -> &str {
 /// would-deny) with the policy and rule that made it.
 pub fn record(
     rt: &Runtime,
-    direction: metrics::Direction,
+    direction: Direction,
     d: &Decision,
     peer: &str,
     client: SocketAddr,
     port: u16,
 ) {
-    rt.metrics.authz.tcp(direction).count(d, peer);
+    rt.metrics.policy.tcp(direction).count(d, peer);
     if !d.is_allowed() {
         tracing::info!(
-            direction = direction.as_str(), client.addr = %client, peer, port,
+            direction = direction_label(direction), client.addr = %client, peer, port,
             authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
             reason = %d.matched, "connection denied by policy"
         );
     } else if d.would_deny {
         tracing::info!(
-            direction = direction.as_str(), client.addr = %client, peer, port,
+            direction = direction_label(direction), client.addr = %client, peer, port,
             authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
             reason = %d.matched, "audit: connection would be denied by policy; let through"
         );
@@ -156,14 +154,14 @@ pub async fn revoked(
 /// Counts and logs a live connection closed by a policy swap.
 pub fn terminated(
     rt: &Runtime,
-    direction: metrics::Direction,
+    direction: Direction,
     d: &Decision,
     peer: &str,
     client: SocketAddr,
 ) {
-    rt.metrics.authz.terminated(direction, d, peer);
+    rt.metrics.policy.terminated(direction, d, peer);
     tracing::info!(
-        direction = direction.as_str(), client.addr = %client, peer,
+        direction = direction_label(direction), client.addr = %client, peer,
         authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
         reason = %d.matched, "open connection closed: the new policy denies it"
     );

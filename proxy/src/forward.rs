@@ -3,13 +3,13 @@
 //! allocation, and an idle timeout.
 
 use std::io;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::io::{Active, Counted};
 use crate::metrics::ConnMetrics;
 
 /// Per-direction copy buffer.
@@ -29,22 +29,19 @@ pub enum Ended {
 
 /// Copy between the accepted connection (`downstream`) and the one the proxy
 /// opened (`upstream`) until both sides close or nothing moves for `idle`.
-pub async fn forward<D, U>(
-    mut downstream: D,
-    mut upstream: U,
-    m: &ConnMetrics,
-    idle: Duration,
-) -> Ended
+pub async fn forward<D, U>(downstream: D, mut upstream: U, m: &ConnMetrics, idle: Duration) -> Ended
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = AtomicU64::new(0);
-    let mut counted = Counted {
-        inner: &mut downstream,
-        m,
-        activity: &activity,
-    };
+    let mut counted = Counted::new(
+        downstream,
+        Active {
+            metrics: m,
+            moved: &activity,
+        },
+    );
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut counted, &mut upstream, BUF, BUF);
     tokio::select! {
         r = copy => match r {
@@ -76,65 +73,33 @@ async fn idle_watch(activity: &AtomicU64, idle: Duration) {
     }
 }
 
-/// The downstream stream, counting bytes into the connection's metrics.
-struct Counted<'a, S> {
-    inner: &'a mut S,
-    m: &'a ConnMetrics,
-    activity: &'a AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            this.m.read_bytes.inc_by(n);
-            this.activity.fetch_add(n, Ordering::Relaxed);
+/// Logs how a forwarded connection ended.
+pub fn log_end(client: SocketAddr, peer: &str, ended: Ended) {
+    match ended {
+        Ended::Closed {
+            from_downstream,
+            from_upstream,
+        } => {
+            tracing::debug!(client.addr = %client, peer, from_downstream, from_upstream, "connection closed")
         }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut *this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            this.m.write_bytes.inc_by(n as u64);
-            this.activity.fetch_add(n as u64, Ordering::Relaxed);
+        Ended::IdleTimeout => tracing::info!(client.addr = %client, peer, "idle timeout; closed"),
+        Ended::Error(e) => {
+            tracing::debug!(client.addr = %client, peer, error = %e, "connection ended with an error")
         }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics};
+    use crate::metrics::Metrics;
+    use palisade_policy::Direction;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn bytes_flow_both_ways_with_half_close_and_are_counted() {
         let metrics = Metrics::new();
-        let m = metrics.conn(Direction::Inbound, "spiffe://td/x", true);
+        let m = metrics.conn(Direction::Ingress, "spiffe://td/x", true);
         let (mut client, proxy_down) = tokio::io::duplex(1024);
         let (proxy_up, mut server) = tokio::io::duplex(1024);
         let fwd = tokio::spawn({
@@ -166,7 +131,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_connection_is_closed_after_the_idle_timeout() {
         let metrics = Metrics::new();
-        let m = metrics.conn(Direction::Outbound, "x", false);
+        let m = metrics.conn(Direction::Egress, "x", false);
         let (_client, proxy_down) = tokio::io::duplex(64);
         let (proxy_up, _server) = tokio::io::duplex(64);
         let ended = forward(proxy_down, proxy_up, &m, Duration::from_millis(50)).await;

@@ -6,23 +6,24 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use palisade_policy::{Decision, SpiffeId};
+use palisade_policy::{Decision, Direction, SpiffeId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, InboundCheck};
 use crate::config::{InboundTarget, Protocol};
-use crate::forward::{forward, Ended};
+use crate::forward::{forward, log_end};
 use crate::http;
 use crate::http::detect::{self, detect, Detected};
-use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
-use crate::{accept_loop, tls, transparent, Runtime};
+use crate::metrics::OpenConn;
+use crate::{accept_loop, connect, tls, transparent, Runtime};
 
-const DIR: Direction = Direction::Inbound;
+const DIR: Direction = Direction::Ingress;
 
-/// Where a listener's connections go.
+/// The local app a listener's connections go to.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub enum LocalApp {
     /// Explicit mode: one listener, one app address.
     Fixed {
         app: SocketAddr,
@@ -40,14 +41,14 @@ pub enum Target {
     },
 }
 
-impl Target {
+impl LocalApp {
     /// The app address and whether plaintext is allowed there.
     fn resolve(&self, tcp: &TcpStream) -> Result<(SocketAddr, bool), &'static str> {
         match self {
-            Target::Fixed {
+            LocalApp::Fixed {
                 app, permissive, ..
             } => Ok((*app, *permissive)),
-            Target::Transparent {
+            LocalApp::Transparent {
                 permissive_ports,
                 forward_to,
                 ..
@@ -71,8 +72,8 @@ impl Target {
     /// What the app on `port` speaks.
     fn protocol(&self, port: u16) -> Protocol {
         match self {
-            Target::Fixed { protocol, .. } => *protocol,
-            Target::Transparent { protocols, .. } => {
+            LocalApp::Fixed { protocol, .. } => *protocol,
+            LocalApp::Transparent { protocols, .. } => {
                 protocols.get(&port).copied().unwrap_or_default()
             }
         }
@@ -82,8 +83,8 @@ impl Target {
     /// one to the app on `port`.
     fn allows_get_body(&self, port: u16) -> bool {
         match self {
-            Target::Fixed { allow_get_body, .. } => *allow_get_body,
-            Target::Transparent {
+            LocalApp::Fixed { allow_get_body, .. } => *allow_get_body,
+            LocalApp::Transparent {
                 allow_get_body_ports,
                 ..
             } => allow_get_body_ports.contains(&port),
@@ -91,17 +92,17 @@ impl Target {
     }
 }
 
-pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
-    accept_loop(rt, listener, DIR, target, handle).await
+pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, app: LocalApp) {
+    accept_loop(rt, listener, DIR, app, handle).await
 }
 
 fn refuse(rt: &Runtime, client: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
     crate::refuse(rt, DIR, client, reason, detail)
 }
 
-async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: SocketAddr) {
+async fn handle(rt: Arc<Runtime>, local: Arc<LocalApp>, tcp: TcpStream, client: SocketAddr) {
     let t = &rt.timeouts;
-    let (app, permissive) = match target.resolve(&tcp) {
+    let (app, permissive) = match local.resolve(&tcp) {
         Ok(x) => x,
         Err(reason) => return refuse(&rt, client, reason, &"cannot tell the original destination"),
     };
@@ -132,43 +133,7 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
                 &format_args!("plaintext to {app}"),
             );
         }
-        let (proto, tcp) = match detect(tcp, target.protocol(app.port()), None, t.detect).await {
-            Ok(x) => x,
-            Err(e) => {
-                return tracing::debug!(client.addr = %client, error = %e, "closed during detection")
-            }
-        };
-        // Subscribe before deciding, so no policy swap goes unseen.
-        let mut policy = rt.policy.subscribe();
-        let check = InboundCheck {
-            peer: None,
-            source: client,
-            port: app.port(),
-        };
-        if proto != Detected::Opaque {
-            if decided(&rt, &check, client).is_allowed() {
-                let port = app.port();
-                let (protocol, get_body) = (target.protocol(port), target.allows_get_body(port));
-                http::server::serve_inbound(rt, tcp, None, client, app, protocol, get_body, proto)
-                    .await;
-            }
-            return;
-        }
-        if !allowed_opaque(&rt, &check, client) {
-            return;
-        }
-        let Some(upstream) = connect_app(&rt, app, client).await else {
-            return;
-        };
-        let m = rt.metrics.conn(DIR, UNAUTHENTICATED, false);
-        let open = OpenConn::new(m);
-        let ended = tokio::select! {
-            ended = forward(tcp, upstream, &open.0, t.idle) => ended,
-            d = authz::revoked(&mut policy, || authz::inbound(&rt, &check)) => {
-                return authz::terminated(&rt, DIR, &d, UNAUTHENTICATED, client);
-            }
-        };
-        return log_end(client, UNAUTHENTICATED, ended);
+        return serve_authorized(rt, tcp, None, None, client, app, local).await;
     }
 
     // One load of the current credentials per connection.
@@ -181,55 +146,55 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
         Ok(Err(e)) => return refuse(&rt, client, tls::failure_reason(&e), &e),
         Ok(Ok(s)) => s,
     };
-    drop(creds);
-    let peer: SpiffeId = match stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-    {
-        // The verifier already accepted exactly this certificate.
-        Some(leaf) => match tls::spiffe_id_of(leaf) {
+    let session = stream.get_ref().1;
+    // The verifier of these credentials accepted exactly this certificate
+    // and kept its ID.
+    let peer: SpiffeId = match session.peer_certificates().and_then(|c| c.first()) {
+        Some(leaf) => match creds.peer_id(leaf) {
             Ok(id) => id,
-            Err(e) => {
-                return refuse(
-                    &rt,
-                    client,
-                    tls::SvidRejection::from(e).reason(),
-                    &"peer SVID unreadable",
-                )
-            }
+            Err(e) => return refuse(&rt, client, e.reason(), &"peer SVID unreadable"),
         },
         None => return refuse(&rt, client, "no_client_cert", &"no client certificate"),
     };
-    let alpn = detect::alpn(stream.get_ref().1.alpn_protocol());
-    let (proto, stream) = match detect(stream, target.protocol(app.port()), alpn, t.detect).await {
+    drop(creds);
+    let alpn = detect::alpn(session.alpn_protocol());
+    serve_authorized(rt, stream, Some(peer), alpn, client, app, local).await
+}
+
+/// An identified connection (`peer` is `None` for plaintext on a permissive
+/// port; `alpn` what TLS negotiated): detect the protocol, decide, then
+/// serve HTTP with each request checked, or connect to `app` and forward
+/// opaque bytes until the connection ends or a policy swap revokes it.
+async fn serve_authorized<S>(
+    rt: Arc<Runtime>,
+    stream: S,
+    peer: Option<SpiffeId>,
+    alpn: Option<&'static [u8]>,
+    client: SocketAddr,
+    app: SocketAddr,
+    local: Arc<LocalApp>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let t = &rt.timeouts;
+    let port = app.port();
+    let (proto, stream) = match detect(stream, local.protocol(port), alpn, t.detect).await {
         Ok(x) => x,
         Err(e) => {
             return tracing::debug!(client.addr = %client, error = %e, "closed during detection")
         }
     };
+    // Subscribe before deciding, so no policy swap goes unseen.
     let mut policy = rt.policy.subscribe();
     let check = InboundCheck {
-        peer: Some(&peer),
+        peer: peer.as_ref(),
         source: client,
-        port: app.port(),
+        port,
     };
     if proto != Detected::Opaque {
         if decided(&rt, &check, client).is_allowed() {
-            let port = app.port();
-            let (protocol, get_body) = (target.protocol(port), target.allows_get_body(port));
-            http::server::serve_inbound(
-                rt,
-                stream,
-                Some(peer),
-                client,
-                app,
-                protocol,
-                get_body,
-                proto,
-            )
-            .await;
+            let (protocol, get_body) = (local.protocol(port), local.allows_get_body(port));
+            http::inbound::serve(rt, stream, peer, client, app, protocol, get_body, proto).await;
         }
         return;
     }
@@ -239,16 +204,18 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, tcp: TcpStream, client: S
     let Some(upstream) = connect_app(&rt, app, client).await else {
         return;
     };
-    let m = rt.metrics.conn(DIR, peer.as_str(), true);
-    let open = OpenConn::new(m);
-    tracing::debug!(client.addr = %client, client.id = %peer, app = %app, "inbound mTLS connection");
+    let label = authz::peer_label(check.peer);
+    let open = OpenConn::new(rt.metrics.conn(DIR, label, peer.is_some()));
+    if let Some(peer) = &peer {
+        tracing::debug!(client.addr = %client, client.id = %peer, app = %app, "inbound mTLS connection");
+    }
     let ended = tokio::select! {
         ended = forward(stream, upstream, &open.0, t.idle) => ended,
         d = authz::revoked(&mut policy, || authz::inbound(&rt, &check)) => {
-            return authz::terminated(&rt, DIR, &d, peer.as_str(), client);
+            return authz::terminated(&rt, DIR, &d, label, client);
         }
     };
-    log_end(client, peer.as_str(), ended);
+    log_end(client, label, ended);
 }
 
 /// The connection-level decision, counted and logged. An HTTP connection
@@ -284,33 +251,11 @@ fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) ->
 }
 
 async fn connect_app(rt: &Runtime, app: SocketAddr, client: SocketAddr) -> Option<TcpStream> {
-    match tokio::time::timeout(rt.timeouts.connect, TcpStream::connect(app)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(client.addr = %client, app = %app, error = %e, "local app refused the connection");
+    match connect::tcp(app, rt.timeouts.connect).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(client.addr = %client, app = %app, error = %e, "the local app could not be reached");
             None
-        }
-        Err(_) => {
-            tracing::warn!(client.addr = %client, app = %app, "connecting to the local app timed out");
-            None
-        }
-    }
-}
-
-pub(crate) fn log_end(client: SocketAddr, peer: &str, ended: Ended) {
-    match ended {
-        Ended::Closed {
-            from_downstream,
-            from_upstream,
-        } => {
-            tracing::debug!(client.addr = %client, peer, from_downstream, from_upstream, "connection closed")
-        }
-        Ended::IdleTimeout => tracing::info!(client.addr = %client, peer, "idle timeout; closed"),
-        Ended::Error(e) => {
-            tracing::debug!(client.addr = %client, peer, error = %e, "connection ended with an error")
         }
     }
 }

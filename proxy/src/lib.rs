@@ -6,11 +6,14 @@
 pub mod admin;
 pub mod authz;
 pub mod config;
+pub mod connect;
 pub mod drain;
+pub mod events;
 pub mod forward;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
@@ -22,12 +25,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_policy::Direction;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Timeouts;
 use crate::identity::CredentialsCell;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{direction_label, Metrics};
 
 /// State shared by every listener; read-only on the hot path except for
 /// atomics (credentials load, permit, counters).
@@ -42,6 +46,22 @@ pub struct Runtime {
     pub policy: Arc<policy::LivePolicy>,
     /// HTTP settings, the access log and pooled upstream connections.
     pub http: http::Http,
+}
+
+#[cfg(test)]
+impl Runtime {
+    /// Default settings, no SVID yet, no policy: for unit tests.
+    pub(crate) fn without_identity() -> Runtime {
+        Runtime {
+            timeouts: Default::default(),
+            creds: Default::default(),
+            metrics: Arc::new(Metrics::new()),
+            permits: Arc::new(Semaphore::new(1)),
+            drain: Default::default(),
+            policy: Default::default(),
+            http: Default::default(),
+        }
+    }
 }
 
 /// Accept on `listener` until drain, running `handle` for each connection
@@ -67,7 +87,7 @@ pub async fn accept_loop<T, F, Fut>(
                 Ok(x) => x,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, direction = direction.as_str(), "accept failed");
+                    tracing::warn!(error = %e, direction = direction_label(direction), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -101,5 +121,5 @@ pub fn refuse(
     detail: &dyn std::fmt::Display,
 ) {
     rt.metrics.handshake_failure(direction, reason);
-    tracing::info!(direction = direction.as_str(), client.addr = %client, reason, error = %detail, "connection refused");
+    tracing::info!(direction = direction_label(direction), client.addr = %client, reason, error = %detail, "connection refused");
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use palisade_proxy::config::{Config, Mode};
+use palisade_proxy::config::{Config, Interception};
 use palisade_proxy::http::Http;
 use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
 use palisade_proxy::metrics::Metrics;
@@ -90,7 +90,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let cp = Arc::new(ControlPlane::new(
         cfg.identity.control_plane.clone(),
         cfg.identity.trust_domain.clone(),
-        bootstrap.certs.clone(),
+        bootstrap.certs,
         cfg.timeouts.handshake.max(Duration::from_secs(10)),
     ));
     let metrics = Arc::new(Metrics::new());
@@ -121,19 +121,19 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let admin_listener = bind("admin", cfg.admin.bind).await?;
     let mut listeners = vec![("admin".to_owned(), admin_listener.local_addr()?)];
     let mut endpoint_map = None;
-    match cfg.mode {
-        Mode::Transparent => {
-            let l = bind("inbound", cfg.inbound.bind).await?;
+    match &cfg.interception {
+        Interception::Transparent { inbound, outbound } => {
+            let l = bind("inbound", inbound.bind).await?;
             listeners.push(("inbound".into(), l.local_addr()?));
-            let target = inbound::Target::Transparent {
-                permissive_ports: cfg.inbound.permissive_ports.clone().into(),
-                forward_to: cfg.inbound.forward_to,
-                protocols: Arc::new(cfg.inbound.protocols.clone()),
-                allow_get_body_ports: cfg.inbound.allow_get_body_ports.clone().into(),
+            let target = inbound::LocalApp::Transparent {
+                permissive_ports: inbound.permissive_ports.clone().into(),
+                forward_to: inbound.forward_to,
+                protocols: Arc::new(inbound.protocols.clone()),
+                allow_get_body_ports: inbound.allow_get_body_ports.clone().into(),
             };
             tokio::spawn(inbound::serve(rt.clone(), l, target));
 
-            let l = bind("outbound", cfg.outbound.bind).await?;
+            let l = bind("outbound", outbound.bind).await?;
             listeners.push(("outbound".into(), l.local_addr()?));
             let map = Arc::new(ArcSwap::from_pointee(EndpointMap::default()));
             endpoint_map = Some(map.clone());
@@ -142,21 +142,21 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 creds.clone(),
                 map.clone(),
                 metrics.clone(),
-                cfg.outbound.endpoints_refresh,
+                outbound.endpoints_refresh,
                 background.clone(),
             ));
-            let target = outbound::Target::Transparent {
+            let target = outbound::Upstream::Transparent {
                 endpoints: map,
-                unmeshed: cfg.outbound.unmeshed,
-                protocols: Arc::new(cfg.outbound.protocols.clone()),
+                unmeshed: outbound.unmeshed,
+                protocols: Arc::new(outbound.protocols.clone()),
             };
             tokio::spawn(outbound::serve(rt.clone(), l, target));
         }
-        Mode::Explicit => {
-            for p in &cfg.inbound.ports {
+        Interception::Explicit { inbound, outbound } => {
+            for p in &inbound.ports {
                 let l = bind("inbound", p.listen).await?;
                 listeners.push((format!("inbound -> {}", p.app), l.local_addr()?));
-                let target = inbound::Target::Fixed {
+                let target = inbound::LocalApp::Fixed {
                     app: p.app,
                     permissive: p.permissive,
                     protocol: p.protocol,
@@ -164,13 +164,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 };
                 tokio::spawn(inbound::serve(rt.clone(), l, target));
             }
-            for r in &cfg.outbound.routes {
+            for r in &outbound.routes {
                 let l = bind("outbound", r.listen).await?;
                 listeners.push((
                     format!("outbound -> {} ({})", r.destination, r.identity),
                     l.local_addr()?,
                 ));
-                let target = outbound::Target::Route {
+                let target = outbound::Upstream::Route {
                     destination: r.destination,
                     identity: r.identity.clone(),
                     protocol: r.protocol,
@@ -192,12 +192,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(admin, admin_listener));
 
     let manager = IdentityManager {
-        cp: ControlPlane::new(
-            cfg.identity.control_plane.clone(),
-            cfg.identity.trust_domain.clone(),
-            bootstrap.certs,
-            cfg.timeouts.handshake.max(Duration::from_secs(10)),
-        ),
+        cp,
         attestation,
         accepted: cfg.identity.accepted_trust_domains.clone().into(),
         cell: creds,

@@ -2,45 +2,34 @@
 //! once per connection from a lock-free cache keyed by peer, so the hot path
 //! never takes the registry's locks once a peer has been seen.
 
-pub mod authz;
 pub mod http;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use std::fmt::Write;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use palisade_policy::Direction;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl EncodeLabelValue for Direction {
-    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        e.write_str(self.as_str())
-    }
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
+/// The `direction` label, and the word logs use: the proxy names the side
+/// a connection arrived on, where policies name the side a rule guards.
+pub fn direction_label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "inbound",
+        Direction::Egress => "outbound",
     }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
-    pub direction: Direction,
+    /// `inbound` or `outbound` ([`direction_label`]).
+    pub direction: &'static str,
     /// The peer's SPIFFE ID, or "unauthenticated".
     pub peer: String,
     /// "true" or "false".
@@ -49,7 +38,7 @@ pub struct ConnLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
-    pub direction: Direction,
+    pub direction: &'static str,
     pub reason: &'static str,
 }
 
@@ -83,7 +72,7 @@ pub struct Metrics {
     pub cert_refresh_failures: Counter,
     pub endpoints_refresh_failures: Counter,
     /// Policy decisions, terminations and reloads.
-    pub authz: authz::AuthzMetrics,
+    pub policy: policy::PolicyMetrics,
     /// HTTP requests, responses, per-request decisions and limits.
     pub http: http::HttpMetrics,
     /// Indexed by [`Self::slot`]: (direction, tls).
@@ -110,7 +99,7 @@ impl Metrics {
             cert_refresh: Counter::default(),
             cert_refresh_failures: Counter::default(),
             endpoints_refresh_failures: Counter::default(),
-            authz: Default::default(),
+            policy: Default::default(),
             http: Default::default(),
             cache: Default::default(),
             registry: Registry::default(),
@@ -158,7 +147,7 @@ impl Metrics {
             "Failed endpoint map fetches",
             m.endpoints_refresh_failures.clone(),
         );
-        m.authz.register(&mut registry);
+        m.policy.register(&mut registry);
         m.http.register(&mut registry);
         Metrics { registry, ..m }
     }
@@ -175,7 +164,7 @@ impl Metrics {
             return m.clone();
         }
         let labels = ConnLabels {
-            direction,
+            direction: direction_label(direction),
             peer: peer.to_owned(),
             tls: if tls { "true" } else { "false" }.to_owned(),
         };
@@ -196,7 +185,10 @@ impl Metrics {
 
     pub fn handshake_failure(&self, direction: Direction, reason: &'static str) {
         self.handshake_failures
-            .get_or_create(&FailureLabels { direction, reason })
+            .get_or_create(&FailureLabels {
+                direction: direction_label(direction),
+                reason,
+            })
             .inc();
     }
 
@@ -234,7 +226,7 @@ mod tests {
     fn connection_metrics_are_labelled_and_closed_on_drop() {
         let m = Metrics::new();
         {
-            let c = OpenConn::new(m.conn(Direction::Inbound, "spiffe://td/a", true));
+            let c = OpenConn::new(m.conn(Direction::Ingress, "spiffe://td/a", true));
             c.0.read_bytes.inc_by(5);
             let text = m.encode();
             assert!(text.contains(
@@ -252,15 +244,15 @@ mod tests {
         ));
         // The cached handle is the same series.
         assert!(Arc::ptr_eq(
-            &m.conn(Direction::Inbound, "spiffe://td/a", true),
-            &m.conn(Direction::Inbound, "spiffe://td/a", true)
+            &m.conn(Direction::Ingress, "spiffe://td/a", true),
+            &m.conn(Direction::Ingress, "spiffe://td/a", true)
         ));
     }
 
     #[test]
     fn handshake_failures_are_counted_by_reason() {
         let m = Metrics::new();
-        m.handshake_failure(Direction::Inbound, "expired");
+        m.handshake_failure(Direction::Ingress, "expired");
         assert!(m
             .encode()
             .contains(r#"tls_handshake_failures_total{direction="inbound",reason="expired"} 1"#));

@@ -29,6 +29,7 @@ use crate::lenient::LenientApp;
 use crate::policy::{policy_doc, spec, use_policy};
 use crate::proxy::{Proxy, ProxySpec, CLIENT_ID, SERVER_ID};
 use crate::route::Io;
+use palisadectl::local::Protocol;
 
 type AppBody = BoxBody<Bytes, Infallible>;
 
@@ -332,16 +333,16 @@ pub fn status_of(raw: &[u8]) -> Option<u16> {
 /// for it says it speaks.
 pub trait MeshApp {
     fn addr(&self) -> SocketAddr;
-    /// `detect`, `http1`, `http2` or `opaque`.
-    fn protocol(&self) -> &'static str;
+    /// What B's inbound listener for it carries.
+    fn protocol(&self) -> Protocol;
 }
 
 impl MeshApp for HttpApp {
     fn addr(&self) -> SocketAddr {
         self.addr
     }
-    fn protocol(&self) -> &'static str {
-        "detect"
+    fn protocol(&self) -> Protocol {
+        Protocol::Detect
     }
 }
 
@@ -350,8 +351,8 @@ impl MeshApp for LenientApp {
     fn addr(&self) -> SocketAddr {
         self.addr
     }
-    fn protocol(&self) -> &'static str {
-        "http1"
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
     }
 }
 

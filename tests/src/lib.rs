@@ -1,6 +1,8 @@
-//! Shared harness for Palisade's end-to-end tests: locating and running the
-//! real binaries. Add further shared helpers as modules here (a test CA, a
-//! network-namespace pod builder), never copied across test files.
+//! Shared helpers for Palisade's end-to-end tests: locating the real binaries
+//! and panicking layers over the process harness they share with `palisadectl
+//! up` and the bench (`palisadectl::local`). Add further shared helpers as
+//! modules here (a test CA, a network-namespace pod builder), never copied
+//! across test files.
 
 pub mod badcerts;
 pub mod cp;
@@ -14,7 +16,6 @@ pub mod proxy;
 pub mod route;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (`palisade-proxy`, `palisade-control-plane`,
@@ -33,52 +34,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves
-/// nothing running.
-pub struct ChildGuard {
-    pub child: Child,
-    pub name: String,
-}
-
-impl ChildGuard {
-    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        ChildGuard {
-            child,
-            name: name.to_owned(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Send SIGTERM and wait up to `timeout` for exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub use palisadectl::local::Process;
 
 /// A loopback port that was free a moment ago, for a child process to bind
 /// (below the ephemeral range; see `palisadectl::local::free_port`).

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::bin;
 use crate::cp::ControlPlane;
 use crate::netns::{self, Pod};
 use crate::proxy::http;
-use crate::{bin, eventually, ChildGuard};
+use palisadectl::local::{Interception, Sidecar, SidecarSpec};
 
 /// The UID sidecars run as; the init program excludes it from redirection.
 pub const PROXY_UID: u32 = 2102;
@@ -67,7 +68,7 @@ pub fn install_redirect(pod: &Pod) {
 }
 
 /// Start a transparent-mode sidecar in `pod` as the proxy user, with
-/// `extra_yaml` appended to its configuration, and wait for its readiness.
+/// `extra_yaml` laid over its configuration, and wait for its readiness.
 pub fn start_sidecar(
     pod: &Pod,
     dir: &Path,
@@ -75,38 +76,31 @@ pub fn start_sidecar(
     cp_addr: SocketAddr,
     id: &str,
     extra_yaml: &str,
-) -> ChildGuard {
+) -> Sidecar {
     let bundle = dir.join("bundle.pem");
     std::fs::copy(cp.bundle_path(), &bundle).unwrap();
     std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let token = cp.join_token(id);
-    let cfg = shared_file(
-        dir,
-        &format!("{}.yaml", pod.ns),
-        &format!(
-            "mode: transparent\n\
-             drain_grace_period: 1s\n\
-             identity:\n  control_plane: \"{cp_addr}\"\n  trust_domain: {TD}\n  bootstrap_bundle: \"{}\"\n  join_token: \"{token}\"\n{extra_yaml}",
-            bundle.display()
-        ),
-    );
-    let log = std::fs::File::create(dir.join(format!("{}.log", pod.ns))).unwrap();
-    let mut cmd = pod.command_as(PROXY_UID, bin("palisade-proxy"));
-    cmd.arg("--config")
-        .arg(&cfg)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let guard = ChildGuard::spawn(&format!("palisade-proxy in {}", pod.ns), &mut cmd);
-    eventually("sidecar ready", Duration::from_secs(30), || {
-        pod.enter(|| {
-            let admin = ADMIN.parse().unwrap();
-            TcpStream::connect_timeout(&admin, Duration::from_millis(200))
-                .ok()
-                .map(|_| http(admin, "GET", "/ready").0)
+    let mut spec = SidecarSpec::new(&pod.ns, cp_addr, &bundle, &cp.join_token(id)).unwrap();
+    spec.interception = Interception::Transparent;
+    spec.admin = ADMIN.parse().unwrap();
+    spec.trust_domain = TD.to_owned();
+    spec.drain_grace_period = Some(Duration::from_secs(1));
+    spec.extra_yaml = extra_yaml.to_owned();
+    let cmd = pod.command_as(PROXY_UID, bin("palisade-proxy"));
+    let mut sidecar = Sidecar::spawn(cmd, spec, dir).unwrap_or_else(|e| panic!("{e:#}"));
+    sidecar
+        .child
+        .wait_until("/ready in the pod", Duration::from_secs(30), || {
+            pod.enter(|| {
+                let admin = ADMIN.parse().unwrap();
+                TcpStream::connect_timeout(&admin, Duration::from_millis(200))
+                    .ok()
+                    .map(|_| http(admin, "GET", "/ready").0)
+            })
+            .filter(|s| *s == 200)
         })
-        .filter(|s| *s == 200)
-    });
-    guard
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    sidecar
 }
 
 /// The sidecar's metrics, read inside the pod.

@@ -1,10 +1,13 @@
 //! Writing segmentation policies the ways real deployments do: an atomic
 //! rename, a slow non-atomic writer, and a Kubernetes ConfigMap volume
-//! (`..data` symlink flipped to a new timestamped directory).
+//! (`..data` symlink flipped to a new timestamped directory); and a
+//! client-to-server pair of sidecars with the server's policy.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::proxy::Mesh;
 
 /// One `SegmentationPolicy` for `target` in namespace `demo`, with `body`
 /// (the `ingress:`/`egress:`/`mode:` lines, indented under `spec:`).
@@ -87,7 +90,20 @@ pub fn spec(cp: &crate::cp::ControlPlane, name: &str, id: &str) -> crate::proxy:
 /// Point `spec` at a policy file or directory, with extra `policy:` keys
 /// (e.g. `"  debounce: 5ms\n"`).
 pub fn use_policy(spec: &mut crate::proxy::ProxySpec, path: &Path, extra: &str) {
-    spec.extra_yaml += &format!("policy:\n  path: \"{}\"\n{extra}", path.display());
+    spec.policy = Some(path.to_owned());
+    if !extra.is_empty() {
+        spec.extra_yaml += &format!("policy:\n{extra}");
+    }
+}
+
+/// The client and server sidecars of [`Mesh`]; the server reads its policy
+/// from `policy` with the extra `policy:` keys `yaml`, or with no path, has
+/// `yaml` appended to its config.
+pub fn start_pair(cp: crate::cp::ControlPlane, policy: Option<&Path>, yaml: &str) -> Mesh {
+    Mesh::start(cp, |b| match policy {
+        Some(p) => use_policy(b, p, yaml),
+        None => b.extra_yaml += yaml,
+    })
 }
 
 /// A policy file in its own temporary directory.
@@ -102,5 +118,10 @@ impl PolicyFile {
         let path = dir.path().join("policy.yaml");
         std::fs::write(&path, text).expect("write policy");
         PolicyFile { path, _dir: dir }
+    }
+
+    /// The directory holding the file (and only it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 }

@@ -1,139 +1,64 @@
-//! Running a real `palisade-proxy` in explicit mode: write its YAML config,
-//! start it, talk to its admin port, read its metrics. Plus a tiny threaded
-//! echo server to stand in for an app.
+//! A real `palisade-proxy` in explicit mode for a test, started by the shared
+//! harness (`palisadectl::local`): its admin API and metrics, a tiny threaded
+//! echo server to stand in for an app, and a two-sidecar mesh.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{bin, eventually, free_port, ChildGuard};
+use palisadectl::local::{Sidecar, SidecarSpec};
 
-/// One explicit-mode inbound listener: `listen` → local app `app`.
-#[derive(Clone, Debug)]
-pub struct PortMap {
-    pub listen: SocketAddr,
-    pub app: SocketAddr,
-    pub permissive: bool,
-    /// `detect`, `http1`, `http2` or `opaque`.
-    pub protocol: &'static str,
-    /// GET and the like may carry a body to the app.
-    pub allow_get_body: bool,
-}
+use crate::bin;
 
-/// One explicit-mode outbound listener: `listen` → `destination`, which must
-/// prove `identity`.
+/// A sidecar spec whose builders panic instead of returning errors; see
+/// `palisadectl::local::SidecarSpec` for every field.
 #[derive(Clone, Debug)]
-pub struct RouteSpec {
-    pub listen: SocketAddr,
-    pub destination: SocketAddr,
-    pub identity: String,
-    /// `detect`, `http1`, `http2` or `opaque`.
-    pub protocol: &'static str,
-}
-
-/// What a test proxy needs; see proxy/README.md for every setting.
-#[derive(Clone, Debug)]
-pub struct ProxySpec {
-    pub name: String,
-    /// Control plane workload API address.
-    pub control_plane: SocketAddr,
-    pub trust_domain: String,
-    pub bootstrap_bundle: PathBuf,
-    pub join_token: String,
-    pub inbound: Vec<PortMap>,
-    pub routes: Vec<RouteSpec>,
-    /// Extra top-level YAML, appended verbatim (e.g. `drain_grace_period: 10s`).
-    pub extra_yaml: String,
-}
+pub struct ProxySpec(pub SidecarSpec);
 
 impl ProxySpec {
     pub fn new(name: &str, control_plane: SocketAddr, bundle: &Path, join_token: &str) -> Self {
-        ProxySpec {
-            name: name.to_owned(),
-            control_plane,
-            trust_domain: "cluster.local".to_owned(),
-            bootstrap_bundle: bundle.to_owned(),
-            join_token: join_token.to_owned(),
-            inbound: Vec::new(),
-            routes: Vec::new(),
-            extra_yaml: String::new(),
-        }
+        let mut spec = SidecarSpec::new(name, control_plane, bundle, join_token)
+            .expect("a free loopback port");
+        spec.log_filter = Some("info,palisade_proxy=debug".into());
+        ProxySpec(spec)
     }
 
     /// Add an inbound listener on a fresh loopback port forwarding to `app`;
     /// returns the listener's address.
     pub fn inbound(&mut self, app: SocketAddr, permissive: bool) -> SocketAddr {
-        let listen = loopback(free_port());
-        self.inbound.push(PortMap {
-            listen,
-            app,
-            permissive,
-            protocol: "detect",
-            allow_get_body: false,
-        });
-        listen
+        self.0
+            .inbound(app, permissive)
+            .expect("a free loopback port")
     }
 
     /// Add an outbound route on a fresh loopback port; returns its address.
     pub fn route(&mut self, destination: SocketAddr, identity: &str) -> SocketAddr {
-        let listen = loopback(free_port());
-        self.routes.push(RouteSpec {
-            listen,
-            destination,
-            identity: identity.to_owned(),
-            protocol: "detect",
-        });
-        listen
-    }
-
-    fn yaml(&self, admin: SocketAddr) -> String {
-        let mut y = String::from("mode: explicit\n");
-        y += &format!("admin:\n  bind: \"{admin}\"\n");
-        y += "inbound:\n  ports:\n";
-        for p in &self.inbound {
-            y += &format!(
-                "    - {{listen: \"{}\", app: \"{}\", permissive: {}, protocol: {}, allow_get_body: {}}}\n",
-                p.listen, p.app, p.permissive, p.protocol, p.allow_get_body
-            );
-        }
-        if self.inbound.is_empty() {
-            y += "    []\n";
-        }
-        y += "outbound:\n  routes:\n";
-        for r in &self.routes {
-            y += &format!(
-                "    - {{listen: \"{}\", destination: \"{}\", identity: \"{}\", protocol: {}}}\n",
-                r.listen, r.destination, r.identity, r.protocol
-            );
-        }
-        if self.routes.is_empty() {
-            y += "    []\n";
-        }
-        y += &format!(
-            "identity:\n  control_plane: \"{}\"\n  trust_domain: {}\n  bootstrap_bundle: \"{}\"\n  join_token: \"{}\"\n",
-            self.control_plane,
-            self.trust_domain,
-            self.bootstrap_bundle.display(),
-            self.join_token
-        );
-        y += &self.extra_yaml;
-        y
+        self.0
+            .route(destination, identity)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+impl Deref for ProxySpec {
+    type Target = SidecarSpec;
+    fn deref(&self) -> &SidecarSpec {
+        &self.0
+    }
 }
 
-/// A running proxy, killed on drop.
+impl DerefMut for ProxySpec {
+    fn deref_mut(&mut self) -> &mut SidecarSpec {
+        &mut self.0
+    }
+}
+
+/// A running proxy in its own temp dir (config and log), killed on drop.
 pub struct Proxy {
-    pub child: ChildGuard,
-    pub admin: SocketAddr,
-    pub spec: ProxySpec,
+    sidecar: Sidecar,
     _dir: tempfile::TempDir,
 }
 
@@ -141,57 +66,27 @@ impl Proxy {
     /// Start the proxy and wait for its admin port (not for readiness).
     pub fn start(spec: ProxySpec) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let admin = loopback(free_port());
-        let config = dir.path().join("proxy.yaml");
-        std::fs::write(&config, spec.yaml(admin)).expect("write proxy config");
-        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("create proxy log");
-        let mut child = ChildGuard::spawn(
-            &spec.name,
-            Command::new(bin("palisade-proxy"))
-                .arg("--config")
-                .arg(&config)
-                .env("PALISADE_LOG", "info,palisade_proxy=debug")
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log),
-        );
-        // Fail with the proxy's own words if it exits instead of listening.
-        let log_path = dir.path().join("proxy.log");
-        eventually("the proxy's admin port", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = child.child.try_wait() {
-                panic!(
-                    "{} exited with {status} before listening:\n{}",
-                    spec.name,
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()
-        });
-        Proxy {
-            child,
-            admin,
-            spec,
-            _dir: dir,
-        }
+        let sidecar = Sidecar::start(&bin("palisade-proxy"), spec.0, dir.path())
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Proxy { sidecar, _dir: dir }
     }
 
     /// The proxy's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("proxy.log")).unwrap_or_default()
+        self.child.log()
     }
 
     /// Start and wait until /ready answers 200 (it has an SVID).
     pub fn start_ready(spec: ProxySpec) -> Proxy {
-        let p = Proxy::start(spec);
+        let mut p = Proxy::start(spec);
         p.wait_ready();
         p
     }
 
-    pub fn wait_ready(&self) {
-        eventually(
-            &format!("{} ready", self.spec.name),
-            Duration::from_secs(20),
-            || (self.get("/ready").0 == 200).then_some(()),
-        );
+    pub fn wait_ready(&mut self) {
+        self.sidecar
+            .wait_ready(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -225,6 +120,20 @@ impl Proxy {
     }
 }
 
+/// The running sidecar: `child`, `admin` and `spec`.
+impl Deref for Proxy {
+    type Target = Sidecar;
+    fn deref(&self) -> &Sidecar {
+        &self.sidecar
+    }
+}
+
+impl DerefMut for Proxy {
+    fn deref_mut(&mut self) -> &mut Sidecar {
+        &mut self.sidecar
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -254,25 +163,8 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// A one-shot HTTP/1.1 request; returns the status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read admin answer");
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    palisadectl::local::http_request(addr, method, path)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
 /// An echo server on loopback: each connection gets back what it sends, and a

@@ -40,17 +40,38 @@ fn url(cp: &ControlPlane) -> String {
     format!("https://{}/v1/bundle", cp.addr())
 }
 
+/// An SVID for `API` issued by `cp`, in `svid.pem` in its work directory.
+fn issued_svid(cp: &ControlPlane, rt: &tokio::runtime::Runtime) -> PathBuf {
+    let (_key, resp) = rt.block_on(cp.issue_svid(API));
+    write(cp.work_dir(), "svid.pem", &resp.svid_chain)
+}
+
+/// The arguments that check `leaf` against the bundle fetched from `url`
+/// (trusting `pem` for the fetch), then `more`.
+fn with_fetched_bundle<'a>(
+    leaf: &'a str,
+    url: &'a str,
+    pem: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![leaf, "--bundle", url, "--bootstrap-bundle", pem];
+    args.extend_from_slice(more);
+    args
+}
+
 #[test]
 fn a_control_plane_svid_verifies_against_its_bundle_from_a_file_the_json_and_the_url() {
     let cp = ControlPlane::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_key, resp) = rt.block_on(cp.issue_svid(API));
+    let svid = issued_svid(&cp, &rt);
     let doc = rt
         .block_on(cp.client(None).bundle())
         .expect("GET /v1/bundle");
-    let dir = cp.work_dir();
-    let svid = write(dir, "svid.pem", &resp.svid_chain);
-    let json = write(dir, "bundle.json", &serde_json::to_string(&doc).unwrap());
+    let json = write(
+        cp.work_dir(),
+        "bundle.json",
+        &serde_json::to_string(&doc).unwrap(),
+    );
     let pem = cp.bundle_path();
     let (svid, json, pem) = (
         svid.to_str().unwrap(),
@@ -61,16 +82,8 @@ fn a_control_plane_svid_verifies_against_its_bundle_from_a_file_the_json_and_the
     for args in [
         vec![svid, "--bundle", pem],
         vec![svid, "--bundle", json],
-        vec![svid, "--bundle", &url, "--bootstrap-bundle", pem],
-        vec![
-            svid,
-            "--bundle",
-            &url,
-            "--bootstrap-bundle",
-            pem,
-            "--trust-domain",
-            "cluster.local",
-        ],
+        with_fetched_bundle(svid, &url, pem, &[]),
+        with_fetched_bundle(svid, &url, pem, &["--trust-domain", "cluster.local"]),
     ] {
         let (text, code) = inspect(&cp, &args);
         assert_eq!(code, Some(0), "{args:?}: {text}");
@@ -115,16 +128,10 @@ fn a_leaf_from_a_stranger_ca_is_flagged_against_the_control_planes_bundle() {
     let leaf = write(cp.work_dir(), "stranger.pem", &leaf_pem(&stranger));
     let leaf = leaf.to_str().unwrap();
     let pem = cp.bundle_path();
-    let url = url(&cp);
+    let (pem, url) = (pem.to_str().unwrap(), url(&cp));
     for args in [
-        vec![leaf, "--bundle", pem.to_str().unwrap()],
-        vec![
-            leaf,
-            "--bundle",
-            &url,
-            "--bootstrap-bundle",
-            pem.to_str().unwrap(),
-        ],
+        vec![leaf, "--bundle", pem],
+        with_fetched_bundle(leaf, &url, pem, &[]),
     ] {
         let (text, code) = inspect(&cp, &args);
         assert_eq!(code, Some(1), "{args:?}: {text}");
@@ -138,23 +145,14 @@ fn a_leaf_from_a_stranger_ca_is_flagged_against_the_control_planes_bundle() {
 #[test]
 fn a_control_plane_svid_held_to_another_trust_domain_is_flagged() {
     let cp = ControlPlane::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_key, resp) = rt.block_on(cp.issue_svid(API));
-    let svid = write(cp.work_dir(), "svid.pem", &resp.svid_chain);
+    let svid = issued_svid(&cp, &tokio::runtime::Runtime::new().unwrap());
     let pem = cp.bundle_path();
     let (svid, pem) = (svid.to_str().unwrap(), pem.to_str().unwrap());
     let url = url(&cp);
+    let held_to = ["--trust-domain", "prod.example"];
     for args in [
-        vec![svid, "--bundle", pem, "--trust-domain", "prod.example"],
-        vec![
-            svid,
-            "--bundle",
-            &url,
-            "--bootstrap-bundle",
-            pem,
-            "--trust-domain",
-            "prod.example",
-        ],
+        [&[svid, "--bundle", pem][..], &held_to].concat(),
+        with_fetched_bundle(svid, &url, pem, &held_to),
     ] {
         let (text, code) = inspect(&cp, &args);
         assert_eq!(code, Some(1), "{args:?}: {text}");

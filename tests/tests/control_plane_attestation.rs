@@ -10,7 +10,7 @@ use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use palisade_identity::api::{Attestation, SvidRequest};
 use palisade_identity::client::ClientError;
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::pki::csr_pem;
 use rcgen::KeyPair;
 use serde_json::json;
@@ -25,6 +25,11 @@ async fn attempt(cp: &ControlPlane, attestation: Attestation) -> Result<String, 
         attestation,
     };
     cp.client(None).issue(&req).await.map(|r| r.spiffe_id)
+}
+
+/// Asserts a 403 refusal with `reason`, counted once more than before.
+async fn assert_forbidden(cp: &ControlPlane, attestation: Attestation, reason: &str) {
+    assert_refused(cp, attestation, 403, reason).await
 }
 
 /// Asserts a refusal with `status` and `reason`, counted once more than before.
@@ -55,13 +60,7 @@ async fn replayed_join_token_is_rejected_and_counted() {
             .unwrap(),
         API
     );
-    assert_refused(
-        &cp,
-        Attestation::JoinToken(token),
-        403,
-        "join_token_replayed",
-    )
-    .await;
+    assert_forbidden(&cp, Attestation::JoinToken(token), "join_token_replayed").await;
 }
 
 #[tokio::test]
@@ -69,22 +68,15 @@ async fn expired_join_token_is_rejected_and_counted() {
     let cp = ControlPlane::start();
     let token = cp.join_token_ttl(API, "1s");
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert_refused(
-        &cp,
-        Attestation::JoinToken(token),
-        403,
-        "join_token_expired",
-    )
-    .await;
+    assert_forbidden(&cp, Attestation::JoinToken(token), "join_token_expired").await;
 }
 
 #[tokio::test]
 async fn made_up_join_token_is_rejected_and_counted() {
     let cp = ControlPlane::start();
-    assert_refused(
+    assert_forbidden(
         &cp,
         Attestation::JoinToken("pjt_guess".into()),
-        403,
         "join_token_unknown",
     )
     .await;
@@ -210,7 +202,7 @@ fn sa() -> &'static str {
 fn k8s_control_plane() -> (ControlPlane, Issuer) {
     let dir = tempfile::tempdir().unwrap();
     let (issuer, jwks) = Issuer::new(dir.path());
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec![
             "--jwks".into(),
             jwks.display().to_string(),
@@ -247,14 +239,13 @@ async fn kubernetes_token_maps_its_service_account_to_a_spiffe_id() {
 async fn kubernetes_token_with_wrong_audience_or_issuer_or_expired_is_rejected_and_counted() {
     let (cp, issuer) = k8s_control_plane();
     let t = |c: serde_json::Value| Attestation::K8sSaToken(issuer.rs256(&c));
-    assert_refused(
+    assert_forbidden(
         &cp,
         t(Issuer::claims(ISSUER, "kubernetes", sa(), 600)),
-        403,
         "jwt_wrong_audience",
     )
     .await;
-    assert_refused(
+    assert_forbidden(
         &cp,
         t(Issuer::claims(
             "https://evil.example",
@@ -262,18 +253,16 @@ async fn kubernetes_token_with_wrong_audience_or_issuer_or_expired_is_rejected_a
             sa(),
             600,
         )),
-        403,
         "jwt_wrong_issuer",
     )
     .await;
-    assert_refused(
+    assert_forbidden(
         &cp,
         t(Issuer::claims(ISSUER, "palisade", sa(), -3600)),
-        403,
         "jwt_expired",
     )
     .await;
-    assert_refused(
+    assert_forbidden(
         &cp,
         t(Issuer::claims(
             ISSUER,
@@ -281,7 +270,6 @@ async fn kubernetes_token_with_wrong_audience_or_issuer_or_expired_is_rejected_a
             "system:node:worker-1",
             600,
         )),
-        403,
         "jwt_bad_subject",
     )
     .await;
@@ -294,17 +282,15 @@ async fn kubernetes_token_signed_by_another_key_is_rejected_and_counted() {
     let (impostor, _) = Issuer::new(other_dir.path());
     let claims = Issuer::claims(ISSUER, "palisade", sa(), 600);
     // Same kid and alg as the real issuer, different key.
-    assert_refused(
+    assert_forbidden(
         &cp,
         Attestation::K8sSaToken(impostor.rs256(&claims)),
-        403,
         "jwt_bad_signature",
     )
     .await;
-    assert_refused(
+    assert_forbidden(
         &cp,
         Attestation::K8sSaToken(impostor.es256(&claims)),
-        403,
         "jwt_bad_signature",
     )
     .await;
@@ -320,7 +306,7 @@ async fn kubernetes_token_with_alg_none_or_hmac_is_refused_and_counted() {
         "{}.{body}.",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#)
     );
-    assert_refused(&cp, Attestation::K8sSaToken(none), 403, "jwt_alg_refused").await;
+    assert_forbidden(&cp, Attestation::K8sSaToken(none), "jwt_alg_refused").await;
 
     // The classic key-confusion attack: HMAC keyed with the public key material.
     let hs = encode(
@@ -329,7 +315,7 @@ async fn kubernetes_token_with_alg_none_or_hmac_is_refused_and_counted() {
         &EncodingKey::from_secret(&issuer.rsa_pem),
     )
     .unwrap();
-    assert_refused(&cp, Attestation::K8sSaToken(hs), 403, "jwt_alg_refused").await;
+    assert_forbidden(&cp, Attestation::K8sSaToken(hs), "jwt_alg_refused").await;
 }
 
 #[tokio::test]
@@ -350,10 +336,9 @@ async fn kubernetes_token_not_valid_for_another_hour_is_rejected_and_counted() {
     let mut claims = Issuer::claims(ISSUER, "palisade", sa(), 7200);
     let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
     claims["nbf"] = json!(now + 3600);
-    assert_refused(
+    assert_forbidden(
         &cp,
         Attestation::K8sSaToken(issuer.rs256(&claims)),
-        403,
         "jwt_not_yet_valid",
     )
     .await;

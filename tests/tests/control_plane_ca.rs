@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use palisade_identity::client::ClientError;
 use palisade_identity::svid::check_x509_svid_ca;
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::eventually;
 use palisade_tests::pki::{bundle_of, chain_of, identity, verify_chain};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
@@ -16,7 +16,7 @@ const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 #[tokio::test]
 async fn ca_rotates_by_itself_at_half_life_and_the_old_one_leaves_after_the_overlap() {
     // Successor prepared at 8 s, signing from 11 s, first CA gone from ~14 s.
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         ca_ttl: "16s".into(),
         svid_ttl: "3s".into(),
         ..Default::default()
@@ -83,7 +83,7 @@ fn upstream_root(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathB
 async fn with_an_upstream_ca_svids_chain_through_a_spiffe_intermediate_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, root_der) = upstream_root(dir.path());
-    let mut cp = ControlPlane::start_with(ControlPlaneOptions {
+    let mut cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec![
             "--upstream-cert".into(),
             cert.display().to_string(),
@@ -164,7 +164,7 @@ async fn endpoint_map_is_served_to_svid_holders_and_reloaded_when_the_file_chang
         "- address: 10.0.0.7:8080\n  identity: spiffe://cluster.local/ns/shop/sa/api\n",
     )
     .unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec!["--endpoints".into(), file.display().to_string()],
         ..Default::default()
     });

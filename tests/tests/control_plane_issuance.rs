@@ -93,7 +93,7 @@ async fn issued_svid_conforms_to_the_x509_svid_spec() {
 
 #[tokio::test]
 async fn svid_ttl_flag_sets_the_lifetime_and_never_passes_the_ca() {
-    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneOptions {
+    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneSpec {
         svid_ttl: "2h".into(),
         ca_ttl: "1h".into(),
         ..Default::default()

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::rss_kib;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,7 +15,7 @@ const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 fn strict(extra: &[&str]) -> ControlPlane {
     let mut extra_args = vec!["--handshake-timeout".to_owned(), "1s".to_owned()];
     extra_args.extend(extra.iter().map(|s| s.to_string()));
-    ControlPlane::start_with(ControlPlaneOptions {
+    ControlPlane::start_with(ControlPlaneSpec {
         extra_args,
         ..Default::default()
     })
@@ -138,7 +138,7 @@ async fn oversized_bodies_get_413_without_growing_memory() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_and_counted() {
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: ["--handshake-timeout", "5s", "--max-connections", "4"]
             .map(String::from)
             .to_vec(),

@@ -1,8 +1,9 @@
 //! Renewal over mTLS, CA persistence across restarts, and CA rotation: during
 //! the overlap SVIDs from the old and the new CA both verify against the bundle.
 
+use palisade_identity::api::SvidResponse;
 use palisade_identity::bundle::SpiffeBundle;
-use palisade_identity::client::ClientError;
+use palisade_identity::client::{ClientError, ClientIdentity};
 use palisade_identity::svid::{certs_from_pem, spiffe_id_of};
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::pki::{bundle_of, chain_of, csr_pem, identity, verify_chain};
@@ -10,6 +11,15 @@ use rcgen::KeyPair;
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
+
+/// Asks `cp` to renew, as `who`, for a fresh key.
+async fn renew(
+    cp: &ControlPlane,
+    who: Option<ClientIdentity>,
+) -> Result<SvidResponse, ClientError> {
+    let csr = csr_pem(&KeyPair::generate().unwrap());
+    cp.client(who).renew(&csr).await
+}
 
 #[tokio::test]
 async fn renewal_over_mtls_keeps_the_identity_of_the_client_certificate() {
@@ -32,21 +42,14 @@ async fn renewal_over_mtls_keeps_the_identity_of_the_client_certificate() {
     assert_eq!(cp.metric("svid_issued_total{method=\"renew\"}"), 1.0);
 
     // The renewed SVID renews in turn: no token needed, ever again.
-    let again = cp
-        .client(Some(identity(&renewed, &new_key)))
-        .renew(&csr_pem(&KeyPair::generate().unwrap()))
-        .await;
+    let again = renew(&cp, Some(identity(&renewed, &new_key))).await;
     assert_eq!(again.expect("second renewal").spiffe_id, API);
 }
 
 #[tokio::test]
 async fn renewal_without_a_client_certificate_is_refused_and_counted() {
     let cp = ControlPlane::start();
-    let err = cp
-        .client(None)
-        .renew(&csr_pem(&KeyPair::generate().unwrap()))
-        .await
-        .unwrap_err();
+    let err = renew(&cp, None).await.unwrap_err();
     match err {
         ClientError::Status { status, error, .. } => {
             assert_eq!((status, error.as_str()), (401, "renew_no_client_cert"))
@@ -70,9 +73,7 @@ async fn renewal_with_a_certificate_this_ca_did_not_sign_fails_the_handshake() {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let forged = params.self_signed(&key).unwrap();
     let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let client = cp.client(Some((vec![forged.der().clone()], private)));
-    let err = client
-        .renew(&csr_pem(&KeyPair::generate().unwrap()))
+    let err = renew(&cp, Some((vec![forged.der().clone()], private)))
         .await
         .unwrap_err();
     assert!(
@@ -91,10 +92,7 @@ async fn restart_keeps_the_ca_and_earlier_svids_still_verify_and_renew() {
     assert_eq!(cp.bundle_pem(), bundle_before, "same CA after restart");
     verify_chain(&chain_of(&svid), &cp.bundle())
         .expect("old SVID verifies against the bundle after restart");
-    let renewed = cp
-        .client(Some(identity(&svid, &key)))
-        .renew(&csr_pem(&KeyPair::generate().unwrap()))
-        .await;
+    let renewed = renew(&cp, Some(identity(&svid, &key))).await;
     assert_eq!(renewed.expect("renew after restart").spiffe_id, API);
 }
 
@@ -124,11 +122,7 @@ async fn during_rotation_overlap_old_and_new_svids_both_verify_against_the_bundl
     verify_chain(&chain_of(&new), &old_ca).expect_err("the new SVID is signed by a different CA");
 
     // A workload holding an old-CA SVID renews and gets a new-CA SVID.
-    let renewed = cp
-        .client(Some(identity(&old, &old_key)))
-        .renew(&csr_pem(&KeyPair::generate().unwrap()))
-        .await
-        .unwrap();
+    let renewed = renew(&cp, Some(identity(&old, &old_key))).await.unwrap();
     verify_chain(&chain_of(&renewed), &old_ca).expect_err("renewal is signed by the new CA");
     verify_chain(&chain_of(&renewed), &bundle).unwrap();
     assert_eq!(cp.metric("ca_rotations_total"), 1.0);
@@ -143,7 +137,7 @@ async fn during_rotation_overlap_old_and_new_svids_both_verify_against_the_bundl
 #[tokio::test]
 async fn retired_ca_leaves_the_bundle_once_its_svids_have_expired() {
     // Tiny SVID TTL so the old CA's last SVID expires within the test.
-    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneOptions {
+    let cp = ControlPlane::start_with(palisade_tests::cp::ControlPlaneSpec {
         svid_ttl: "2s".into(),
         ..Default::default()
     });

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use palisade_tests::http::{
     default_ingress, raw_exchange, read_until_quiet, runtime, status_of, Client, HttpMesh,
 };
+use palisadectl::local::Protocol;
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -365,7 +366,7 @@ fn http2_slowloris_is_closed_after_the_header_read_timeout_and_frees_its_slots()
     let m = HttpMesh::start(
         &default_ingress(),
         |a| {
-            a.routes[0].protocol = "http2";
+            a.routes[0].protocol = Protocol::Http2;
             a.extra_yaml += "max_connections: 3\nhttp:\n  header_read_timeout: 3s\n";
         },
         |_| {},

@@ -17,6 +17,7 @@ use palisade_tests::http::{runtime, status_of, HttpMesh};
 use palisade_tests::lenient::{LenientApp, SECRET_PATH};
 use palisade_tests::proxy::CLIENT_ID;
 use palisade_tests::route::{Route, Routes, ROUTES};
+use palisadectl::local::Protocol;
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -387,7 +388,7 @@ const NOT_HTTP1: &[&[u8]] = &[
 #[test]
 fn request_lines_that_are_not_http1_never_reach_the_app_and_are_counted() {
     // B detects the protocol (as a transparent port does by default).
-    let m = mesh(|b| b.inbound[0].protocol = "detect");
+    let m = mesh(|b| b.inbound[0].protocol = Protocol::Detect);
     let net = Net::of(&m);
     let lines = NOT_HTTP1;
     let refused = |m: &HttpMesh<LenientApp>| {

@@ -14,6 +14,7 @@ use palisade_tests::cp::ControlPlane;
 use palisade_tests::http::{runtime, Client, HttpApp};
 use palisade_tests::policy::spec;
 use palisade_tests::proxy::{Proxy, CLIENT_ID, SERVER_ID};
+use palisadectl::local::Protocol;
 
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 2_000;
@@ -41,11 +42,11 @@ fn http_mode_overhead_over_l4_per_request() {
     let mut b = spec(&cp, "proxy-b", SERVER_ID);
     let b_http = b.inbound(app.addr, false);
     let b_l4 = b.inbound(app.addr, false);
-    b.inbound[1].protocol = "opaque";
+    b.inbound[1].protocol = Protocol::Opaque;
     let mut a = spec(&cp, "proxy-a", CLIENT_ID);
     let a_http = a.route(b_http, SERVER_ID);
     let a_l4 = a.route(b_l4, SERVER_ID);
-    a.routes[1].protocol = "opaque";
+    a.routes[1].protocol = Protocol::Opaque;
     let _b = Proxy::start_ready(b);
     let _a = Proxy::start_ready(a);
     let direct: SocketAddr = app.addr;

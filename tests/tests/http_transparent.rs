@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::http::{read_until_quiet, status_of, HttpApp};
 use palisade_tests::netns::Network;
 use palisade_tests::pods::{
@@ -56,7 +56,7 @@ fn http_between_pods_is_authorized_per_request_on_the_callers_identity() {
          http: [{{methods: [GET], paths: [\"/v1/*\"]}}]\n"
     );
     let policy = shared_file(dir.path(), "policy.yaml", &policy_doc("b", &id_b, &ingress));
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec!["--endpoints".into(), endpoints.display().to_string()],
         ..Default::default()
     });

@@ -54,18 +54,30 @@ fn shop() -> String {
     examples().join("shop").display().to_string()
 }
 
+/// `palisadectl policy explain` of a flow from `from` to `to` on `port`
+/// under `policy`, then `more` flags.
+fn explain(policy: &str, from: &str, to: &str, port: &str, more: &[&str]) -> Run {
+    let mut args = vec![
+        "policy", "explain", "--policy", policy, "--from", from, "--to", to, "--port", port,
+    ];
+    args.extend_from_slice(more);
+    palisadectl(&args)
+}
+
 fn id(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/shop/sa/{sa}")
 }
 
-/// A `shop` policy file in `dir` with the given `spec:` body lines.
-fn policy_file(dir: &Path, name: &str, spec: &str) -> PathBuf {
-    let file = dir.join(format!("{name}.yaml"));
+/// A `shop` policy file with the given `spec:` body lines, in a directory
+/// of its own.
+fn policy_file(name: &str, spec: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{name}.yaml"));
     let text = format!(
         "apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
     );
     std::fs::write(&file, text).unwrap();
-    file
+    (dir, file)
 }
 
 #[test]
@@ -78,9 +90,7 @@ fn check_accepts_the_examples_with_exit_zero() {
 
 #[test]
 fn check_rejects_mistakes_with_file_line_col_and_exit_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = policy_file(
-        dir.path(),
+    let (dir, file) = policy_file(
         "api",
         "  targets: [{identity: spiffe://cluster.local/ns/shop/sa/api}]\n  ingress:\n    - name: from-frontend\n      action: allow\n      from: [{cidr: 10.1.0.1/16}]\n      prots: [8080]\n",
     );
@@ -108,9 +118,7 @@ fn check_of_an_empty_directory_warns_that_a_proxy_refuses_it_without_the_marker(
 
 #[test]
 fn check_prints_shadow_warnings_but_passes() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = policy_file(
-        dir.path(),
+    let (_dir, file) = policy_file(
         "db",
         "  targets: [{namespace: shop}]\n  ingress:\n    - {name: nobody, action: deny}\n    - {name: api, action: allow, from: [{namespace: shop}], ports: [5432]}\n",
     );
@@ -126,46 +134,26 @@ fn check_prints_shadow_warnings_but_passes() {
 #[test]
 fn explain_names_the_policy_that_denies_each_side() {
     let (fe, db) = (id("frontend"), id("db"));
-    palisadectl(&[
-        "policy",
-        "explain",
-        "--policy",
-        &shop(),
-        "--from",
-        &fe,
-        "--to",
-        &db,
-        "--port",
-        "5432",
-    ])
-    .exits(0)
-    .prints(&format!("egress at {fe} (peer {db}): DENY"))
-    .prints("policy shop/db selects the workload, so it is default-deny")
-    .prints(&format!("result: DENY (egress at {fe}: shop/frontend)"));
+    explain(&shop(), &fe, &db, "5432", &[])
+        .exits(0)
+        .prints(&format!("egress at {fe} (peer {db}): DENY"))
+        .prints("policy shop/db selects the workload, so it is default-deny")
+        .prints(&format!("result: DENY (egress at {fe}: shop/frontend)"));
 }
 
 #[test]
 fn explain_json_reports_the_allowing_rules_for_a_request() {
-    let v = palisadectl(&[
-        "policy",
-        "explain",
-        "--policy",
-        &shop(),
-        "--from",
-        &id("api"),
-        "--to",
-        &id("payments"),
-        "--port",
-        "8080",
+    let request = [
         "--method",
         "POST",
         "--path",
         "/v1/refunds/42",
         "--output",
         "json",
-    ])
-    .exits(0)
-    .json();
+    ];
+    let v = explain(&shop(), &id("api"), &id("payments"), "8080", &request)
+        .exits(0)
+        .json();
     assert_eq!(v["verdict"], "allow");
     assert_eq!(v["checks"][0]["direction"], "egress");
     assert_eq!(v["checks"][0]["connection"]["rule"], "to-payments");
@@ -177,26 +165,17 @@ fn explain_json_reports_the_allowing_rules_for_a_request() {
 
 #[test]
 fn explain_one_direction_with_an_address_peer() {
-    let v = palisadectl(&[
-        "policy",
-        "explain",
-        "--policy",
-        &shop(),
-        "--from",
-        "198.51.100.7",
-        "--to",
-        &id("frontend"),
-        "--port",
-        "8080",
+    let flags = [
         "--direction",
         "ingress",
         "--default",
         "all-unauthenticated",
         "--output",
         "json",
-    ])
-    .exits(0)
-    .json();
+    ];
+    let v = explain(&shop(), "198.51.100.7", &id("frontend"), "8080", &flags)
+        .exits(0)
+        .json();
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["checks"].as_array().unwrap().len(), 1);
     assert_eq!(v["checks"][0]["connection"]["matched"], "no-rule");
@@ -204,9 +183,8 @@ fn explain_one_direction_with_an_address_peer() {
 }
 
 /// Allow `frontend` at L4, deny `/admin/*` per request: what the proxy does.
-fn admin_deny_policy(dir: &Path) -> String {
-    policy_file(
-        dir,
+fn admin_deny_policy() -> (tempfile::TempDir, String) {
+    let (dir, file) = policy_file(
         "api",
         &format!(
             "  targets: [{{identity: {}}}]\n  ingress:\n    - name: frontend\n      action: allow\n      \
@@ -215,35 +193,19 @@ fn admin_deny_policy(dir: &Path) -> String {
             id("api"),
             id("frontend")
         ),
-    )
-    .display()
-    .to_string()
+    );
+    (dir, file.display().to_string())
 }
 
 #[test]
 fn explain_normalizes_the_request_as_the_proxy_does_and_shows_the_400() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = admin_deny_policy(dir.path());
+    let (_dir, policy) = admin_deny_policy();
     let (from, to) = (id("frontend"), id("api"));
-    let explain = |extra: &[&str]| {
-        let mut args = vec![
-            "policy",
-            "explain",
-            "--policy",
-            &policy,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--port",
-            "8080",
-            "--direction",
-            "ingress",
-        ];
-        args.extend_from_slice(extra);
-        palisadectl(&args).exits(0)
+    let request = |extra: &[&str]| {
+        let args = [&["--direction", "ingress"], extra].concat();
+        explain(&policy, &from, &to, "8080", &args).exits(0)
     };
-    explain(&[
+    request(&[
         "--path",
         "/public/%2e%2e//admin/./x?q=1",
         "--host",
@@ -252,12 +214,12 @@ fn explain_normalizes_the_request_as_the_proxy_does_and_shows_the_400() {
     .prints("normalized: GET /admin/x?q=1 (host api.shop)")
     .prints("request:    deny: rule `no-admin`")
     .prints("result: DENY");
-    explain(&["--path", "/admin%2fx"])
+    request(&["--path", "/admin%2fx"])
         .prints("rejected: 400 before any rule (escaped_slash)")
         .prints("result: DENY (rejected with 400: escaped_slash)");
-    explain(&["--path", "/admin;x=1/y"]).prints("(path_parameters)");
-    explain(&["--path", "/admin/x#frag"]).prints("(fragment)");
-    let v = explain(&[
+    request(&["--path", "/admin;x=1/y"]).prints("(path_parameters)");
+    request(&["--path", "/admin/x#frag"]).prints("(fragment)");
+    let v = request(&[
         "--path",
         "/admin%2Fx",
         "--normalize",
@@ -269,32 +231,19 @@ fn explain_normalizes_the_request_as_the_proxy_does_and_shows_the_400() {
     assert_eq!(v["normalized"]["path"], "/admin/x");
     assert_eq!(v["rejected"], serde_json::Value::Null);
     assert_eq!(v["checks"][0]["request"]["rule"], "no-admin");
-    let v = explain(&["--path", "/a%00", "--output", "json"]).json();
+    let v = request(&["--path", "/a%00", "--output", "json"]).json();
     assert_eq!(v["rejected"]["reason"], "encoded_nul");
     assert_eq!(v["verdict"], "deny");
 }
 
 #[test]
 fn explain_shows_that_an_http_deny_rule_makes_the_port_http_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = admin_deny_policy(dir.path());
-    palisadectl(&[
-        "policy",
-        "explain",
-        "--policy",
-        &policy,
-        "--from",
-        &id("frontend"),
-        "--to",
-        &id("api"),
-        "--port",
-        "8080",
-        "--direction",
-        "ingress",
-    ])
-    .exits(0)
-    .prints("non-HTTP traffic is denied")
-    .prints("result: DENY");
+    let (_dir, policy) = admin_deny_policy();
+    let ingress = ["--direction", "ingress"];
+    explain(&policy, &id("frontend"), &id("api"), "8080", &ingress)
+        .exits(0)
+        .prints("non-HTTP traffic is denied")
+        .prints("result: DENY");
 }
 
 #[test]

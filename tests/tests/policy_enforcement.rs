@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::eventually;
-use palisade_tests::policy::{policy_doc, spec, use_policy, PolicyFile};
+use palisade_tests::policy::{policy_doc, spec, start_pair, use_policy, PolicyFile};
 use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
 
 const INTRUDER_ID: &str = "spiffe://cluster.local/ns/demo/sa/intruder";
@@ -40,27 +40,18 @@ fn inbound_allows_the_listed_peer_and_denies_others_by_rule_with_labelled_counte
          - name: from-client\n      action: allow\n      from: [{{identity: {CLIENT_ID}}}]\n"
     );
     let file = PolicyFile::new(&policy_doc("server", SERVER_ID, &body));
-    let echo = Echo::start();
-    let mut b = spec(&cp, "server", SERVER_ID);
-    let b_in = b.inbound(echo.addr, false);
-    use_policy(&mut b, &file.path, "");
-    let mut a = spec(&cp, "client", CLIENT_ID);
-    let a_out = a.route(b_in, SERVER_ID);
-    let mut c = spec(&cp, "intruder", INTRUDER_ID);
-    let c_out = c.route(b_in, SERVER_ID);
-    let (b, a, c) = (
-        Proxy::start_ready(b),
-        Proxy::start_ready(a),
-        Proxy::start_ready(c),
-    );
+    let p = start_pair(cp, Some(&file.path), "");
+    let mut c = spec(&p.cp, "intruder", INTRUDER_ID);
+    let c_out = c.route(p.b_in, SERVER_ID);
+    let (b, c) = (&p.b, Proxy::start_ready(c));
 
-    assert_eq!(echo_roundtrip(a_out, b"allowed").unwrap(), b"allowed");
+    assert_eq!(echo_roundtrip(p.a_out, b"allowed").unwrap(), b"allowed");
     let allow = by("demo/server", "from-client", CLIENT_ID);
-    wait_metric(&b, "inbound_tcp_authz_allow_total", &allow, 1.0);
+    wait_metric(b, "inbound_tcp_authz_allow_total", &allow, 1.0);
 
     assert!(refused(echo_roundtrip(c_out, b"let me in")));
     let deny = by("demo/server", "no-intruder", INTRUDER_ID);
-    wait_metric(&b, "inbound_tcp_authz_deny_total", &deny, 1.0);
+    wait_metric(b, "inbound_tcp_authz_deny_total", &deny, 1.0);
     assert_eq!(
         b.metric("inbound_tcp_authz_allow_total", &[("peer", INTRUDER_ID)]),
         0.0
@@ -75,7 +66,6 @@ fn inbound_allows_the_listed_peer_and_denies_others_by_rule_with_labelled_counte
         "a denied connection is never forwarded"
     );
     drop(c);
-    drop(a);
 }
 
 #[test]
@@ -125,35 +115,24 @@ fn audit_mode_lets_the_connection_through_and_counts_would_deny() {
         "  mode: audit\n  ingress:\n    - name: only-intruder\n      action: allow\n      from: [{{identity: {INTRUDER_ID}}}]\n"
     );
     let file = PolicyFile::new(&policy_doc("server", SERVER_ID, &body));
-    let echo = Echo::start();
-    let mut b = spec(&cp, "server", SERVER_ID);
-    let b_in = b.inbound(echo.addr, false);
-    use_policy(&mut b, &file.path, "");
-    let mut a = spec(&cp, "client", CLIENT_ID);
-    let a_out = a.route(b_in, SERVER_ID);
-    let (b, _a) = (Proxy::start_ready(b), Proxy::start_ready(a));
+    let p = start_pair(cp, Some(&file.path), "");
+    let b = &p.b;
 
-    assert_eq!(echo_roundtrip(a_out, b"audited").unwrap(), b"audited");
+    assert_eq!(echo_roundtrip(p.a_out, b"audited").unwrap(), b"audited");
     let would = by("demo/server", "", CLIENT_ID);
-    wait_metric(&b, "inbound_tcp_authz_would_deny_total", &would, 1.0);
+    wait_metric(b, "inbound_tcp_authz_would_deny_total", &would, 1.0);
     assert_eq!(b.metric("inbound_tcp_authz_deny_total", &[]), 0.0);
     assert!(b.log().contains("audit: connection would be denied"));
 }
 
 #[test]
 fn default_deny_refuses_peers_when_no_policy_selects_the_workload() {
-    let cp = ControlPlane::start();
-    let echo = Echo::start();
-    let mut b = spec(&cp, "server", SERVER_ID);
-    let b_in = b.inbound(echo.addr, false);
-    b.extra_yaml += "policy:\n  default: deny\n";
-    let mut a = spec(&cp, "client", CLIENT_ID);
-    let a_out = a.route(b_in, SERVER_ID);
-    let (b, _a) = (Proxy::start_ready(b), Proxy::start_ready(a));
+    let p = start_pair(ControlPlane::start(), None, "policy:\n  default: deny\n");
+    let b = &p.b;
 
-    assert!(refused(echo_roundtrip(a_out, b"hello")));
+    assert!(refused(echo_roundtrip(p.a_out, b"hello")));
     let deny = by("default", "deny", CLIENT_ID);
-    wait_metric(&b, "inbound_tcp_authz_deny_total", &deny, 1.0);
+    wait_metric(b, "inbound_tcp_authz_deny_total", &deny, 1.0);
     assert_eq!(b.config_dump()["policy"]["default"], "deny");
 }
 

@@ -3,8 +3,9 @@
 //! files (truncated, half-written, a ConfigMap symlink flip to an invalid
 //! file) keep the last good policy, an emptied source (the file replaced by
 //! a directory, a directory's last file deleted) keeps it too until
-//! `.palisade-allow-empty` says so, a `touch` is read once, and the control
-//! plane's policy directory reaches the proxies it selects.
+//! `.palisade-allow-empty` says so, a read is no change and a `touch` is read
+//! once (by the proxy and by the control plane), and the control plane's
+//! policy directory reaches the proxies it selects.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,12 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::eventually;
 use palisade_tests::policy::{
-    policy_doc, spec, use_policy, write_atomic, write_partial, ConfigMapDir,
+    policy_doc, start_pair, write_atomic, write_partial, ConfigMapDir, PolicyFile,
 };
-use palisade_tests::proxy::{echo_roundtrip, Echo, Proxy, CLIENT_ID, SERVER_ID};
+use palisade_tests::proxy::{echo_roundtrip, Mesh, Proxy, CLIENT_ID, SERVER_ID};
 
 const OTHER_ID: &str = "spiffe://cluster.local/ns/demo/sa/other";
 
@@ -28,37 +29,6 @@ fn allow(peer: &str, rule: &str) -> String {
         "  ingress:\n    - name: {rule}\n      action: allow\n      from:\n        - identity: {peer}\n"
     );
     policy_doc("server", SERVER_ID, &body)
-}
-
-/// client app → client proxy → server proxy (policy at `policy`) → echo.
-struct Pair {
-    cp: ControlPlane,
-    _echo: Echo,
-    server: Proxy,
-    _client: Proxy,
-    /// Where the client app connects.
-    entry: SocketAddr,
-}
-
-fn start_pair(cp: ControlPlane, policy: Option<&Path>, policy_yaml: &str) -> Pair {
-    let echo = Echo::start();
-    let mut b = spec(&cp, "server", SERVER_ID);
-    let b_in = b.inbound(echo.addr, false);
-    match policy {
-        Some(p) => use_policy(&mut b, p, policy_yaml),
-        None => b.extra_yaml += policy_yaml,
-    }
-    let mut a = spec(&cp, "client", CLIENT_ID);
-    let entry = a.route(b_in, SERVER_ID);
-    let server = Proxy::start_ready(b);
-    let client = Proxy::start_ready(a);
-    Pair {
-        cp,
-        _echo: echo,
-        server,
-        _client: client,
-        entry,
-    }
 }
 
 /// `policy_reload_errors_total` for one reason.
@@ -92,15 +62,14 @@ fn ping(s: &mut TcpStream, n: u64) -> std::io::Result<()> {
 #[test]
 fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_reload_closes_the_live_one(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let (v1, v2) = (
         allow(CLIENT_ID, "from-client"),
         allow(CLIENT_ID, "client-v2"),
     );
-    std::fs::write(&file, &v1).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 2ms\n");
-    let entry = p.entry;
+    let policy = PolicyFile::new(&v1);
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 2ms\n");
+    let entry = p.a_out;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -140,12 +109,12 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     };
 
     let reloads = |p: &Proxy| p.metric("policy_reloads_total", &[]);
-    let base = reloads(&p.server);
+    let base = reloads(&p.b);
     for i in 0..1000u32 {
-        write_atomic(&file, if i % 2 == 0 { &v2 } else { &v1 });
+        write_atomic(file, if i % 2 == 0 { &v2 } else { &v1 });
         let want = base + f64::from(i) + 1.0;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads(&p.server) < want {
+        while reloads(&p.b) < want {
             assert!(Instant::now() < deadline, "reload {i} not applied");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -153,19 +122,19 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
     stop.store(true, Ordering::Relaxed);
     long_lived.join().unwrap();
     fresh.join().unwrap();
-    assert_eq!(reloads(&p.server), base + 1000.0);
+    assert_eq!(reloads(&p.b), base + 1000.0);
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
         "allowed traffic failed"
     );
     assert!(new_ok.load(Ordering::Relaxed) > 0 && long_pings.load(Ordering::Relaxed) > 0);
-    assert_eq!(p.server.metric("tcp_authz_terminate_total", &[]), 0.0);
+    assert_eq!(p.b.metric("tcp_authz_terminate_total", &[]), 0.0);
 
     // Now a policy that no longer admits the client: the live connection
     // is closed and counted, new ones are refused.
     ping(&mut live, u64::MAX).unwrap();
-    write_atomic(&file, &allow(OTHER_ID, "only-other"));
+    write_atomic(file, &allow(OTHER_ID, "only-other"));
     let mut buf = [0u8; 8];
     let closed = match live.read(&mut buf) {
         Ok(0) => true,
@@ -182,30 +151,30 @@ fn a_thousand_reloads_under_traffic_fail_no_allowed_connection_and_a_denying_rel
         ("peer", CLIENT_ID),
     ];
     wait_until("terminate counted", || {
-        p.server.metric("tcp_authz_terminate_total", &terminated) == 1.0
+        p.b.metric("tcp_authz_terminate_total", &terminated) == 1.0
     });
     assert!(!allowed(entry), "new connections are denied too");
 }
 
 /// Checks the error was counted and shown, and the last good policy (which
 /// admits the client, at `version`) is still the one in force.
-fn assert_kept(p: &Pair, errors_before: f64, version: &serde_json::Value, needle: &str) {
+fn assert_kept(p: &Mesh, errors_before: f64, version: &serde_json::Value, needle: &str) {
     wait_until("reload error counted", || {
-        p.server.metric("policy_reload_errors_total", &[]) > errors_before
+        p.b.metric("policy_reload_errors_total", &[]) > errors_before
     });
-    let dump = p.server.config_dump();
+    let dump = p.b.config_dump();
     let err = dump["policy"]["last_error"].as_str().unwrap_or_default();
     assert!(err.contains(needle), "last_error {err:?} lacks {needle:?}");
     assert_eq!(
         &dump["policy_version"], version,
         "the last good policy stays"
     );
-    assert!(allowed(p.entry), "traffic follows the last good policy");
+    assert!(allowed(p.a_out), "traffic follows the last good policy");
 }
 
-/// `server.yaml:<line>:<col>:` somewhere in `err`.
+/// `policy.yaml:<line>:<col>:` somewhere in `err`.
 fn located(err: &str) -> bool {
-    err.split("server.yaml:").skip(1).any(|rest| {
+    err.split("policy.yaml:").skip(1).any(|rest| {
         let mut parts = rest.splitn(3, ':');
         let digits = |s: Option<&str>| {
             s.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
@@ -216,45 +185,43 @@ fn located(err: &str) -> bool {
 
 #[test]
 fn a_truncated_file_is_rejected_with_its_location_and_the_last_good_policy_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
     let good = allow(CLIENT_ID, "from-client");
-    std::fs::write(&file, &good).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "");
-    assert!(allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
+    let policy = PolicyFile::new(&good);
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "");
+    assert!(allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
 
     // Cut inside the rule: `action` is gone.
     let cut = good.find("      action").unwrap();
-    std::fs::write(&file, &good[..cut]).unwrap();
-    assert_kept(&p, 0.0, &version, "server.yaml:");
-    let err = p.server.config_dump()["policy"]["last_error"].to_string();
+    std::fs::write(file, &good[..cut]).unwrap();
+    assert_kept(&p, 0.0, &version, "policy.yaml:");
+    let err = p.b.config_dump()["policy"]["last_error"].to_string();
     assert!(located(&err), "file:line:col in {err}");
 
     // A good file is picked up and clears the error.
-    write_atomic(&file, &allow(OTHER_ID, "only-other"));
-    wait_until("the denying policy applies", || !allowed(p.entry));
-    assert!(p.server.config_dump()["policy"]["last_error"].is_null());
+    write_atomic(file, &allow(OTHER_ID, "only-other"));
+    wait_until("the denying policy applies", || !allowed(p.a_out));
+    assert!(p.b.config_dump()["policy"]["last_error"].is_null());
 }
 
 #[test]
 fn a_half_written_file_is_rejected_until_the_writer_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "");
-    let version = p.server.config_dump()["policy_version"].clone();
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "");
+    let version = p.b.config_dump()["policy_version"].clone();
 
     // A slow writer stops inside a flow mapping and keeps the file open.
     let next = allow(OTHER_ID, "only-other");
     let half = next.find("identity: ").unwrap();
-    let mut writer = write_partial(&file, &next, half);
-    assert_kept(&p, 0.0, &version, "server.yaml:");
+    let mut writer = write_partial(file, &next, half);
+    assert_kept(&p, 0.0, &version, "policy.yaml:");
 
     writer.write_all(&next.as_bytes()[half..]).unwrap();
     drop(writer);
-    wait_until("the finished file applies", || !allowed(p.entry));
-    assert_ne!(p.server.config_dump()["policy_version"], version);
+    wait_until("the finished file applies", || !allowed(p.a_out));
+    assert_ne!(p.b.config_dump()["policy_version"], version);
 }
 
 #[test]
@@ -262,16 +229,16 @@ fn a_configmap_symlink_flip_to_an_invalid_file_keeps_the_last_good_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut cm = ConfigMapDir::create(dir.path(), "server.yaml", &allow(CLIENT_ID, "from-client"));
     let p = start_pair(ControlPlane::start(), Some(&cm.path()), "");
-    assert!(allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
+    assert!(allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
 
     let typo = allow(OTHER_ID, "only-other").replace("      from:", "      form:");
     cm.flip(&typo);
     assert_kept(&p, 0.0, &version, "unknown field `form`");
 
     cm.flip(&allow(OTHER_ID, "only-other"));
-    wait_until("the valid flip applies", || !allowed(p.entry));
-    let dump = p.server.config_dump();
+    wait_until("the valid flip applies", || !allowed(p.a_out));
+    let dump = p.b.config_dump();
     assert!(dump["policy"]["last_error"].is_null());
     assert_eq!(dump["policy"]["source"]["kind"], "file");
 }
@@ -286,13 +253,10 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         allow(CLIENT_ID, "from-client"),
     )
     .unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
-        ..Default::default()
-    });
+    let cp = serving_policies(dir.path());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
-    assert!(allowed(p.entry));
-    let dump = p.server.config_dump();
+    assert!(allowed(p.a_out));
+    let dump = p.b.config_dump();
     assert_eq!(dump["policy"]["source"]["kind"], "control-plane");
     assert_eq!(
         dump["policy"]["policies"], 1,
@@ -300,8 +264,7 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
     );
     let allow_labels = [("policy", "demo/server"), ("rule", "from-client")];
     assert_eq!(
-        p.server
-            .metric("inbound_tcp_authz_allow_total", &allow_labels),
+        p.b.metric("inbound_tcp_authz_allow_total", &allow_labels),
         1.0
     );
 
@@ -309,10 +272,10 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
         &dir.path().join("server.yaml"),
         &allow(OTHER_ID, "only-other"),
     );
-    wait_until("the control plane's change applies", || !allowed(p.entry));
+    wait_until("the control plane's change applies", || !allowed(p.a_out));
     let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
-    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) >= 1.0);
-    let after = p.server.config_dump();
+    assert!(p.b.metric("inbound_tcp_authz_deny_total", &deny) >= 1.0);
+    let after = p.b.config_dump();
     assert_ne!(
         after["policy"]["source"]["version"],
         dump["policy"]["source"]["version"]
@@ -321,15 +284,15 @@ fn policies_from_the_control_plane_reach_the_proxy_they_select_and_follow_change
 
 /// The client is denied by `only-other`, and the default (`all-authenticated`)
 /// would let it in: an emptied source must not.
-fn assert_still_denied(p: &Pair, reason: &str, version: &serde_json::Value) {
+fn assert_still_denied(p: &Mesh, reason: &str, version: &serde_json::Value) {
     wait_until("the emptied source is refused", || {
-        reload_errors(&p.server, reason) >= 1.0
+        reload_errors(&p.b, reason) >= 1.0
     });
     let deny = [("policy", "demo/server"), ("rule", ""), ("peer", CLIENT_ID)];
-    let denials = p.server.metric("inbound_tcp_authz_deny_total", &deny);
-    assert!(!allowed(p.entry), "the last good policy still denies");
-    assert!(p.server.metric("inbound_tcp_authz_deny_total", &deny) > denials);
-    let dump = p.server.config_dump();
+    let denials = p.b.metric("inbound_tcp_authz_deny_total", &deny);
+    assert!(!allowed(p.a_out), "the last good policy still denies");
+    assert!(p.b.metric("inbound_tcp_authz_deny_total", &deny) > denials);
+    let dump = p.b.config_dump();
     assert_eq!(
         &dump["policy_version"], version,
         "the last good policy stays"
@@ -344,71 +307,67 @@ fn assert_still_denied(p: &Pair, reason: &str, version: &serde_json::Value) {
 }
 
 /// With the marker the removal is accepted: no policy, the default applies.
-fn assert_emptied_on_purpose(p: &Pair, marker: &Path) {
-    let reloads = p.server.metric("policy_reloads_total", &[]);
+fn assert_emptied_on_purpose(p: &Mesh, marker: &Path) {
+    let reloads = p.b.metric("policy_reloads_total", &[]);
     std::fs::write(marker, "").unwrap();
     wait_until("the marked removal applies", || {
-        p.server.metric("policy_reloads_total", &[]) > reloads
+        p.b.metric("policy_reloads_total", &[]) > reloads
     });
-    let dump = p.server.config_dump();
+    let dump = p.b.config_dump();
     assert_eq!(dump["policy"]["policies"], 0);
     assert!(dump["policy"]["last_error"].is_null());
     assert!(
-        allowed(p.entry),
+        allowed(p.a_out),
         "policy.default (all-authenticated) applies"
     );
 }
 
+/// A pair whose server reads a policy file (`whole_dir`: its directory)
+/// that denies the client; the file, the pair and the policy's version.
+fn denied_pair(whole_dir: bool) -> (PolicyFile, Mesh, serde_json::Value) {
+    let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
+    let path = if whole_dir {
+        policy.dir()
+    } else {
+        &policy.path
+    };
+    let p = start_pair(ControlPlane::start(), Some(path), "  debounce: 20ms\n");
+    assert!(!allowed(p.a_out));
+    let version = p.b.config_dump()["policy_version"].clone();
+    (policy, p, version)
+}
+
 #[test]
 fn a_policy_file_replaced_by_an_empty_directory_keeps_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
-    assert!(!allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
-
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    let (policy, p, version) = denied_pair(false);
+    std::fs::remove_file(&policy.path).unwrap();
+    std::fs::create_dir(&policy.path).unwrap();
     assert_still_denied(&p, "path_kind_changed", &version);
-    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+    assert_emptied_on_purpose(&p, &policy.dir().join(".palisade-allow-empty"));
 }
 
 #[test]
 fn deleting_the_only_file_of_a_policy_directory_keeps_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let p = start_pair(
-        ControlPlane::start(),
-        Some(dir.path()),
-        "  debounce: 20ms\n",
-    );
-    assert!(!allowed(p.entry));
-    let version = p.server.config_dump()["policy_version"].clone();
-
-    std::fs::remove_file(&file).unwrap();
+    let (policy, p, version) = denied_pair(true);
+    std::fs::remove_file(&policy.path).unwrap();
     assert_still_denied(&p, "emptied", &version);
-    assert_emptied_on_purpose(&p, &dir.path().join(".palisade-allow-empty"));
+    assert_emptied_on_purpose(&p, &policy.dir().join(".palisade-allow-empty"));
 }
 
 #[test]
 fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(CLIENT_ID, "from-client")).unwrap();
-    let p = start_pair(ControlPlane::start(), Some(&file), "  debounce: 20ms\n");
-    let reads = || p.server.metric("policy_file_reads_total", &[]);
-    let reloads = p.server.metric("policy_reloads_total", &[]);
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let file = &policy.path;
+    let p = start_pair(ControlPlane::start(), Some(file), "  debounce: 20ms\n");
+    let reads = || p.b.metric("policy_file_reads_total", &[]);
+    let reloads = p.b.metric("policy_reloads_total", &[]);
     let before = reads();
 
-    // A touch: open for writing, new mtime, close. Nothing changes.
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap();
-    f.set_modified(std::time::SystemTime::now()).unwrap();
-    drop(f);
+    std::fs::read_to_string(file).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), before, "reading the file is no change");
+
+    touch(file);
     wait_until("the touch is seen", || reads() > before);
     // Fifty debounce periods: a watcher woken by its own reads would have
     // read the file again and again by now.
@@ -417,29 +376,64 @@ fn touching_the_policy_file_reads_it_once_and_the_watcher_does_not_loop() {
     assert!(settled <= before + 2.0, "{settled} reads after one touch");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(reads(), settled, "no read without a change");
-    assert_eq!(p.server.metric("policy_reloads_total", &[]), reloads);
-    assert!(allowed(p.entry));
+    assert_eq!(p.b.metric("policy_reloads_total", &[]), reloads);
+    assert!(allowed(p.a_out));
+}
+
+/// A control plane serving the policies in `dir`.
+fn serving_policies(dir: &Path) -> ControlPlane {
+    ControlPlane::start_with(ControlPlaneSpec {
+        extra_args: vec!["--policy-dir".into(), dir.display().to_string()],
+        ..Default::default()
+    })
+}
+
+/// A touch: open for writing, new mtime, close. Nothing changes.
+fn touch(file: &Path) {
+    let f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+}
+
+#[test]
+fn reading_or_touching_the_control_planes_policy_directory_does_not_make_it_reload_in_a_loop() {
+    let policy = PolicyFile::new(&allow(CLIENT_ID, "from-client"));
+    let cp = serving_policies(policy.dir());
+    let reads = || cp.metric("policy_dir_reads_total");
+
+    std::fs::read_to_string(&policy.path).unwrap();
+    std::fs::read_dir(policy.dir()).unwrap().for_each(drop);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), 0.0, "reading the directory is no change");
+
+    touch(&policy.path);
+    wait_until("the touch is seen", || reads() >= 1.0);
+    // Ten debounce periods: a watcher woken by its own reads would have
+    // read the directory again and again by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = reads();
+    assert!(settled <= 2.0, "{settled} reads after one touch");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(reads(), settled, "no read without a change");
+    assert_eq!(
+        cp.metric("policy_reload_errors_total{reason=\"invalid\"}"),
+        0.0
+    );
 }
 
 #[test]
 fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_marker_allows_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("server.yaml");
-    std::fs::write(&file, allow(OTHER_ID, "only-other")).unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        extra_args: vec!["--policy-dir".into(), dir.path().display().to_string()],
-        ..Default::default()
-    });
+    let policy = PolicyFile::new(&allow(OTHER_ID, "only-other"));
+    let cp = serving_policies(policy.dir());
     let p = start_pair(cp, None, "policy:\n  source: control-plane\n");
-    assert!(!allowed(p.entry));
+    assert!(!allowed(p.a_out));
 
     let refused = "policy_reload_errors_total{reason=\"emptied\"}";
-    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(&policy.path).unwrap();
     wait_until("the control plane refuses the empty directory", || {
         p.cp.metric(refused) >= 1.0
     });
-    assert!(!allowed(p.entry), "the proxy keeps the denying policy");
-    assert_eq!(p.server.config_dump()["policy"]["policies"], 1);
+    assert!(!allowed(p.a_out), "the proxy keeps the denying policy");
+    assert_eq!(p.b.config_dump()["policy"]["policies"], 1);
     assert!(
         p.cp.log().contains(".palisade-allow-empty"),
         "the log says how"
@@ -450,12 +444,12 @@ fn emptying_the_control_planes_policy_directory_keeps_proxies_denying_until_the_
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(p.cp.metric(refused), settled, "the watcher does not loop");
 
-    std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+    std::fs::write(policy.dir().join(".palisade-allow-empty"), "").unwrap();
     wait_until("the marked removal reaches the proxy", || {
-        p.server.config_dump()["policy"]["policies"] == 0
+        p.b.config_dump()["policy"]["policies"] == 0
     });
     assert!(
-        allowed(p.entry),
+        allowed(p.a_out),
         "policy.default (all-authenticated) applies"
     );
 }

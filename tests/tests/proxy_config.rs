@@ -42,3 +42,24 @@ fn missing_bootstrap_bundle_is_named_and_the_proxy_does_not_start() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/bundle.pem"), "{err}");
 }
+
+#[test]
+fn a_setting_of_the_other_mode_is_named_with_the_mode_and_the_proxy_does_not_start() {
+    let (ok, err) = run_with(
+        "mode: explicit\noutbound:\n  unmeshed: passthrough\n  routes: []\n",
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("outbound.unmeshed"), "{err}");
+    assert!(err.contains("mode: explicit"), "{err}");
+}
+
+#[test]
+fn any_setting_is_overridden_by_the_variable_named_after_its_path() {
+    let (ok, err) = run_with("", &[("PALISADE_HTTP_MAX_HEADER_BYTES", "100")]);
+    assert!(!ok);
+    assert!(
+        err.contains("http.max_header_bytes must be at least 8192"),
+        "{err}"
+    );
+}

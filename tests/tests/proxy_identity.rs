@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::eventually;
 use palisade_tests::proxy::{echo_roundtrip, Mesh};
 
 #[test]
 fn proxy_keeps_its_svid_while_the_control_plane_is_down_and_renews_when_it_returns() {
     // Long enough that the SVID outlives the outage, short enough to renew soon.
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         svid_ttl: "20s".into(),
         ..Default::default()
     });

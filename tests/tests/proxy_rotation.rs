@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::proxy::{echo_roundtrip, Mesh};
 
 const ROTATIONS: f64 = 4.0;
 
 #[test]
 fn long_lived_and_new_connections_flow_with_zero_failures_while_certificates_rotate() {
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         svid_ttl: "4s".into(),
         ..Default::default()
     });

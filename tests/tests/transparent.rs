@@ -10,14 +10,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use palisade_tests::cp::{ControlPlane, ControlPlaneOptions};
+use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
 use palisade_tests::netns::{Network, Pod};
 use palisade_tests::pods::{
     admin_metrics, init_program, install_redirect, logs, run_ok, shared_dir, skip_unless_root,
     start_sidecar, TD,
 };
 use palisade_tests::proxy::{echo_roundtrip, metric, Echo};
-use palisade_tests::{eventually, ChildGuard};
+use palisade_tests::{eventually, Process};
 
 const APP_PORT: u16 = 8080;
 
@@ -32,7 +32,7 @@ fn capture(
     net: &Network,
     veth: &str,
     file: &Path,
-) -> (ChildGuard, BufReader<std::process::ChildStderr>) {
+) -> (Process, BufReader<std::process::ChildStderr>) {
     let mut cmd = net.host().command("tcpdump");
     cmd.args([
         "-i",
@@ -50,7 +50,7 @@ fn capture(
     .args(["tcp", "port", &APP_PORT.to_string()])
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
-    let mut guard = ChildGuard::spawn("tcpdump", &mut cmd);
+    let mut guard = Process::spawn("tcpdump", &mut cmd).expect("start tcpdump");
     let mut err = BufReader::new(guard.child.stderr.take().unwrap());
     let mut line = String::new();
     while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
@@ -86,7 +86,7 @@ fn unmodified_client_reaches_peer_pod_over_mtls_and_unmeshed_pod_is_refused() {
         format!("- {{address: \"{}\", identity: \"{id_a}\"}}\n- {{address: \"{}\", identity: \"{id_b}\"}}\n", a.ip, b.ip),
     )
     .unwrap();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: vec!["--endpoints".into(), endpoints.display().to_string()],
         ..Default::default()
     });

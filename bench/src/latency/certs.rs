@@ -9,7 +9,13 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use super::control_plane::ControlPlane;
+use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::client::ApiClient;
+use palisade_identity::csr::new_key_and_csr;
+use palisade_identity::svid::certs_from_pem;
+use palisade_policy::TrustDomain;
+use palisadectl::local::{ControlPlane, ControlPlaneSpec};
+
 use super::tools::Tools;
 
 pub const TRUST_DOMAIN: &str = "spiffe://cluster.local";
@@ -124,12 +130,12 @@ pub(crate) async fn obtain(
     match (source, binaries) {
         (CertSource::Minted, _) | (CertSource::Auto, None) => Ok((mint(dir)?, None)),
         (_, Some((server, ctl))) => {
-            let cp = ControlPlane::start(server, ctl, dir)?;
+            let cp = ControlPlane::start(server, ctl, dir, ControlPlaneSpec::default())?;
             let credentials = Credentials {
                 source: CertSource::ControlPlane,
-                bundle: cp.bundle(),
-                client: cp.issue(CLIENT_ID, dir, "client").await?,
-                server: cp.issue(SERVER_ID, dir, "server").await?,
+                bundle: cp.bundle_path(),
+                client: issue(&cp, CLIENT_ID, dir, "client").await?,
+                server: issue(&cp, SERVER_ID, dir, "server").await?,
             };
             Ok((credentials, Some(cp)))
         }
@@ -139,6 +145,39 @@ pub(crate) async fn obtain(
              and --palisadectl-bin"
         ),
     }
+}
+
+/// Issue an SVID for `spiffe_id` with a fresh key through a join token, as a
+/// workload gets one, and write chain and key as `<dir>/<name>.pem` and
+/// `<dir>/<name>-key.pem`.
+async fn issue(
+    cp: &ControlPlane,
+    spiffe_id: &'static str,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<SvidFiles> {
+    let bundle = certs_from_pem(&std::fs::read(cp.bundle_path())?)?;
+    let td = TrustDomain::new(cp.trust_domain())?;
+    let client = ApiClient::new(&cp.addr().to_string(), &td, &bundle, None)?;
+    let (key, csr) = new_key_and_csr()?;
+    let request = SvidRequest {
+        csr,
+        attestation: Attestation::JoinToken(cp.join_token(spiffe_id, "10m")?),
+    };
+    let svid = client.issue(&request).await.context("POST /v1/svid")?;
+    if svid.spiffe_id != spiffe_id {
+        bail!(
+            "asked for {spiffe_id}, the control plane issued {}",
+            svid.spiffe_id
+        );
+    }
+    let key_path = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok(SvidFiles {
+        spiffe_id,
+        chain: write(dir, &format!("{name}.pem"), &svid.svid_chain)?,
+        key: key_path,
+    })
 }
 
 fn mint(dir: &Path) -> anyhow::Result<Credentials> {

@@ -3,10 +3,8 @@
 
 mod backend;
 pub mod certs;
-pub(crate) mod child;
 mod client;
 mod closed_loop;
-pub(crate) mod control_plane;
 mod hist;
 mod load;
 mod machine;
@@ -16,7 +14,7 @@ mod report;
 mod run;
 mod stats;
 mod tcp;
-mod tools;
+pub(crate) mod tools;
 mod topology;
 
 use std::path::PathBuf;

@@ -310,7 +310,7 @@ fn build_report(
                     .iter()
                     .enumerate()
                     .map(|(i, p)| ProxyResources {
-                        name: p.name.clone(),
+                        name: p.name().to_owned(),
                         rss_idle_kib: m.rss_idle[i],
                         rss_load_kib: m.rss_load[i],
                         rss_peak_kib: peak_rss_kib(pids[i]).unwrap_or(0),

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::child::{is_executable, which};
 use super::LatencyArgs;
 
 /// Where each binary is, if anywhere.
@@ -80,4 +79,19 @@ pub fn envoy_version(bin: &Path) -> Option<String> {
     // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
     let build = text.split("version:").nth(1)?.split_whitespace().next()?;
     build.split('/').nth(1).map(str::to_owned)
+}
+
+/// The first `PATH` entry holding an executable `name`.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+pub(crate) fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }

@@ -99,3 +99,9 @@ pub struct PolicyDocument {
     /// The document's YAML text, as written.
     pub yaml: String,
 }
+
+/// `POST /v1/events`'s answer: how many security events were kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsAccepted {
+    pub accepted: usize,
+}

@@ -3,6 +3,7 @@
 //! No server code: the proxy and palisadectl link this, not the control plane.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod spiffe;
 
 #[cfg(feature = "client")]

@@ -1,5 +1,6 @@
 //! Admin API over a Unix socket (mode 0600 in a 0700 directory: filesystem
-//! permissions are the operator credential): join tokens and CA rotation.
+//! permissions are the operator credential): join tokens, CA rotation and
+//! the collected security events.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let result = match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/join-tokens") => create_token(state, req).await,
         (&Method::POST, "/v1/ca/rotate") => rotate(state),
+        (&Method::GET, "/v1/events") => super::events::get(state, req.uri().query()),
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",

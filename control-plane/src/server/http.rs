@@ -56,14 +56,23 @@ pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Res
         .expect("static response parts are valid")
 }
 
-/// Reads a request body of at most `MAX_BODY_BYTES` within `timeout`. A
-/// declared Content-Length over the limit is refused before reading anything.
+/// Reads a request body of at most `MAX_BODY_BYTES` within `timeout`.
 pub async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Failure> {
+    read_body_max(req, timeout, MAX_BODY_BYTES).await
+}
+
+/// Reads a request body of at most `max` bytes within `timeout`. A declared
+/// Content-Length over the limit is refused before reading anything.
+pub async fn read_body_max(
+    req: Request<Incoming>,
+    timeout: Duration,
+    max: usize,
+) -> Result<Bytes, Failure> {
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            format!("request body exceeds {max} bytes"),
         )
     };
     let declared = req
@@ -71,10 +80,10 @@ pub async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let limited = Limited::new(req.into_body(), max);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),

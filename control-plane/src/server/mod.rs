@@ -3,6 +3,7 @@
 //! the optional metrics port, and keeps the CA and serving SVID fresh.
 
 pub mod admin;
+pub mod events;
 pub mod http;
 pub mod listener;
 pub mod tls;
@@ -53,6 +54,8 @@ pub struct State {
     pub policies: Option<Arc<PolicyStore>>,
     pub tls: ArcSwap<ServingTls>,
     pub control_plane_id: SpiffeId,
+    /// The latest security events workloads POSTed.
+    pub events: events::EventLog,
 }
 
 impl State {
@@ -86,11 +89,12 @@ impl State {
             authority,
             tokens: JoinTokens::default(),
             k8s,
-            metrics: Metrics::new(),
+            metrics: Metrics::default(),
             endpoints: Arc::new(EndpointMap::default()),
             policies,
             tls: ArcSwap::from_pointee(serving),
             control_plane_id,
+            events: events::EventLog::default(),
         };
         state.record_bundle();
         Ok(state)
@@ -153,7 +157,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let _policy_watcher = state
         .policies
         .as_ref()
-        .map(|p| p.watch(state.metrics.policy_reload_errors.clone()))
+        .map(|p| {
+            let m = &state.metrics;
+            p.watch(m.policy_dir_reads.clone(), m.policy_reload_errors.clone())
+        })
         .transpose()?;
 
     let listen = state.config.listen;

@@ -29,6 +29,10 @@ pub async fn handle(
         (&Method::GET, "/v1/bundle") => bundle(state),
         (&Method::GET, "/v1/endpoints") => endpoints(state, peer),
         (&Method::GET, "/v1/policies") => policies(state, peer, req.uri().query()).await,
+        (&Method::POST, "/v1/events") => match peer_id(state, peer) {
+            Ok(id) => super::events::post(state, id, req).await,
+            Err(f) => Err(f),
+        },
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
@@ -37,7 +41,7 @@ pub async fn handle(
         (
             _,
             "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/v1/policies"
-            | "/metrics",
+            | "/v1/events" | "/metrics",
         ) => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

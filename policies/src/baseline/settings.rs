@@ -184,53 +184,8 @@ impl BaselineSettings {
     }
 }
 
-/// `250ms`, `10s`, `10m`, `1h`, or a bare number of seconds; written back
-/// as whole seconds when exact, else milliseconds.
-pub(crate) mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (use e.g. 250ms, 10s, 10m, 1h)"))?;
-        let per = match unit.trim() {
-            "ms" => return Ok(Duration::from_millis(n)),
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m or h)")),
-        };
-        n.checked_mul(per)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{s}` is too long a duration"))
-    }
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        if d.subsec_millis() != 0 || d.as_secs() == 0 {
-            s.serialize_str(&format!("{}ms", d.as_millis()))
-        } else {
-            s.serialize_str(&format!("{}s", d.as_secs()))
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Num(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
+/// Durations in the grammar every Palisade binary shares.
+pub(crate) use palisade_identity::duration;
 
 #[cfg(test)]
 mod tests {

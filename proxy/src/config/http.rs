@@ -7,7 +7,7 @@ use std::time::Duration;
 use palisade_policy::normalize::Normalization;
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use palisade_identity::duration;
 
 /// What a port carries. `detect` looks at the first bytes (or ALPN).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,78 +22,68 @@ pub enum Protocol {
     Opaque,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Request line plus headers, in bytes; larger gets 431.
-    #[serde(default = "d_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Header fields per request; more gets 431.
-    #[serde(default = "d_max_headers")]
     pub max_headers: usize,
     /// From a request's first byte to the end of its headers; slower gets 408.
-    #[serde(default = "d_header_read_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// From a request's headers to the response's headers; longer gets 504.
-    #[serde(default = "d_request_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// HTTP/2 streams one client may have open at once.
-    #[serde(default = "d_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may open and reset before they are served;
     /// beyond it the connection gets GOAWAY (rapid reset).
-    #[serde(default = "d_max_pending_resets")]
     pub max_pending_resets: usize,
     /// Idle pooled connections (to the app and between sidecars) close after this.
-    #[serde(default = "d_pool_idle_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub pool_idle_timeout: Duration,
     /// What each class of ambiguous request path gets: `reject` (400, the
     /// default) or `normalize`. Shared with `palisadectl policy explain`.
-    #[serde(default)]
     pub normalization: Normalization,
     /// HTTP/2 flow-control window of one stream, in bytes: what a stalled
     /// stream can hold. A connection's window is this times
     /// `max_concurrent_streams`, so stalled streams never hold another's.
-    #[serde(default = "d_stream_window_bytes")]
     pub stream_window_bytes: u32,
     /// An HTTP/2 connection with nothing received for this long is sent a PING.
-    #[serde(default = "d_ping_interval", with = "duration")]
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
     /// A PING not answered within this closes the connection.
-    #[serde(default = "d_ping_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub ping_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AccessLogConfig {
-    #[serde(default)]
     pub enabled: bool,
     /// `stdout`, or a file path (appended to).
-    #[serde(default = "d_access_log_path")]
     pub path: PathBuf,
     /// Fraction of requests logged, 0.0 to 1.0.
-    #[serde(default = "d_sample")]
     pub sample: f64,
     /// Lines waiting for the writer; beyond it lines are dropped and counted.
-    #[serde(default = "d_buffer")]
     pub buffer: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            max_header_bytes: d_max_header_bytes(),
-            max_headers: d_max_headers(),
-            header_read_timeout: d_header_read_timeout(),
-            request_timeout: d_request_timeout(),
-            max_concurrent_streams: d_max_concurrent_streams(),
-            max_pending_resets: d_max_pending_resets(),
-            pool_idle_timeout: d_pool_idle_timeout(),
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 100,
+            max_pending_resets: 20,
+            pool_idle_timeout: Duration::from_secs(90),
             normalization: Normalization::default(),
-            stream_window_bytes: d_stream_window_bytes(),
-            ping_interval: d_ping_interval(),
-            ping_timeout: d_ping_timeout(),
+            stream_window_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -102,9 +92,9 @@ impl Default for AccessLogConfig {
     fn default() -> Self {
         AccessLogConfig {
             enabled: false,
-            path: d_access_log_path(),
-            sample: d_sample(),
-            buffer: d_buffer(),
+            path: PathBuf::from("stdout"),
+            sample: 1.0,
+            buffer: 8192,
         }
     }
 }
@@ -157,44 +147,4 @@ impl AccessLogConfig {
         }
         Ok(())
     }
-}
-
-fn d_max_header_bytes() -> usize {
-    60 * 1024
-}
-fn d_max_headers() -> usize {
-    100
-}
-fn d_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn d_request_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn d_max_concurrent_streams() -> u32 {
-    100
-}
-fn d_max_pending_resets() -> usize {
-    20
-}
-fn d_pool_idle_timeout() -> Duration {
-    Duration::from_secs(90)
-}
-fn d_stream_window_bytes() -> u32 {
-    64 * 1024
-}
-fn d_ping_interval() -> Duration {
-    Duration::from_secs(30)
-}
-fn d_ping_timeout() -> Duration {
-    Duration::from_secs(20)
-}
-fn d_access_log_path() -> PathBuf {
-    PathBuf::from("stdout")
-}
-fn d_sample() -> f64 {
-    1.0
-}
-fn d_buffer() -> usize {
-    8192
 }

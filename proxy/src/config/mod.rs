@@ -1,14 +1,28 @@
 //! The proxy's configuration: a YAML file (`--config`), then `PALISADE_*`
-//! environment overrides, then validation. Every setting and its default is
+//! environment overrides named after each setting's path, then validation.
+//! Each default is written once, in its type's `Default`; every setting is
 //! documented in proxy/README.md.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_identity::duration;
 use palisade_policy::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod env;
+pub mod http;
+mod interception;
+pub mod policy;
+
+pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
+pub use interception::{
+    ExplicitInbound, ExplicitOutbound, InboundTarget, Interception, PortMapping, Route,
+    TransparentInbound, TransparentOutbound, Unmeshed,
+};
+pub use policy::{PolicyConfig, SourceKind};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +36,7 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("environment variable {var}={value:?}: {message}")]
     Env {
-        var: &'static str,
+        var: String,
         value: String,
         message: String,
     },
@@ -30,244 +44,33 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// iptables steers every TCP connection through the proxy; destinations
-    /// come from SO_ORIGINAL_DST.
-    Transparent,
-    /// Fixed listeners: an inbound port map and outbound routes.
-    Explicit,
-}
-
-/// What the outbound side does with a destination the mesh does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unmeshed {
-    Passthrough,
-    Deny,
-}
-
-/// Where transparent inbound traffic goes after the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboundTarget {
-    /// `127.0.0.1:<original port>`: works for apps bound to loopback or to
-    /// all addresses, and loopback is never redirected by the init rules.
-    Localhost,
-    /// The original destination `ip:port` (the pod IP).
-    Original,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole proxy configuration. It serializes to the YAML it reads, so
+/// tools write proxy configs by building one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Config {
-    #[serde(default = "default_mode")]
-    pub mode: Mode,
-    #[serde(default)]
-    pub inbound: InboundConfig,
-    #[serde(default)]
-    pub outbound: OutboundConfig,
-    #[serde(default)]
+    /// `mode`, with the listener settings only that mode has.
+    #[serde(flatten)]
+    pub interception: Interception,
     pub admin: AdminConfig,
-    #[serde(default)]
     pub timeouts: Timeouts,
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    #[serde(default = "default_drain_grace", with = "duration")]
+    #[serde(with = "duration")]
     pub drain_grace_period: Duration,
-    #[serde(default)]
     pub identity: IdentityConfig,
-    #[serde(default)]
     pub policy: PolicyConfig,
-    #[serde(default)]
     pub http: HttpConfig,
-    #[serde(default)]
     pub access_log: AccessLogConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InboundConfig {
-    /// Transparent mode's listener.
-    #[serde(default = "default_inbound_bind")]
-    pub bind: SocketAddr,
-    /// Transparent mode: original destination ports that also accept plaintext.
-    #[serde(default)]
-    pub permissive_ports: Vec<u16>,
-    #[serde(default = "default_inbound_target")]
-    pub forward_to: InboundTarget,
-    /// Explicit mode: one listener per local app port.
-    #[serde(default)]
-    pub ports: Vec<PortMapping>,
-    /// Transparent mode: app port → protocol (default `detect`).
-    #[serde(default)]
-    pub protocols: BTreeMap<u16, Protocol>,
-    /// Transparent mode: app ports where GET, HEAD, OPTIONS, DELETE and
-    /// TRACE may carry a body (elsewhere it gets 400).
-    #[serde(default)]
-    pub allow_get_body_ports: Vec<u16>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortMapping {
-    pub listen: SocketAddr,
-    pub app: SocketAddr,
-    #[serde(default)]
-    pub permissive: bool,
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// GET, HEAD, OPTIONS, DELETE and TRACE may carry a body to this app
-    /// (by default it gets 400: an app may not read one).
-    #[serde(default)]
-    pub allow_get_body: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboundConfig {
-    /// Transparent mode's listener.
-    #[serde(default = "default_outbound_bind")]
-    pub bind: SocketAddr,
-    #[serde(default = "default_unmeshed")]
-    pub unmeshed: Unmeshed,
-    /// Transparent mode: how often the endpoint → identity map is fetched.
-    #[serde(default = "default_endpoints_refresh", with = "duration")]
-    pub endpoints_refresh: Duration,
-    /// Explicit mode: one listener per destination sidecar.
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    /// Transparent mode: destination port → protocol (default `detect`).
-    #[serde(default)]
-    pub protocols: BTreeMap<u16, Protocol>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    pub listen: SocketAddr,
-    /// The destination sidecar's inbound listener.
-    pub destination: SocketAddr,
-    /// The SPIFFE ID the destination must present.
-    pub identity: SpiffeId,
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    #[serde(default = "default_admin_bind")]
-    pub bind: SocketAddr,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Timeouts {
-    /// How long inbound waits for a client's first byte.
-    #[serde(default = "d_detect", with = "duration")]
-    pub detect: Duration,
-    #[serde(default = "d_connect", with = "duration")]
-    pub connect: Duration,
-    #[serde(default = "d_handshake", with = "duration")]
-    pub handshake: Duration,
-    /// A connection with no bytes in either direction for this long is closed.
-    #[serde(default = "d_idle", with = "duration")]
-    pub idle: Duration,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityConfig {
-    /// `host:port` of the control plane's workload API.
-    #[serde(default = "default_control_plane")]
-    pub control_plane: String,
-    /// The workload's own trust domain.
-    #[serde(default = "default_trust_domain")]
-    pub trust_domain: TrustDomain,
-    /// PEM bundle used to verify the control plane before the first SVID.
-    #[serde(default = "default_bundle")]
-    pub bootstrap_bundle: PathBuf,
-    #[serde(default)]
-    pub join_token: Option<String>,
-    #[serde(default)]
-    pub join_token_file: Option<PathBuf>,
-    #[serde(default)]
-    pub k8s_sa_token_file: Option<PathBuf>,
-    /// Trust domains whose peers are accepted; default `[trust_domain]`.
-    #[serde(default)]
-    pub accepted_trust_domains: Vec<TrustDomain>,
-}
-
-impl Default for InboundConfig {
-    fn default() -> Self {
-        InboundConfig {
-            bind: default_inbound_bind(),
-            permissive_ports: Vec::new(),
-            forward_to: default_inbound_target(),
-            ports: Vec::new(),
-            protocols: BTreeMap::new(),
-            allow_get_body_ports: Vec::new(),
-        }
-    }
-}
-
-impl Default for OutboundConfig {
-    fn default() -> Self {
-        OutboundConfig {
-            bind: default_outbound_bind(),
-            unmeshed: default_unmeshed(),
-            endpoints_refresh: default_endpoints_refresh(),
-            routes: Vec::new(),
-            protocols: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            bind: default_admin_bind(),
-        }
-    }
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            detect: d_detect(),
-            connect: d_connect(),
-            handshake: d_handshake(),
-            idle: d_idle(),
-        }
-    }
-}
-
-impl Default for IdentityConfig {
-    fn default() -> Self {
-        IdentityConfig {
-            control_plane: default_control_plane(),
-            trust_domain: default_trust_domain(),
-            bootstrap_bundle: default_bundle(),
-            join_token: None,
-            join_token_file: None,
-            k8s_sa_token_file: None,
-            accepted_trust_domains: Vec::new(),
-        }
-    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mode: default_mode(),
-            inbound: InboundConfig::default(),
-            outbound: OutboundConfig::default(),
+            interception: Interception::default(),
             admin: AdminConfig::default(),
             timeouts: Timeouts::default(),
-            max_connections: default_max_connections(),
-            drain_grace_period: default_drain_grace(),
+            max_connections: 10_000,
+            drain_grace_period: Duration::from_secs(30),
             identity: IdentityConfig::default(),
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
@@ -276,53 +79,74 @@ impl Default for Config {
     }
 }
 
-fn default_mode() -> Mode {
-    Mode::Transparent
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
 }
-fn default_inbound_bind() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 4143))
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 4191)),
+        }
+    }
 }
-fn default_outbound_bind() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 4140))
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// How long inbound waits for a client's first byte.
+    #[serde(with = "duration")]
+    pub detect: Duration,
+    #[serde(with = "duration")]
+    pub connect: Duration,
+    #[serde(with = "duration")]
+    pub handshake: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    #[serde(with = "duration")]
+    pub idle: Duration,
 }
-fn default_admin_bind() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 4191))
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            detect: Duration::from_secs(5),
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(3600),
+        }
+    }
 }
-fn default_inbound_target() -> InboundTarget {
-    InboundTarget::Localhost
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `host:port` of the control plane's workload API.
+    pub control_plane: String,
+    /// The workload's own trust domain.
+    pub trust_domain: TrustDomain,
+    /// PEM bundle used to verify the control plane before the first SVID.
+    pub bootstrap_bundle: PathBuf,
+    pub join_token: Option<String>,
+    pub join_token_file: Option<PathBuf>,
+    pub k8s_sa_token_file: Option<PathBuf>,
+    /// Trust domains whose peers are accepted; default `[trust_domain]`.
+    pub accepted_trust_domains: Vec<TrustDomain>,
 }
-fn default_unmeshed() -> Unmeshed {
-    Unmeshed::Deny
-}
-fn default_endpoints_refresh() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_connections() -> usize {
-    10_000
-}
-fn default_drain_grace() -> Duration {
-    Duration::from_secs(30)
-}
-fn d_detect() -> Duration {
-    Duration::from_secs(5)
-}
-fn d_connect() -> Duration {
-    Duration::from_secs(5)
-}
-fn d_handshake() -> Duration {
-    Duration::from_secs(10)
-}
-fn d_idle() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_control_plane() -> String {
-    "127.0.0.1:8443".to_owned()
-}
-fn default_trust_domain() -> TrustDomain {
-    TrustDomain::new("cluster.local").expect("valid default trust domain")
-}
-fn default_bundle() -> PathBuf {
-    PathBuf::from("/var/run/palisade/bundle.pem")
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            control_plane: "127.0.0.1:8443".to_owned(),
+            trust_domain: TrustDomain::new("cluster.local").expect("valid default trust domain"),
+            bootstrap_bundle: PathBuf::from("/var/run/palisade/bundle.pem"),
+            join_token: None,
+            join_token_file: None,
+            k8s_sa_token_file: None,
+            accepted_trust_domains: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -331,11 +155,11 @@ impl Config {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = match path {
+        let cfg = match path {
             Some(p) => Config::from_yaml_file(p)?,
             None => Config::default(),
         };
-        cfg.apply_env(env)?;
+        let mut cfg = cfg.with_env(env)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -351,103 +175,30 @@ impl Config {
         })
     }
 
+    /// Parse a YAML file's text; a file without `mode` is transparent.
     pub fn from_yaml(text: &str) -> Result<Config, String> {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
+        let mut tree: Value = match text.trim() {
+            "" => Value::Null,
+            _ => serde_saphyr::from_str(text).map_err(|e| e.to_string())?,
+        };
+        if tree.is_null() {
+            tree = serde_json::json!({});
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// Environment overrides, for sidecar injection. See proxy/README.md.
-    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.trim().parse::<T>().map_err(|e| ConfigError::Env {
-                var,
-                value: value.to_owned(),
-                message: e.to_string(),
-            })
+        if let Value::Object(map) = &mut tree {
+            let mode = Interception::default().mode();
+            map.entry("mode").or_insert_with(|| mode.into());
         }
-        fn list<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<Vec<T>, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| parse(var, s))
-                .collect()
-        }
-        fn dur(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-            duration::parse(value).map_err(|message| ConfigError::Env {
-                var,
-                value: value.to_owned(),
-                message,
-            })
-        }
-        fn enumerated<T: serde::de::DeserializeOwned>(
-            var: &'static str,
-            value: &str,
-        ) -> Result<T, ConfigError> {
-            serde_json::from_value(serde_json::Value::String(value.trim().to_owned())).map_err(
-                |e| ConfigError::Env {
-                    var,
-                    value: value.to_owned(),
-                    message: e.to_string(),
-                },
-            )
-        }
-
-        macro_rules! set {
-            ($var:literal, $v:ident => $apply:expr) => {
-                if let Some($v) = env($var) {
-                    #[allow(clippy::redundant_closure_call)]
-                    (|$v: String| -> Result<(), ConfigError> {
-                        $apply;
-                        Ok(())
-                    })($v)?;
-                }
-            };
-        }
-        let c = self;
-        set!("PALISADE_MODE", v => c.mode = enumerated("PALISADE_MODE", &v)?);
-        set!("PALISADE_INBOUND_BIND", v => c.inbound.bind = parse("PALISADE_INBOUND_BIND", &v)?);
-        set!("PALISADE_INBOUND_PERMISSIVE_PORTS", v =>
-            c.inbound.permissive_ports = list("PALISADE_INBOUND_PERMISSIVE_PORTS", &v)?);
-        set!("PALISADE_INBOUND_ALLOW_GET_BODY_PORTS", v =>
-            c.inbound.allow_get_body_ports = list("PALISADE_INBOUND_ALLOW_GET_BODY_PORTS", &v)?);
-        set!("PALISADE_INBOUND_FORWARD_TO", v =>
-            c.inbound.forward_to = enumerated("PALISADE_INBOUND_FORWARD_TO", &v)?);
-        set!("PALISADE_OUTBOUND_BIND", v => c.outbound.bind = parse("PALISADE_OUTBOUND_BIND", &v)?);
-        set!("PALISADE_OUTBOUND_UNMESHED", v =>
-            c.outbound.unmeshed = enumerated("PALISADE_OUTBOUND_UNMESHED", &v)?);
-        set!("PALISADE_OUTBOUND_ENDPOINTS_REFRESH", v =>
-            c.outbound.endpoints_refresh = dur("PALISADE_OUTBOUND_ENDPOINTS_REFRESH", &v)?);
-        set!("PALISADE_ADMIN_BIND", v => c.admin.bind = parse("PALISADE_ADMIN_BIND", &v)?);
-        set!("PALISADE_TIMEOUT_DETECT", v => c.timeouts.detect = dur("PALISADE_TIMEOUT_DETECT", &v)?);
-        set!("PALISADE_TIMEOUT_CONNECT", v =>
-            c.timeouts.connect = dur("PALISADE_TIMEOUT_CONNECT", &v)?);
-        set!("PALISADE_TIMEOUT_HANDSHAKE", v =>
-            c.timeouts.handshake = dur("PALISADE_TIMEOUT_HANDSHAKE", &v)?);
-        set!("PALISADE_TIMEOUT_IDLE", v => c.timeouts.idle = dur("PALISADE_TIMEOUT_IDLE", &v)?);
-        set!("PALISADE_MAX_CONNECTIONS", v =>
-            c.max_connections = parse("PALISADE_MAX_CONNECTIONS", &v)?);
-        set!("PALISADE_DRAIN_GRACE_PERIOD", v =>
-            c.drain_grace_period = dur("PALISADE_DRAIN_GRACE_PERIOD", &v)?);
-        set!("PALISADE_CONTROL_PLANE", v => c.identity.control_plane = v.trim().to_owned());
-        set!("PALISADE_TRUST_DOMAIN", v =>
-            c.identity.trust_domain = parse("PALISADE_TRUST_DOMAIN", &v)?);
-        set!("PALISADE_BOOTSTRAP_BUNDLE", v => c.identity.bootstrap_bundle = PathBuf::from(v));
-        set!("PALISADE_JOIN_TOKEN", v => c.identity.join_token = Some(v.trim().to_owned()));
-        set!("PALISADE_JOIN_TOKEN_FILE", v => c.identity.join_token_file = Some(PathBuf::from(v)));
-        set!("PALISADE_K8S_SA_TOKEN_FILE", v =>
-            c.identity.k8s_sa_token_file = Some(PathBuf::from(v)));
-        set!("PALISADE_ACCEPTED_TRUST_DOMAINS", v =>
-            c.identity.accepted_trust_domains = list("PALISADE_ACCEPTED_TRUST_DOMAINS", &v)?);
-        c.policy.apply_env(&env)?;
-        Ok(())
+        serde_path_to_error::deserialize(&tree).map_err(|e| {
+            let path = e.path().to_string();
+            // serde reads the tagged `mode` sections from a buffer that
+            // loses the path; read them alone to name the setting.
+            match path.as_str() {
+                "." => interception::locate_in_mode_sections(&tree)
+                    .or_else(|| unknown_top_level(&tree))
+                    .unwrap_or_else(|| e.inner().to_string()),
+                _ => format!("{path}: {}", e.inner()),
+            }
+        })
     }
 
     /// Reject settings that cannot work, and fill in derived defaults.
@@ -474,13 +225,13 @@ impl Config {
                 .accepted_trust_domains
                 .push(self.identity.trust_domain.clone());
         }
-        if self.mode == Mode::Explicit
-            && self.inbound.ports.is_empty()
-            && self.outbound.routes.is_empty()
-        {
-            return bad(
-                "explicit mode needs at least one inbound.ports or outbound.routes entry".into(),
-            );
+        if let Interception::Explicit { inbound, outbound } = &self.interception {
+            if inbound.ports.is_empty() && outbound.routes.is_empty() {
+                return bad(
+                    "explicit mode needs at least one inbound.ports or outbound.routes entry"
+                        .into(),
+                );
+            }
         }
         let mut seen = std::collections::HashSet::new();
         let listeners = self.listeners();
@@ -495,16 +246,16 @@ impl Config {
     /// Every listener this configuration opens, named, for logs and /config_dump.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         let mut out = vec![("admin".to_owned(), self.admin.bind)];
-        match self.mode {
-            Mode::Transparent => {
-                out.push(("inbound".to_owned(), self.inbound.bind));
-                out.push(("outbound".to_owned(), self.outbound.bind));
+        match &self.interception {
+            Interception::Transparent { inbound, outbound } => {
+                out.push(("inbound".to_owned(), inbound.bind));
+                out.push(("outbound".to_owned(), outbound.bind));
             }
-            Mode::Explicit => {
-                for p in &self.inbound.ports {
+            Interception::Explicit { inbound, outbound } => {
+                for p in &inbound.ports {
                     out.push((format!("inbound -> {}", p.app), p.listen));
                 }
-                for r in &self.outbound.routes {
+                for r in &outbound.routes {
                     out.push((
                         format!("outbound -> {} ({})", r.destination, r.identity),
                         r.listen,
@@ -525,29 +276,67 @@ impl Config {
     }
 }
 
-pub mod duration;
-pub mod http;
-pub mod policy;
-
-pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
-pub use policy::{PolicyConfig, SourceKind};
+/// A top-level key that is no setting: it reaches the `mode` sections last,
+/// which would name only `inbound` and `outbound` as expected.
+fn unknown_top_level(tree: &Value) -> Option<String> {
+    let settings = serde_json::to_value(Config::default()).ok()?;
+    let settings = settings.as_object()?;
+    let key = tree
+        .as_object()?
+        .keys()
+        .find(|k| !settings.contains_key(*k))?;
+    let expected: Vec<String> = settings.keys().map(|k| format!("`{k}`")).collect();
+    Some(format!(
+        "unknown field `{key}`, expected one of {}",
+        expected.join(", ")
+    ))
+}
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {
         None
     }
 
+    pub(super) fn env_of<'a>(
+        vars: &'a [(&'a str, &'a str)],
+    ) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
     #[test]
     fn empty_file_gives_documented_defaults() {
         let mut c = Config::from_yaml("").unwrap();
+        assert_eq!(c, Config::default());
         c.validate().unwrap();
-        assert_eq!(c.inbound.bind.port(), 4143);
-        assert_eq!(c.outbound.bind.port(), 4140);
+        let Interception::Transparent { inbound, outbound } = &c.interception else {
+            panic!("the default mode is transparent");
+        };
+        assert_eq!(inbound.bind, "0.0.0.0:4143".parse().unwrap());
+        assert!(inbound.permissive_ports.is_empty());
+        assert_eq!(inbound.forward_to, InboundTarget::Localhost);
+        assert_eq!(outbound.bind, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(outbound.unmeshed, Unmeshed::Deny);
+        assert_eq!(outbound.endpoints_refresh, Duration::from_secs(10));
         assert_eq!(c.admin.bind, "127.0.0.1:4191".parse().unwrap());
-        assert_eq!(c.outbound.unmeshed, Unmeshed::Deny);
+        let t = &c.timeouts;
+        assert_eq!(
+            [t.detect, t.connect, t.handshake, t.idle],
+            [5, 5, 10, 3600].map(Duration::from_secs)
+        );
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.drain_grace_period, Duration::from_secs(30));
+        assert_eq!(c.identity.control_plane, "127.0.0.1:8443");
+        assert_eq!(
+            c.identity.bootstrap_bundle,
+            Path::new("/var/run/palisade/bundle.pem")
+        );
         assert_eq!(
             c.control_plane_id().as_str(),
             "spiffe://cluster.local/palisade/control-plane"
@@ -556,11 +345,45 @@ mod tests {
             c.identity.accepted_trust_domains,
             vec![TrustDomain::new("cluster.local").unwrap()]
         );
+        let h = &c.http;
+        assert_eq!((h.max_header_bytes, h.max_headers), (61_440, 100));
+        assert_eq!(
+            [
+                h.header_read_timeout,
+                h.request_timeout,
+                h.pool_idle_timeout
+            ],
+            [10, 60, 90].map(Duration::from_secs)
+        );
+        assert_eq!((h.max_concurrent_streams, h.max_pending_resets), (100, 20));
+        assert_eq!(h.stream_window_bytes, 65_536);
+        assert_eq!(
+            [h.ping_interval, h.ping_timeout],
+            [30, 20].map(Duration::from_secs)
+        );
+        let a = &c.access_log;
+        assert!(!a.enabled);
+        assert_eq!(
+            (a.path.to_str(), a.sample, a.buffer),
+            (Some("stdout"), 1.0, 8192)
+        );
+        assert_eq!(c.policy.source, SourceKind::File);
+        assert_eq!(c.policy.debounce, Duration::from_millis(100));
     }
 
     #[test]
-    fn explicit_mode_file_parses_routes_and_port_map() {
-        let yaml = r#"
+    fn a_section_given_in_part_keeps_the_defaults_of_the_rest() {
+        let c = Config::from_yaml("timeouts: {idle: 90s}\nhttp: {max_headers: 7}\n").unwrap();
+        assert_eq!(c.timeouts.idle, Duration::from_secs(90));
+        assert_eq!(c.timeouts.handshake, Timeouts::default().handshake);
+        assert_eq!(c.http.max_headers, 7);
+        assert_eq!(
+            c.http.max_header_bytes,
+            HttpConfig::default().max_header_bytes
+        );
+    }
+
+    pub(super) const EXPLICIT: &str = r#"
 mode: explicit
 inbound:
   ports:
@@ -575,14 +398,19 @@ identity:
   trust_domain: example.org
   join_token: abc
 "#;
+
+    #[test]
+    fn explicit_mode_file_parses_routes_and_port_map() {
         let c = Config::load(None, no_env).unwrap();
-        assert_eq!(c.mode, Mode::Transparent);
-        let mut c = Config::from_yaml(yaml).unwrap();
+        assert_eq!(c.interception.mode(), "transparent");
+        let mut c = Config::from_yaml(EXPLICIT).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.mode, Mode::Explicit);
-        assert!(c.inbound.ports[0].permissive);
+        let Interception::Explicit { inbound, outbound } = &c.interception else {
+            panic!("explicit");
+        };
+        assert!(inbound.ports[0].permissive);
         assert_eq!(
-            c.outbound.routes[0].identity.as_str(),
+            outbound.routes[0].identity.as_str(),
             "spiffe://example.org/ns/demo/sa/api"
         );
         assert_eq!(c.timeouts.idle, Duration::from_secs(90));
@@ -594,34 +422,72 @@ identity:
     }
 
     #[test]
-    fn unknown_field_is_reported_with_its_name() {
-        let err = Config::from_yaml("inbound:\n  bnd: 0.0.0.0:1\n").unwrap_err();
-        assert!(err.contains("bnd"), "{err}");
+    fn a_setting_of_the_other_mode_is_refused_with_its_path() {
+        let err =
+            Config::from_yaml("inbound:\n  ports: [{listen: 127.0.0.1:1, app: 127.0.0.1:2}]\n")
+                .unwrap_err();
+        assert!(err.contains("inbound") && err.contains("`ports`"), "{err}");
+        assert!(err.contains("mode: transparent"), "{err}");
+        let err = Config::from_yaml("mode: explicit\noutbound: {unmeshed: deny}\n").unwrap_err();
+        assert!(
+            err.contains("outbound") && err.contains("`unmeshed`"),
+            "{err}"
+        );
+        assert!(err.contains("mode: explicit"), "{err}");
+        let err = Config::from_yaml("mode: sideways\n").unwrap_err();
+        assert!(
+            err.contains("sideways") && err.contains("explicit"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn env_overrides_win_over_the_file_and_bad_values_name_the_variable() {
-        let mut c = Config::from_yaml("admin: {bind: 127.0.0.1:1}").unwrap();
-        let env = |k: &str| match k {
-            "PALISADE_ADMIN_BIND" => Some("0.0.0.0:4191".to_owned()),
-            "PALISADE_OUTBOUND_UNMESHED" => Some("passthrough".to_owned()),
-            "PALISADE_INBOUND_PERMISSIVE_PORTS" => Some("80, 8080".to_owned()),
-            "PALISADE_TIMEOUT_IDLE" => Some("2m".to_owned()),
-            _ => None,
-        };
-        c.apply_env(env).unwrap();
-        assert_eq!(c.admin.bind, "0.0.0.0:4191".parse().unwrap());
-        assert_eq!(c.outbound.unmeshed, Unmeshed::Passthrough);
-        assert_eq!(c.inbound.permissive_ports, vec![80, 8080]);
-        assert_eq!(c.timeouts.idle, Duration::from_secs(120));
-
-        let err = c
-            .apply_env(|k| (k == "PALISADE_MAX_CONNECTIONS").then(|| "lots".to_owned()))
-            .unwrap_err();
+    fn a_bad_value_names_its_setting() {
+        let err = Config::from_yaml("admin: {bind: nowhere}\n").unwrap_err();
+        assert!(err.starts_with("admin.bind:"), "{err}");
+        let err = Config::from_yaml("inbound: {bind: nowhere}\n").unwrap_err();
+        assert!(err.starts_with("inbound.bind:"), "{err}");
+        let err = Config::from_yaml("timeouts: {idle: forever}\n").unwrap_err();
         assert!(
-            err.to_string().contains("PALISADE_MAX_CONNECTIONS"),
+            err.starts_with("timeouts.idle:") && err.contains("forever"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_name() {
+        let err = Config::from_yaml("inbound:\n  bnd: 0.0.0.0:1\n").unwrap_err();
+        assert!(err.contains("bnd"), "{err}");
+        let err = Config::from_yaml("max_conections: 1\n").unwrap_err();
+        assert!(err.contains("`max_conections`"), "{err}");
+        assert!(err.contains("`max_connections`"), "{err}");
+    }
+
+    fn every_setting_set() -> Vec<Config> {
+        let mut transparent = Config::from_yaml(
+            "inbound: {permissive_ports: [8080], forward_to: original, \
+             protocols: {8080: http1, 9090: opaque}, allow_get_body_ports: [9200]}\n\
+             outbound: {unmeshed: passthrough, endpoints_refresh: 1.5s, protocols: {443: opaque}}\n\
+             policy: {path: /etc/p, default: audit, source: both}\n\
+             identity: {k8s_sa_token_file: /t, accepted_trust_domains: [a.org, b.org]}\n\
+             access_log: {enabled: true, sample: 0.25}\n\
+             http: {normalization: {backslash: normalize}}\n\
+             drain_grace_period: 1h 30m\n",
+        )
+        .unwrap();
+        transparent.timeouts.idle = Duration::from_nanos(1_000_000_001);
+        let explicit = Config::from_yaml(EXPLICIT).unwrap();
+        vec![Config::default(), transparent, explicit]
+    }
+
+    #[test]
+    fn a_serialized_config_parses_back_to_the_same_config() {
+        for c in every_setting_set() {
+            let yaml = serde_saphyr::to_string(&c).unwrap();
+            assert_eq!(Config::from_yaml(&yaml).unwrap(), c, "{yaml}");
+            let json = serde_json::to_value(&c).unwrap();
+            assert_eq!(serde_json::from_value::<Config>(json).unwrap(), c);
+        }
     }
 
     #[test]
@@ -632,12 +498,18 @@ identity:
         )
         .unwrap();
         c.validate().unwrap();
-        let allowed: Vec<_> = c.inbound.ports.iter().map(|p| p.allow_get_body).collect();
+        let Interception::Explicit { inbound, .. } = &c.interception else {
+            panic!("explicit");
+        };
+        let allowed: Vec<_> = inbound.ports.iter().map(|p| p.allow_get_body).collect();
         assert_eq!(allowed, vec![false, true]);
-        assert!(c.inbound.allow_get_body_ports.is_empty());
-        c.apply_env(|k| (k == "PALISADE_INBOUND_ALLOW_GET_BODY_PORTS").then(|| "9200".into()))
+        let c = Config::default()
+            .with_env(env_of(&[("PALISADE_INBOUND_ALLOW_GET_BODY_PORTS", "9200")]))
             .unwrap();
-        assert_eq!(c.inbound.allow_get_body_ports, vec![9200]);
+        let Interception::Transparent { inbound, .. } = &c.interception else {
+            panic!("transparent");
+        };
+        assert_eq!(inbound.allow_get_body_ports, vec![9200]);
     }
 
     #[test]
@@ -647,12 +519,9 @@ identity:
     }
 
     #[test]
-    fn duration_parser_accepts_units_and_rejects_nonsense() {
-        assert_eq!(duration::parse("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(
-            duration::parse("1.5s").unwrap(),
-            Duration::from_millis(1500)
-        );
-        assert!(duration::parse("5 parsecs").is_err());
+    fn explicit_mode_without_listeners_is_refused() {
+        let mut c = Config::from_yaml("mode: explicit\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("inbound.ports"), "{err}");
     }
 }

@@ -1,6 +1,5 @@
-//! The `policy:` section: where segmentation policies come from, what
-//! applies to workloads no policy selects, and its `PALISADE_POLICY_*`
-//! overrides.
+//! The `policy:` section: where segmentation policies come from, and what
+//! applies to workloads no policy selects.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +7,9 @@ use std::time::Duration;
 use palisade_policy::DefaultPolicy;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{duration, ConfigError};
+use palisade_identity::duration;
+
+use super::ConfigError;
 
 /// Where policy documents come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,23 +33,17 @@ impl SourceKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// A policy file, or a directory of `*.yaml`/`*.yml`.
-    #[serde(default)]
     pub path: Option<PathBuf>,
     /// What applies to a workload no policy selects in a direction.
-    #[serde(
-        default = "default_default",
-        serialize_with = "ser_default",
-        deserialize_with = "de_default"
-    )]
+    #[serde(serialize_with = "ser_default", deserialize_with = "de_default")]
     pub default: DefaultPolicy,
-    #[serde(default = "default_source")]
     pub source: SourceKind,
     /// File events closer together than this are one reload.
-    #[serde(default = "default_debounce", with = "duration")]
+    #[serde(with = "duration")]
     pub debounce: Duration,
 }
 
@@ -56,21 +51,11 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             path: None,
-            default: default_default(),
-            source: default_source(),
-            debounce: default_debounce(),
+            default: DefaultPolicy::AllAuthenticated,
+            source: SourceKind::File,
+            debounce: Duration::from_millis(100),
         }
     }
-}
-
-fn default_default() -> DefaultPolicy {
-    DefaultPolicy::AllAuthenticated
-}
-fn default_source() -> SourceKind {
-    SourceKind::File
-}
-fn default_debounce() -> Duration {
-    Duration::from_millis(100)
 }
 
 fn ser_default<S: Serializer>(d: &DefaultPolicy, s: S) -> Result<S::Ok, S::Error> {
@@ -83,31 +68,6 @@ fn de_default<'de, D: Deserializer<'de>>(d: D) -> Result<DefaultPolicy, D::Error
 }
 
 impl PolicyConfig {
-    pub fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let bad = |var: &'static str, value: &str, message: String| ConfigError::Env {
-            var,
-            value: value.to_owned(),
-            message,
-        };
-        if let Some(v) = env("PALISADE_POLICY_PATH") {
-            let v = v.trim();
-            self.path = (!v.is_empty()).then(|| PathBuf::from(v));
-        }
-        if let Some(v) = env("PALISADE_POLICY_DEFAULT") {
-            self.default =
-                v.trim()
-                    .parse()
-                    .map_err(|e: palisade_policy::UnknownDefaultPolicy| {
-                        bad("PALISADE_POLICY_DEFAULT", &v, e.to_string())
-                    })?;
-        }
-        if let Some(v) = env("PALISADE_POLICY_SOURCE") {
-            self.source = serde_json::from_value(serde_json::Value::String(v.trim().to_owned()))
-                .map_err(|e| bad("PALISADE_POLICY_SOURCE", &v, e.to_string()))?;
-        }
-        Ok(())
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.source == SourceKind::Both && self.path.is_none() {
             return Err(ConfigError::Invalid(
@@ -137,23 +97,12 @@ mod tests {
     }
 
     #[test]
-    fn yaml_and_env_set_path_default_and_source() {
-        let mut c: PolicyConfig =
+    fn yaml_sets_path_default_and_source() {
+        let c: PolicyConfig =
             serde_saphyr::from_str("path: /etc/p\ndefault: deny\nsource: both\n").unwrap();
         assert_eq!(c.default, DefaultPolicy::Deny);
         assert_eq!(c.source, SourceKind::Both);
-        let env = |k: &str| match k {
-            "PALISADE_POLICY_DEFAULT" => Some("audit".to_owned()),
-            "PALISADE_POLICY_PATH" => Some("/run/p".to_owned()),
-            _ => None,
-        };
-        c.apply_env(&env).unwrap();
-        assert_eq!(c.default, DefaultPolicy::Audit);
-        assert_eq!(c.path.as_deref(), Some(std::path::Path::new("/run/p")));
-        let err = c
-            .apply_env(&|k: &str| (k == "PALISADE_POLICY_DEFAULT").then(|| "open".to_owned()))
-            .unwrap_err();
-        assert!(err.to_string().contains("all-authenticated"), "{err}");
+        assert_eq!(c.path.as_deref(), Some(std::path::Path::new("/etc/p")));
     }
 
     #[test]

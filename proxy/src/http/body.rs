@@ -20,10 +20,31 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 
 use super::access_log::{micros, AccessLog, Entry};
-use super::client::StreamSlot;
-use super::Conn;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream connection that counts the streams it carries (the HTTP/2
+/// pool's). Bodies name it through this trait, so they need not know the pool.
+pub trait Streams: Send + Sync {
+    /// One stream on this connection has ended.
+    fn release(&self);
+}
+
+/// One stream claimed on a pooled connection, released when dropped.
+pub struct StreamSlot(Arc<dyn Streams>);
+
+impl StreamSlot {
+    /// Holds a stream already counted on `conn`.
+    pub fn claimed(conn: Arc<dyn Streams>) -> Self {
+        StreamSlot(conn)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
 
 /// A request body on its way upstream, counted when it is logged.
 pub struct ReqBody {
@@ -193,39 +214,40 @@ fn bodiless(method: &Method) -> bool {
     )
 }
 
-/// Refuse a body on a method without body semantics: a Content-Length above
-/// 0, any Transfer-Encoding, or (HTTP/2) DATA after a HEADERS frame without
-/// END_STREAM, which is waited for up to `wait`. `Some` is the answer. An
-/// empty body is read to its end, so nothing is left to send.
-pub async fn refuse_get_body(
-    conn: &Conn,
+/// Why a body on a method without body semantics is refused: a
+/// Content-Length above 0, any Transfer-Encoding, or (HTTP/2) DATA after a
+/// HEADERS frame without END_STREAM, which is waited for up to `wait`.
+/// `Some` is the status, the violation's reason and the text to answer
+/// with. An empty body is read to its end, so nothing is left to send.
+pub async fn get_body_refusal(
     req: &mut Request<Incoming>,
     wait: Duration,
-) -> Option<Response<RespBody>> {
+) -> Option<(StatusCode, &'static str, &'static str)> {
     if !bodiless(req.method()) {
         return None;
     }
     let h = req.headers();
     let declared =
         h.contains_key(TRANSFER_ENCODING) || h.get_all(CONTENT_LENGTH).iter().any(|v| v != "0");
-    let refused = if declared {
-        Some((StatusCode::BAD_REQUEST, "body_not_allowed"))
-    } else {
-        match tokio::time::timeout(wait, ends_empty(req.body_mut())).await {
-            Ok(true) => None,
-            Ok(false) => Some((StatusCode::BAD_REQUEST, "body_not_allowed")),
-            Err(_) => Some((StatusCode::REQUEST_TIMEOUT, "header_read_timeout")),
-        }
-    };
-    let (status, reason) = refused?;
-    let text = match status {
-        StatusCode::BAD_REQUEST => "a body is not allowed on this method\n",
-        _ => "the request did not end in time\n",
-    };
-    let mut r = conn.refuse(status, reason, text);
-    super::server::close_after(&mut r);
-    Some(r)
+    if declared {
+        return Some(BODY_NOT_ALLOWED);
+    }
+    match tokio::time::timeout(wait, ends_empty(req.body_mut())).await {
+        Ok(true) => None,
+        Ok(false) => Some(BODY_NOT_ALLOWED),
+        Err(_) => Some((
+            StatusCode::REQUEST_TIMEOUT,
+            "header_read_timeout",
+            "the request did not end in time\n",
+        )),
+    }
 }
+
+const BODY_NOT_ALLOWED: (StatusCode, &str, &str) = (
+    StatusCode::BAD_REQUEST,
+    "body_not_allowed",
+    "a body is not allowed on this method\n",
+);
 
 /// Whether `body` ends without a byte of data.
 async fn ends_empty(body: &mut Incoming) -> bool {

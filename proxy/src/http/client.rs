@@ -19,30 +19,18 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::SpiffeId;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-use super::body::{ReqBody, RespBody};
+use super::body::{ReqBody, RespBody, StreamSlot, Streams};
 use crate::config::http::MAX_WINDOW;
-use crate::{tls, Runtime};
+use crate::connect::{self, ConnectError};
+use crate::Runtime;
 
 /// Why a request could not be sent upstream; the proxy answers 502.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("connecting to {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
-    #[error("connecting to {0} timed out")]
-    ConnectTimeout(SocketAddr),
-    #[error("TLS to {0}: {1} ({2})")]
-    Tls(SocketAddr, std::io::Error, &'static str),
-    #[error("TLS handshake with {0} timed out")]
-    TlsTimeout(SocketAddr),
-    #[error("no SVID yet")]
-    NoIdentity,
-    #[error("{0} did not negotiate {1}")]
-    Alpn(SocketAddr, &'static str),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("HTTP to {0}: {1}")]
     Http(SocketAddr, hyper::Error),
     #[error("HTTP to the app: {0}")]
@@ -68,15 +56,7 @@ impl tower::Service<hyper::Uri> for FixedConnector {
 
     fn call(&mut self, _: hyper::Uri) -> Self::Future {
         let (addr, timeout) = (self.addr, self.timeout);
-        Box::pin(async move {
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-            let _ = tcp.set_nodelay(true);
-            Ok(TokioIo::new(tcp))
-        })
+        Box::pin(async move { Ok(TokioIo::new(connect::tcp(addr, timeout).await?)) })
     }
 }
 
@@ -139,27 +119,25 @@ struct Peer {
     opening: tokio::sync::Mutex<()>,
 }
 
-/// A stream counted on a pooled connection until the response ends. The
-/// last stream of a connection beyond a destination's first closes it.
-pub struct StreamSlot(Arc<PeerConn>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let conn = &self.0;
-        if conn.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
+/// A stream counts on its connection until the response ends. The last
+/// stream of a connection beyond a destination's first closes it.
+impl Streams for PeerConn {
+    fn release(&self) {
+        if self.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let Some(peer) = conn.peer.upgrade() else {
+        let Some(peer) = self.peer.upgrade() else {
             return;
         };
-        let extra = |v: &[Arc<PeerConn>]| v.iter().skip(1).any(|c| Arc::ptr_eq(c, conn));
+        let this = |c: &Arc<PeerConn>| std::ptr::eq(Arc::as_ptr(c), self);
+        let extra = |v: &[Arc<PeerConn>]| v.iter().skip(1).any(this);
         if !extra(&peer.conns.load()) {
             return;
         }
         peer.conns.rcu(|v| {
             let mut v = Vec::clone(v);
-            if extra(&v) && conn.streams.load(Ordering::Acquire) == 0 {
-                v.retain(|c| !Arc::ptr_eq(c, conn));
+            if extra(&v) && self.streams.load(Ordering::Acquire) == 0 {
+                v.retain(|c| !this(c));
             }
             v
         });
@@ -188,17 +166,18 @@ impl PeerPool {
     ) -> Result<Response<RespBody>, UpstreamError> {
         let limit = rt.http.settings.max_concurrent_streams;
         let peer = self.peer(dst);
-        let slot = match claim(&peer, id, limit) {
-            Some(s) => s,
+        let conn = match claim(&peer, id, limit) {
+            Some(c) => c,
             None => {
                 let _one = peer.opening.lock().await;
                 match claim(&peer, id, limit) {
-                    Some(s) => s,
+                    Some(c) => c,
                     None => open(rt, &peer, dst, id).await?,
                 }
             }
         };
-        let mut sender = slot.0.sender.clone();
+        let mut sender = conn.sender.clone();
+        let slot = StreamSlot::claimed(conn);
         let resp = sender
             .send_request(req)
             .await
@@ -220,8 +199,9 @@ impl PeerPool {
     }
 }
 
-/// A stream on an open connection to the right identity with room for it.
-fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<StreamSlot> {
+/// An open connection to the right identity with room for one more stream,
+/// which is counted on it.
+fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<Arc<PeerConn>> {
     peer.conns.load().iter().find_map(|c| {
         if c.id != *id || !c.sender.is_ready() {
             return None;
@@ -231,7 +211,7 @@ fn claim(peer: &Peer, id: &SpiffeId, limit: u32) -> Option<StreamSlot> {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| StreamSlot(c.clone()))
+            .map(|_| c.clone())
     })
 }
 
@@ -241,9 +221,9 @@ async fn open(
     peer: &Arc<Peer>,
     dst: SocketAddr,
     id: &SpiffeId,
-) -> Result<StreamSlot, UpstreamError> {
+) -> Result<Arc<PeerConn>, UpstreamError> {
     let s = &rt.http.settings;
-    let tls = connect_peer(rt, dst, id, b"h2").await?;
+    let tls = connect::mtls(rt, dst, id, Some(b"h2")).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(s.stream_window_bytes)
@@ -276,7 +256,7 @@ async fn open(
         v
     });
     tracing::debug!(server.addr = %dst, server.id = %id, "HTTP/2 connection to sidecar opened");
-    Ok(StreamSlot(conn))
+    Ok(conn)
 }
 
 /// A dedicated HTTP/1.1 connection to a sidecar, for one upgrade.
@@ -285,7 +265,7 @@ pub async fn upgrade_connection(
     dst: SocketAddr,
     id: &SpiffeId,
 ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-    let tls = connect_peer(rt, dst, id, b"http/1.1").await?;
+    let tls = connect::mtls(rt, dst, id, Some(b"http/1.1")).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| UpstreamError::Http(dst, e))?;
@@ -295,49 +275,4 @@ pub async fn upgrade_connection(
         }
     });
     Ok(sender)
-}
-
-/// TCP, then TLS 1.3 with the current SVID, requiring `id` from the server
-/// and negotiating `alpn`.
-async fn connect_peer(
-    rt: &Runtime,
-    dst: SocketAddr,
-    id: &SpiffeId,
-    alpn: &'static [u8],
-) -> Result<TlsStream<TcpStream>, UpstreamError> {
-    let t = &rt.timeouts;
-    // A new connection is rare (pooled), so a config per connection is fine.
-    let config = {
-        let creds = rt.creds.load_full().ok_or(UpstreamError::NoIdentity)?;
-        let mut c = (*creds.client_config(id)).clone();
-        c.alpn_protocols = vec![alpn.to_vec()];
-        std::sync::Arc::new(c)
-    };
-    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(UpstreamError::Connect(dst, e)),
-        Err(_) => return Err(UpstreamError::ConnectTimeout(dst)),
-    };
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::IpAddress(dst.ip().into());
-    let stream = match tokio::time::timeout(
-        t.handshake,
-        TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = tls::failure_reason(&e);
-            return Err(UpstreamError::Tls(dst, e, reason));
-        }
-        Err(_) => return Err(UpstreamError::TlsTimeout(dst)),
-    };
-    if stream.get_ref().1.alpn_protocol() != Some(alpn) {
-        return Err(UpstreamError::Alpn(
-            dst,
-            if alpn == b"h2" { "h2" } else { "http/1.1" },
-        ));
-    }
-    Ok(stream)
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::h1_head::{check_head, chunk_size, take_block, too_large_head, Verdict};
+use super::h1_head::{
+    check_head, chunk_size, take_block, too_large_head, HeadCheck, HeadLimits, Next,
+};
 
 /// Bytes that end hyper's parse with a 400: NUL is never valid in a head.
 const POISON: &[u8] = b"\0\r\n\r\n";
@@ -40,6 +42,16 @@ pub struct GuardLimits {
     pub reject_fragment: bool,
 }
 
+impl GuardLimits {
+    fn head(&self) -> HeadLimits {
+        HeadLimits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            reject_fragment: self.reject_fragment,
+        }
+    }
+}
+
 /// Reports a violation once; shared with the connection's owner so it does
 /// not count hyper's resulting error a second time.
 pub trait Report: Send + Sync {
@@ -53,7 +65,7 @@ pub struct GuardFlags {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
+enum State {
     /// Waiting for (the rest of) a request head.
     Head,
     /// A Content-Length body with this many bytes left.
@@ -72,6 +84,18 @@ pub(super) enum State {
     /// Writing the 408, then end of stream.
     TimingOut(usize),
     Closed,
+}
+
+impl State {
+    /// Where framing goes on after an accepted head.
+    fn after(next: Next) -> State {
+        match next {
+            Next::Head => State::Head,
+            Next::Body(n) => State::Body(n),
+            Next::Chunked => State::ChunkSize,
+            Next::Passthrough => State::Passthrough,
+        }
+    }
 }
 
 pub struct H1Guard<S> {
@@ -164,19 +188,19 @@ impl<S> H1Guard<S> {
                         }
                         continue;
                     }
-                    let verdict = check_head(&self.line, &self.limits);
+                    let verdict = check_head(&self.line, self.limits.head());
                     self.line.clear();
                     self.head_started = false;
                     self.head_lines = 0;
                     self.arm(self.limits.idle_timeout);
                     match verdict {
-                        Verdict::Ok(next) => self.state = next,
-                        Verdict::TooLarge(reason) => {
+                        HeadCheck::Ok(next) => self.state = State::after(next),
+                        HeadCheck::TooLarge(reason) => {
                             self.violation(reason);
                             self.poison(too_large_head(self.limits.max_headers, prior_tail));
                             return start;
                         }
-                        Verdict::Refuse(reason) => {
+                        HeadCheck::Refuse(reason) => {
                             self.violation(reason);
                             self.poison(POISON.to_vec());
                             return start;
@@ -513,7 +537,7 @@ mod tests {
             reject_fragment: false,
             ..LIMITS
         };
-        assert_eq!(check_head(req, &limits), Verdict::Ok(State::Head));
+        assert_eq!(check_head(req, limits.head()), HeadCheck::Ok(Next::Head));
     }
 
     #[tokio::test]

@@ -4,17 +4,36 @@
 
 use palisade_policy::normalize::Rejection;
 
-use super::h1_guard::{GuardLimits, State};
-
 /// A request line for the head that makes hyper answer 431 (more header
 /// fields than it accepts), for heads the guard finds too large.
 const TOO_LARGE_LINE: &[u8] = b"GET / HTTP/1.1\r\n";
 
+/// The limits a head is checked against (the guard's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HeadLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub reject_fragment: bool,
+}
+
+/// What follows an accepted head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The next request's head (no body).
+    Head,
+    /// A Content-Length body of this many bytes.
+    Body(u64),
+    /// A chunked body.
+    Chunked,
+    /// No more HTTP/1 framing: an upgrade or CONNECT.
+    Passthrough,
+}
+
 /// The checks on one complete request head.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// Next state after the head.
-    Ok(State),
+pub(super) enum HeadCheck {
+    /// What follows the head.
+    Ok(Next),
     /// Replace it so hyper answers 431.
     TooLarge(&'static str),
     /// Replace it so hyper answers 400.
@@ -55,7 +74,7 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 }
 
 /// The checks on a complete request head, and where its body ends.
-pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
+pub(super) fn check_head(head: &[u8], limits: HeadLimits) -> HeadCheck {
     let mut lines = head
         .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -96,37 +115,37 @@ pub(super) fn check_head(head: &[u8], limits: &GuardLimits) -> Verdict {
         }
     }
     if fields > limits.max_headers {
-        return Verdict::TooLarge("too_many_headers");
+        return HeadCheck::TooLarge("too_many_headers");
     }
     if head.len() > limits.max_header_bytes {
-        return Verdict::TooLarge("header_too_large");
+        return HeadCheck::TooLarge("header_too_large");
     }
     if te_lines > 0 && cl_lines > 0 {
-        return Verdict::Refuse("content_length_with_transfer_encoding");
+        return HeadCheck::Refuse("content_length_with_transfer_encoding");
     }
     if te_lines > 1 || te_list {
-        return Verdict::Refuse("repeated_transfer_encoding");
+        return HeadCheck::Refuse("repeated_transfer_encoding");
     }
     if bad_cl {
-        return Verdict::Refuse("invalid_content_length");
+        return HeadCheck::Refuse("invalid_content_length");
     }
     if cl_lines > 1 {
-        return Verdict::Refuse("repeated_content_length");
+        return HeadCheck::Refuse("repeated_content_length");
     }
     if te_lines == 1 && !chunked {
-        return Verdict::Refuse("unsupported_transfer_encoding");
+        return HeadCheck::Refuse("unsupported_transfer_encoding");
     }
     // `#` is valid in neither method nor version: it is the target's.
     if limits.reject_fragment && request_line.contains(&b'#') {
-        return Verdict::Refuse(Rejection::Fragment.reason());
+        return HeadCheck::Refuse(Rejection::Fragment.reason());
     }
     if request_line.starts_with(b"CONNECT ") || (upgrade && connection_upgrade) {
-        return Verdict::Ok(State::Passthrough);
+        return HeadCheck::Ok(Next::Passthrough);
     }
-    Verdict::Ok(match (chunked, length) {
-        (true, _) => State::ChunkSize,
-        (false, Some(n)) if n > 0 => State::Body(n),
-        _ => State::Head,
+    HeadCheck::Ok(match (chunked, length) {
+        (true, _) => Next::Chunked,
+        (false, Some(n)) if n > 0 => Next::Body(n),
+        _ => Next::Head,
     })
 }
 

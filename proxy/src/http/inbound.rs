@@ -4,19 +4,53 @@
 //! there; upgrades are spliced through.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use palisade_policy::{Direction, SpiffeId};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{self, ReqBody, RespBody, Unsent};
+use super::detect::Detected;
 use super::headers::{self, ORIG_PROTO};
-use super::{server, Conn, Started};
+use super::{server, upgrade, Conn, Started};
 use crate::config::Protocol;
+use crate::Runtime;
 
-pub async fn handle(
+/// An inbound HTTP connection from a peer (`None`: plaintext) to the app.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<S>(
+    rt: Arc<Runtime>,
+    io: S,
+    peer: Option<SpiffeId>,
+    client: SocketAddr,
+    app: SocketAddr,
+    protocol: Protocol,
+    allow_get_body: bool,
+    detected: Detected,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::debug!(client.addr = %client, app = %app, protocol = detected.as_str(), "inbound HTTP connection");
+    let mut conn = Conn::new(
+        rt,
+        Direction::Ingress,
+        peer,
+        client,
+        app,
+        app.port(),
+        protocol,
+        detected,
+    );
+    conn.allow_get_body = allow_get_body;
+    server::serve(Arc::new(conn), io, detected, handle).await;
+}
+
+async fn handle(
     conn: Arc<Conn>,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -31,7 +65,9 @@ pub async fn handle(
     };
     if !conn.allow_get_body {
         let wait = conn.rt.http.settings.header_read_timeout;
-        if let Some(r) = body::refuse_get_body(&conn, &mut req, wait).await {
+        if let Some((status, reason, text)) = body::get_body_refusal(&mut req, wait).await {
+            let mut r = conn.refuse(status, reason, text);
+            upgrade::close_after(&mut r);
             return Ok(conn.finish(r, start, log));
         }
     }
@@ -72,11 +108,11 @@ pub async fn handle(
     };
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (Some(down), true) = (downstream_upgrade, switched) {
-        server::splice_upgrade(down, hyper::upgrade::on(&mut resp), conn.clone());
+        upgrade::splice(down, hyper::upgrade::on(&mut resp), conn.client);
     }
     headers::strip_hop_by_hop(resp.headers_mut(), switched);
     if upgrade && !switched {
-        server::close_after(&mut resp);
+        upgrade::close_after(&mut resp);
     }
     Ok(conn.finish(body::from_app(resp, unsent), start, log))
 }

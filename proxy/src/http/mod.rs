@@ -4,19 +4,19 @@
 //! upstream over pooled connections with its body streamed.
 
 pub mod access_log;
-pub mod authz;
 pub mod body;
 pub mod client;
+pub mod denied;
 pub mod detect;
 pub mod h1_guard;
 mod h1_head;
 pub mod h2_frames;
 pub mod headers;
 pub mod inbound;
-pub mod io;
 pub mod normalize;
 pub mod outbound;
 pub mod server;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -24,15 +24,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use palisade_policy::{Decision, SpiffeId};
+use palisade_policy::{Decision, Direction, HttpInfo, SpiffeId};
 
 use self::access_log::{AccessLog, Entry};
 use self::body::{PendingLog, RespBody};
 use self::detect::Detected;
 use crate::config::{AccessLogConfig, HttpConfig, Protocol};
 use crate::metrics::http::PeerHttp;
-use crate::metrics::{Direction, Metrics, UNAUTHENTICATED};
-use crate::Runtime;
+use crate::metrics::{direction_label, Metrics};
+use crate::{authz, Runtime};
 
 /// HTTP state shared by every connection.
 #[derive(Default)]
@@ -109,14 +109,16 @@ impl Conn {
             .as_ref()
             .map_or("", |c| c.svid.id.as_str())
             .into();
-        let label = peer.as_ref().map_or(UNAUTHENTICATED, |p| p.as_str());
-        let metrics = rt.metrics.http.peer(direction, label);
+        let metrics = rt
+            .metrics
+            .http
+            .peer(direction, authz::peer_label(peer.as_ref()));
         let peer_name: Arc<str> = match &peer {
             Some(p) => p.as_str().into(),
             None => client.ip().to_string().into(),
         };
         let xfcc = match (direction, &peer) {
-            (Direction::Inbound, Some(p)) => headers::xfcc_value(&own_name, p.as_str()),
+            (Direction::Ingress, Some(p)) => headers::xfcc_value(&own_name, p.as_str()),
             _ => None,
         };
         Conn {
@@ -151,7 +153,7 @@ impl Conn {
         self.metrics.requests.inc();
         if let Err(why) = normalize::apply(req, &self.rt.http.settings.normalization) {
             tracing::info!(
-                direction = self.direction.as_str(),
+                direction = direction_label(self.direction),
                 client.addr = %self.client,
                 peer = %self.peer_name,
                 reason = why.reason(),
@@ -160,19 +162,19 @@ impl Conn {
             let r = self.refuse(StatusCode::BAD_REQUEST, why.reason(), why.text());
             return Err(Box::new(self.finish(r, start, None)));
         }
-        let decision = authz::check(self, req);
+        let decision = self.authorize(req);
         let (log, request_bytes) = self.log_start(req, &decision);
         let upgrade = headers::wants_upgrade(req.headers(), req.version());
         if !decision.is_allowed() {
-            let mut r = authz::denied(req, &decision);
+            let mut r = denied::response(req, &decision);
             if upgrade {
-                server::close_after(&mut r);
+                upgrade::close_after(&mut r);
             }
             return Err(Box::new(self.finish(r, start, log)));
         }
         if req.method() == http::Method::CONNECT {
             let mut r = self.local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n");
-            server::close_after(&mut r);
+            upgrade::close_after(&mut r);
             return Err(Box::new(self.finish(r, start, log)));
         }
         Ok(Started {
@@ -181,6 +183,43 @@ impl Conn {
             request_bytes,
             upgrade,
         })
+    }
+
+    /// Decide one request against the policy in force now (one atomic load),
+    /// and count the decision. The peer is the caller inbound and the
+    /// destination outbound.
+    fn authorize<B>(&self, req: &Request<B>) -> Decision {
+        let (method, path, host) = (req.method().as_str(), req.uri().path(), authority(req));
+        let addr = match self.direction {
+            Direction::Ingress => self.client,
+            Direction::Egress => self.upstream,
+        };
+        let http = HttpInfo { method, path, host };
+        let d = authz::http_request(
+            &self.rt,
+            self.direction,
+            self.peer.as_ref(),
+            addr,
+            self.port,
+            http,
+        );
+        self.rt
+            .metrics
+            .http
+            .decisions(self.direction)
+            .count(&d, self.peer_label());
+        if !d.is_allowed() {
+            tracing::info!(
+                direction = direction_label(self.direction),
+                client.addr = %self.client,
+                peer = %self.peer_name,
+                method,
+                path,
+                authz.policy = %d.label(),
+                "HTTP request denied"
+            );
+        }
+        d
     }
 
     /// Start a log line if the access log is on and samples this request.
@@ -193,13 +232,13 @@ impl Conn {
             return (None, None);
         };
         let (source, destination) = match self.direction {
-            Direction::Inbound => (self.peer_name.clone(), self.own_name.clone()),
-            Direction::Outbound => (self.own_name.clone(), self.peer_name.clone()),
+            Direction::Ingress => (self.peer_name.clone(), self.own_name.clone()),
+            Direction::Egress => (self.own_name.clone(), self.peer_name.clone()),
         };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let entry = Entry {
             time: access_log::now_rfc3339(),
-            direction: self.direction.as_str(),
+            direction: direction_label(self.direction),
             source,
             destination,
             protocol: protocol_of(req.version()),

@@ -4,19 +4,52 @@
 //! destination sidecar. Upgrades take a dedicated HTTP/1.1 connection.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use palisade_policy::{Direction, SpiffeId};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{ReqBody, RespBody};
 use super::client::{self, UpstreamError};
+use super::detect::Detected;
 use super::headers::{self, ORIG_PROTO};
-use super::{server, Conn, Started};
+use super::{server, upgrade, Conn, Started};
+use crate::config::Protocol;
+use crate::connect::ConnectError;
+use crate::Runtime;
 
-pub async fn handle(
+/// An outbound HTTP connection from the app to a meshed destination.
+pub async fn serve<S>(
+    rt: Arc<Runtime>,
+    io: S,
+    destination_id: SpiffeId,
+    client: SocketAddr,
+    destination: SocketAddr,
+    protocol: Protocol,
+    detected: Detected,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::debug!(client.addr = %client, server.addr = %destination, protocol = detected.as_str(), "outbound HTTP connection");
+    let conn = Conn::new(
+        rt,
+        Direction::Egress,
+        Some(destination_id),
+        client,
+        destination,
+        destination.port(),
+        protocol,
+        detected,
+    );
+    server::serve(Arc::new(conn), io, detected, handle).await;
+}
+
+async fn handle(
     conn: Arc<Conn>,
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -51,9 +84,9 @@ pub async fn handle(
                 .await
                 .map_err(|e| UpstreamError::Http(conn.upstream, e))?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                server::splice_upgrade(down, hyper::upgrade::on(&mut resp), conn.clone());
+                upgrade::splice(down, hyper::upgrade::on(&mut resp), conn.client);
             } else {
-                server::close_after(&mut resp);
+                upgrade::close_after(&mut resp);
             }
             Ok(resp.map(RespBody::upstream))
         };
@@ -69,7 +102,7 @@ pub async fn handle(
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            if let UpstreamError::Tls(_, _, reason) = &e {
+            if let UpstreamError::Connect(ConnectError::Tls(_, _, reason)) = &e {
                 rt.metrics.handshake_failure(conn.direction, reason);
             }
             tracing::info!(server.addr = %conn.upstream, server.id = %id, error = %e, "request to sidecar failed");
@@ -91,7 +124,7 @@ pub async fn handle(
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switched);
     if upgrade && !switched {
-        server::close_after(&mut resp);
+        upgrade::close_after(&mut resp);
     }
     Ok(conn.finish(resp, start, log))
 }

@@ -7,29 +7,23 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONNECTION};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::normalize::Handling;
-use palisade_policy::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::RespBody;
 use super::detect::Detected;
 use super::h1_guard::{GuardLimits, H1Guard};
 use super::h2_frames::{FrameCounter, FrameCounts};
-use super::io::Metered;
 use super::Conn;
-use crate::config::Protocol;
-use crate::metrics::{Direction, OpenConn};
-use crate::{authz, Runtime};
+use crate::io::Counted;
+use crate::metrics::{direction_label, OpenConn};
 
 /// Drive a hyper connection; on drain, ask it to finish what it has
 /// started (GOAWAY / `Connection: close`) and wait for that. A macro: the
@@ -49,7 +43,8 @@ macro_rules! until_drained {
 }
 
 /// Serve `io` as `proto` until the client is done, the connection breaks a
-/// limit, or a drain ends it. `handle` answers each request.
+/// limit, or a drain ends it, counted like any connection under the peer's
+/// label. `handle` answers each request.
 pub async fn serve<S, F, Fut>(conn: Arc<Conn>, io: S, proto: Detected, handle: F)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -57,6 +52,9 @@ where
     Fut: Future<Output = Result<Response<RespBody>, Infallible>> + Send + 'static,
 {
     let rt = conn.rt.clone();
+    let tls = conn.peer.is_some();
+    let open = OpenConn::new(rt.metrics.conn(conn.direction, conn.peer_label(), tls));
+    let io = Counted::new(io, open.0.clone());
     let s = &rt.http.settings;
     let svc = {
         let conn = conn.clone();
@@ -119,7 +117,7 @@ where
             }
         }
         tracing::debug!(
-            direction = conn.direction.as_str(),
+            direction = direction_label(conn.direction),
             client.addr = %conn.client,
             reason = reason.unwrap_or("other"),
             error = ?e,
@@ -153,102 +151,4 @@ fn classify(e: &hyper::Error, frames: &FrameCounts) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// After a refused upgrade the HTTP/1 framing cannot be trusted any more
-/// (the guard stopped following it): close once this response is sent.
-pub fn close_after<B>(resp: &mut Response<B>) {
-    resp.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-}
-
-/// Once both sides switched protocols, copy bytes between them.
-pub fn splice_upgrade(down: OnUpgrade, up: OnUpgrade, conn: Arc<Conn>) {
-    tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(down, up) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(client.addr = %conn.client, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            Ok((from_client, from_server)) => tracing::debug!(
-                client.addr = %conn.client,
-                from_client,
-                from_server,
-                "upgraded connection closed"
-            ),
-            Err(e) => {
-                tracing::debug!(client.addr = %conn.client, error = %e, "upgraded connection ended")
-            }
-        }
-    });
-}
-
-/// An inbound HTTP connection: counted like any connection, then served.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_inbound<S>(
-    rt: Arc<Runtime>,
-    io: S,
-    peer: Option<SpiffeId>,
-    client: SocketAddr,
-    app: SocketAddr,
-    protocol: Protocol,
-    allow_get_body: bool,
-    detected: Detected,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let open = OpenConn::new(rt.metrics.conn(
-        Direction::Inbound,
-        authz::peer_label(peer.as_ref()),
-        peer.is_some(),
-    ));
-    tracing::debug!(client.addr = %client, app = %app, protocol = detected.as_str(), "inbound HTTP connection");
-    let io = Metered::new(io, open.0.clone());
-    let mut conn = Conn::new(
-        rt,
-        Direction::Inbound,
-        peer,
-        client,
-        app,
-        app.port(),
-        protocol,
-        detected,
-    );
-    conn.allow_get_body = allow_get_body;
-    serve(Arc::new(conn), io, detected, super::inbound::handle).await;
-}
-
-/// An outbound HTTP connection from the app to a meshed destination.
-pub async fn serve_outbound<S>(
-    rt: Arc<Runtime>,
-    io: S,
-    destination_id: SpiffeId,
-    client: SocketAddr,
-    destination: SocketAddr,
-    protocol: Protocol,
-    detected: Detected,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let open = OpenConn::new(
-        rt.metrics
-            .conn(Direction::Outbound, destination_id.as_str(), true),
-    );
-    tracing::debug!(client.addr = %client, server.addr = %destination, protocol = detected.as_str(), "outbound HTTP connection");
-    let io = Metered::new(io, open.0.clone());
-    let conn = Conn::new(
-        rt,
-        Direction::Outbound,
-        Some(destination_id),
-        client,
-        destination,
-        destination.port(),
-        protocol,
-        detected,
-    );
-    serve(Arc::new(conn), io, detected, super::outbound::handle).await;
 }

@@ -74,7 +74,7 @@ impl AttestationSource {
 }
 
 pub struct IdentityManager {
-    pub cp: ControlPlane,
+    pub cp: Arc<ControlPlane>,
     pub attestation: AttestationSource,
     pub accepted: Arc<[TrustDomain]>,
     pub cell: CredentialsCell,

@@ -15,8 +15,10 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::authz::DecisionCounters;
-use super::Direction;
+use palisade_policy::Direction;
+
+use super::direction_label;
+use super::policy::DecisionCounters;
 
 /// Milliseconds, Linkerd's buckets, so existing dashboards read them.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -29,7 +31,7 @@ const MAX_CACHED_PEERS: usize = 4096;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
-    pub direction: Direction,
+    pub direction: &'static str,
     pub peer: String,
 }
 
@@ -44,7 +46,7 @@ impl EncodeLabelValue for Status {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    pub direction: Direction,
+    pub direction: &'static str,
     pub peer: String,
     pub status_code: Status,
     /// `success` or `failure`.
@@ -53,7 +55,7 @@ pub struct ResponseLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ViolationLabels {
-    pub direction: Direction,
+    pub direction: &'static str,
     pub reason: &'static str,
 }
 
@@ -160,10 +162,11 @@ impl HttpMetrics {
             .register(registry, "outbound_http_authz", "Outbound HTTP requests");
     }
 
-    pub fn authz(&self, direction: Direction) -> &DecisionCounters {
+    /// The per-request decision counters of one direction.
+    pub fn decisions(&self, direction: Direction) -> &DecisionCounters {
         match direction {
-            Direction::Inbound => &self.inbound_authz,
-            Direction::Outbound => &self.outbound_authz,
+            Direction::Ingress => &self.inbound_authz,
+            Direction::Egress => &self.outbound_authz,
         }
     }
 
@@ -174,7 +177,7 @@ impl HttpMetrics {
             return m.clone();
         }
         let labels = PeerLabels {
-            direction,
+            direction: direction_label(direction),
             peer: peer.to_owned(),
         };
         let m = Arc::new(PeerHttp {
@@ -197,7 +200,10 @@ impl HttpMetrics {
     /// Count a limit violation; off the hot path (only on attacks and errors).
     pub fn violation(&self, direction: Direction, reason: &'static str) {
         self.violations
-            .get_or_create(&ViolationLabels { direction, reason })
+            .get_or_create(&ViolationLabels {
+                direction: direction_label(direction),
+                reason,
+            })
             .inc();
     }
 }
@@ -211,16 +217,16 @@ mod tests {
         let m = HttpMetrics::default();
         let mut reg = Registry::default();
         m.register(&mut reg);
-        let p = m.peer(Direction::Inbound, "spiffe://td/a");
+        let p = m.peer(Direction::Ingress, "spiffe://td/a");
         p.requests.inc();
         p.response(200, false);
         p.response(200, false);
         p.response(503, true);
         p.latency_ms.observe(3.5);
-        m.violation(Direction::Outbound, "header_too_large");
+        m.violation(Direction::Egress, "header_too_large");
         assert!(Arc::ptr_eq(
             &p,
-            &m.peer(Direction::Inbound, "spiffe://td/a")
+            &m.peer(Direction::Ingress, "spiffe://td/a")
         ));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();

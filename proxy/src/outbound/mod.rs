@@ -9,27 +9,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use palisade_policy::SpiffeId;
-use rustls::pki_types::ServerName;
+use palisade_policy::{Direction, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
 
 use crate::authz::{self, OutboundCheck};
 use crate::config::{Protocol, Unmeshed};
-use crate::forward::forward;
+use crate::forward::{forward, log_end};
 use crate::http;
 use crate::http::detect::{detect, Detected};
-use crate::http::io::Prefixed;
-use crate::inbound::log_end;
-use crate::metrics::{Direction, OpenConn, UNAUTHENTICATED};
-use crate::{accept_loop, tls, transparent, Runtime};
+use crate::io::Prefixed;
+use crate::metrics::{OpenConn, UNAUTHENTICATED};
+use crate::{accept_loop, connect, transparent, Runtime};
 
 pub use endpoints::EndpointMap;
 
-const DIR: Direction = Direction::Outbound;
+const DIR: Direction = Direction::Egress;
 
+/// Where a listener's connections go: the destination and the identity it
+/// must prove.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub enum Upstream {
     /// Explicit mode: this listener always goes to one sidecar.
     Route {
         destination: SocketAddr,
@@ -45,35 +44,35 @@ pub enum Target {
     },
 }
 
-impl Target {
+impl Upstream {
     /// What the app speaks to a destination on `port`.
     fn protocol(&self, port: u16) -> Protocol {
         match self {
-            Target::Route { protocol, .. } => *protocol,
-            Target::Transparent { protocols, .. } => {
+            Upstream::Route { protocol, .. } => *protocol,
+            Upstream::Transparent { protocols, .. } => {
                 protocols.get(&port).copied().unwrap_or_default()
             }
         }
     }
 }
 
-pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, target: Target) {
-    accept_loop(rt, listener, DIR, target, handle).await
+pub async fn serve(rt: Arc<Runtime>, listener: TcpListener, upstream: Upstream) {
+    accept_loop(rt, listener, DIR, upstream, handle).await
 }
 
 fn refuse(rt: &Runtime, client: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
     crate::refuse(rt, DIR, client, reason, detail)
 }
 
-async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: SocketAddr) {
+async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, client: SocketAddr) {
     let t = &rt.timeouts;
-    let (dst, expected, unmeshed) = match &*target {
-        Target::Route {
+    let (dst, expected, unmeshed) = match &*upstream {
+        Upstream::Route {
             destination,
             identity,
             ..
         } => (*destination, Some(identity.clone()), Unmeshed::Deny),
-        Target::Transparent {
+        Upstream::Transparent {
             endpoints,
             unmeshed,
             ..
@@ -106,7 +105,7 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
     }
     // Only meshed destinations are spoken to in HTTP: their sidecar enforces
     // ingress per request. Unmeshed traffic stays opaque.
-    let protocol = target.protocol(dst.port());
+    let protocol = upstream.protocol(dst.port());
     let (proto, app) = match &expected {
         Some(_) => match detect(app, protocol, None, t.detect).await {
             Ok(x) => x,
@@ -118,7 +117,7 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
     };
     if let (Some(id), true) = (&expected, proto != Detected::Opaque) {
         let id = id.clone();
-        return http::server::serve_outbound(rt, app, id, client, dst, protocol, proto).await;
+        return http::outbound::serve(rt, app, id, client, dst, protocol, proto).await;
     }
     if decision.http_required {
         return refuse(
@@ -136,29 +135,12 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
             &format_args!("{dst} is not in the mesh"),
         );
     }
-    // Load the credentials before connecting so a proxy without an SVID
-    // does not open connections it cannot use.
-    let creds = match (&expected, rt.creds.load_full()) {
-        (Some(_), None) => return refuse(&rt, client, "no_identity", &"no SVID yet"),
-        (_, c) => c,
-    };
-
-    let tcp = match tokio::time::timeout(t.connect, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(&rt, client, "connect_failed", &e),
-        Err(_) => {
-            return refuse(
-                &rt,
-                client,
-                "connect_timeout",
-                &format_args!("connecting to {dst}"),
-            )
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-
-    let (Some(expected), Some(creds)) = (&expected, creds) else {
+    let Some(expected) = &expected else {
         // Unmeshed destination, passthrough chosen.
+        let tcp = match connect::tcp(dst, t.connect).await {
+            Ok(s) => s,
+            Err(e) => return refuse(&rt, client, e.reason(), &e),
+        };
         let open = OpenConn::new(rt.metrics.conn(DIR, UNAUTHENTICATED, false));
         let ended = tokio::select! {
             ended = forward(app, tcp, &open.0, t.idle) => ended,
@@ -168,13 +150,9 @@ async fn handle(rt: Arc<Runtime>, target: Arc<Target>, app: TcpStream, client: S
         };
         return log_end(client, UNAUTHENTICATED, ended);
     };
-    let connector = TlsConnector::from(creds.client_config(expected));
-    drop(creds);
-    let name = ServerName::IpAddress(dst.ip().into());
-    let stream = match tokio::time::timeout(t.handshake, connector.connect(name, tcp)).await {
-        Err(_) => return refuse(&rt, client, "timeout", &"TLS handshake timed out"),
-        Ok(Err(e)) => return refuse(&rt, client, tls::failure_reason(&e), &e),
-        Ok(Ok(s)) => s,
+    let stream = match connect::mtls(&rt, dst, expected, None).await {
+        Ok(s) => s,
+        Err(e) => return refuse(&rt, client, e.reason(), &e),
     };
     let open = OpenConn::new(rt.metrics.conn(DIR, expected.as_str(), true));
     tracing::debug!(client.addr = %client, server.addr = %dst, server.id = %expected, "outbound mTLS connection");

@@ -1,18 +1,16 @@
-//! The file source: load `policy.path` at start, then watch it with notify
-//! and reload after a quiet period. A file is watched through its parent
-//! directory, so an editor's rename and a Kubernetes ConfigMap's `..data`
-//! symlink flip are both seen; a directory is watched itself. A read that
-//! would empty the source, or turn the path from a file into a directory (or
-//! back), is refused unless `.palisade-allow-empty` says it is deliberate.
+//! The file source: load `policy.path` at start, then reload it after each
+//! burst of changes (`palisade_policy::watch`). A read that would empty the
+//! source, or turn the path from a file into a directory (or back), is
+//! refused unless `.palisade-allow-empty` says it is deliberate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use palisade_policy::fs::{empty_allowed, read_files, PolicyFile, ALLOW_EMPTY_MARKER};
+use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::{parse_documents, PolicyDoc};
 
 use super::reload::{RejectReason, Rejection, Reloader, Update};
@@ -51,7 +49,7 @@ impl FileRead {
 
 /// Reads `path` and applies it. Blocking.
 pub fn load_now(reloader: &Reloader, path: &Path) {
-    reloader.metrics().authz.file_reads.inc();
+    reloader.metrics().policy.file_reads.inc();
     match read(path) {
         Ok(read) => {
             reloader.apply(Update::File(read));
@@ -180,110 +178,27 @@ fn parse_file(file: &PolicyFile) -> Result<Vec<PolicyDoc>, Vec<String>> {
     }
 }
 
-/// Starts watching; the returned watcher must be kept alive. Reloads run on
-/// the blocking pool, one at a time, until `stop`.
+/// Starts watching; the returned watch must be kept alive. Each burst of
+/// changes is read once, after `debounce` of quiet, until `stop`.
 pub fn watch(
     reloader: Arc<Reloader>,
     path: PathBuf,
     debounce: Duration,
     stop: CancellationToken,
-) -> notify::Result<RecommendedWatcher> {
-    let (dir, only) = watched(&path);
-    // A counter rather than a permit: every event during the quiet period
-    // is absorbed by the one read that follows it.
-    let (wake, mut woken) = tokio::sync::watch::channel(0u64);
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(e) if !changes(&e.kind) => {}
-            Ok(e) if only.as_ref().is_none_or(|f| relevant(&e, f)) => {
-                wake.send_modify(|n| *n += 1);
-            }
-            Ok(_) => {}
-            // Overflowed queues and the like: reloading is always safe.
-            Err(_) => wake.send_modify(|n| *n += 1),
-        })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(path = %path.display(), watching = %dir.display(), "watching the policy");
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = woken.changed() => if r.is_err() { return },
-            }
-            // Let a burst of events (write, chmod, rename, symlink flip) settle.
-            tokio::time::sleep(debounce).await;
-            woken.borrow_and_update();
-            let (r, p) = (reloader.clone(), path.clone());
-            if let Err(e) = tokio::task::spawn_blocking(move || load_now(&r, &p)).await {
-                tracing::error!(error = %e, "policy reload task failed");
-            }
+) -> Result<PathWatch, WatchError> {
+    let p = path.clone();
+    let w = palisade_policy::watch::watch(&path, debounce, "policy-watch", move || {
+        if !stop.is_cancelled() {
+            load_now(&reloader, &p);
         }
-    });
-    Ok(watcher)
-}
-
-/// Whether an event can change what a read returns. Opening, reading and
-/// closing cannot (a write shows up as a modify), and the reload itself does
-/// exactly that: counting them would make every read wake the next one.
-fn changes(kind: &EventKind) -> bool {
-    !matches!(kind, EventKind::Access(_))
-}
-
-/// The directory to watch, and for a file, its name to filter events by.
-fn watched(path: &Path) -> (PathBuf, Option<PathBuf>) {
-    if path.is_dir() {
-        return (path.to_owned(), None);
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    (parent, path.file_name().map(PathBuf::from))
-}
-
-/// An event about the file itself, the allow-empty marker next to it, or a
-/// ConfigMap's `..data`/`..<timestamp>` entries; siblings in a shared
-/// directory are ignored.
-fn relevant(e: &Event, file: &Path) -> bool {
-    e.paths.iter().any(|p| match p.file_name() {
-        Some(name) => {
-            name == file.as_os_str()
-                || name == ALLOW_EMPTY_MARKER
-                || name.to_string_lossy().starts_with("..")
-        }
-        None => true,
-    })
+    })?;
+    tracing::info!(path = %path.display(), "watching the policy");
+    Ok(w)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_file_is_watched_through_its_directory_and_siblings_are_ignored() {
-        let (dir, only) = watched(Path::new("/etc/palisade/policy.yaml"));
-        assert_eq!(dir, Path::new("/etc/palisade"));
-        let only = only.unwrap();
-        let event = |p: &str| Event::default().add_path(PathBuf::from(p));
-        assert!(relevant(&event("/etc/palisade/policy.yaml"), &only));
-        assert!(relevant(&event("/etc/palisade/..data"), &only));
-        assert!(relevant(&event("/etc/palisade/..2024_05_01"), &only));
-        assert!(relevant(
-            &event("/etc/palisade/.palisade-allow-empty"),
-            &only
-        ));
-        assert!(!relevant(&event("/etc/palisade/other.conf"), &only));
-    }
-
-    #[test]
-    fn reading_the_policy_is_not_a_change_but_writing_it_is() {
-        use notify::event::{AccessKind, AccessMode};
-        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
-        let read_close = EventKind::Access(AccessKind::Close(AccessMode::Read));
-        assert!(!changes(&open) && !changes(&read_close));
-        assert!(changes(&EventKind::Modify(notify::event::ModifyKind::Any)));
-        assert!(changes(&EventKind::Create(notify::event::CreateKind::File)));
-    }
 
     fn read_of(kind: PathKind, docs: usize, allow_empty: bool) -> FileRead {
         let doc = palisade_policy::parse_documents(
@@ -301,47 +216,27 @@ mod tests {
 
     #[test]
     fn an_emptied_source_or_a_kind_change_is_refused_unless_the_marker_allows_it() {
-        let file = |docs| {
-            Some(Shape {
-                kind: PathKind::File,
-                docs,
-            })
-        };
-        let dir = |docs| {
-            Some(Shape {
-                kind: PathKind::Directory,
-                docs,
-            })
-        };
-        let reason = |last, read: FileRead| check_shape(last, &read, "/p").map_err(|r| r.reason);
-        assert_eq!(reason(None, read_of(PathKind::Directory, 0, false)), Ok(()));
-        assert_eq!(
-            reason(dir(0), read_of(PathKind::Directory, 0, false)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(dir(2), read_of(PathKind::Directory, 1, false)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::Directory, 0, false)),
-            Err(RejectReason::Emptied)
-        );
-        assert_eq!(
-            reason(file(1), read_of(PathKind::Directory, 0, false)),
-            Err(RejectReason::PathKindChanged)
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::File, 1, false)),
-            Err(RejectReason::PathKindChanged)
-        );
-        assert_eq!(
-            reason(dir(1), read_of(PathKind::Directory, 0, true)),
-            Ok(())
-        );
-        assert_eq!(
-            reason(file(1), read_of(PathKind::Directory, 0, true)),
-            Ok(())
-        );
+        use PathKind::{Directory as Dir, File};
+        use RejectReason::{Emptied, PathKindChanged};
+        let was = |kind, docs| Some(Shape { kind, docs });
+        // (last accepted read, this read's kind, documents, marker, verdict)
+        let cases = [
+            (None, Dir, 0, false, Ok(())),
+            (was(Dir, 0), Dir, 0, false, Ok(())),
+            (was(Dir, 2), Dir, 1, false, Ok(())),
+            (was(Dir, 1), Dir, 0, false, Err(Emptied)),
+            (was(File, 1), Dir, 0, false, Err(PathKindChanged)),
+            (was(Dir, 1), File, 1, false, Err(PathKindChanged)),
+            (was(Dir, 1), Dir, 0, true, Ok(())),
+            (was(File, 1), Dir, 0, true, Ok(())),
+        ];
+        for (last, kind, docs, marker, verdict) in cases {
+            let read = read_of(kind, docs, marker);
+            let got = check_shape(last, &read, "/p").map_err(|r| r.reason);
+            assert_eq!(
+                got, verdict,
+                "{last:?}, then {kind:?} with {docs} document(s), marker {marker}"
+            );
+        }
     }
 }

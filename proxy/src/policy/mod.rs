@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use palisade_identity::renew::now_unix;
+use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::{CompiledPolicy, DefaultPolicy};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -162,7 +163,7 @@ impl Default for LivePolicy {
 /// Keeps the policy sources running; drop it to stop watching files.
 pub struct Sources {
     pub live: Arc<LivePolicy>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watch: Option<PathWatch>,
 }
 
 /// Builds the live policy from `cfg`: loads the file (if any) before the
@@ -174,7 +175,7 @@ pub async fn start(
     cp: Arc<ControlPlane>,
     creds: CredentialsCell,
     stop: CancellationToken,
-) -> Result<Sources, notify::Error> {
+) -> Result<Sources, WatchError> {
     let path = cfg.path.clone().filter(|_| cfg.source.uses_file());
     let initial = if path.is_none() && !cfg.source.uses_control_plane() {
         ActivePolicy::empty(cfg.default, PolicySource::None)
@@ -189,11 +190,11 @@ pub async fn start(
         cfg.source,
         path.clone(),
     ));
-    let mut watcher = None;
+    let mut watch = None;
     if let Some(path) = path {
         let (r, p) = (reloader.clone(), path.clone());
         let _ = tokio::task::spawn_blocking(move || file::load_now(&r, &p)).await;
-        watcher = Some(file::watch(
+        watch = Some(file::watch(
             reloader.clone(),
             path,
             cfg.debounce,
@@ -205,6 +206,6 @@ pub async fn start(
     }
     Ok(Sources {
         live,
-        _watcher: watcher,
+        _watch: watch,
     })
 }

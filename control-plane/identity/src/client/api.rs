@@ -21,7 +21,8 @@ use tokio_rustls::TlsConnector;
 use super::admin::decode;
 use super::ClientError;
 use crate::api::{
-    EndpointsResponse, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH, SERVER_NAME,
+    EndpointsResponse, EventsAccepted, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH,
+    SERVER_NAME,
 };
 use crate::bundle::SpiffeBundle;
 use crate::spiffe::TrustDomain;
@@ -146,6 +147,12 @@ impl ApiConnection {
         })
         .expect("API types serialize");
         let (status, bytes) = self.request(Method::POST, "/v1/svid/renew", body).await?;
+        decode(status, &bytes)
+    }
+
+    /// `POST /v1/events` with a JSON array of security events.
+    pub async fn post_events(&mut self, body: Vec<u8>) -> Result<EventsAccepted, ClientError> {
+        let (status, bytes) = self.request(Method::POST, "/v1/events", body).await?;
         decode(status, &bytes)
     }
 

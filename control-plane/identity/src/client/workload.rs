@@ -9,7 +9,9 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 
 use super::{ApiClient, ClientError, ClientIdentity};
-use crate::api::{Attestation, EndpointsResponse, PoliciesResponse, SvidRequest, SvidResponse};
+use crate::api::{
+    Attestation, EndpointsResponse, EventsAccepted, PoliciesResponse, SvidRequest, SvidResponse,
+};
 use crate::spiffe::TrustDomain;
 
 /// What a workload holds once it has an SVID: the trust bundle that came
@@ -93,6 +95,17 @@ impl ControlPlane {
     pub async fn endpoints(&self, current: &impl Current) -> Result<EndpointsResponse, CpError> {
         let client = self.client(Some(current))?;
         self.deadline(client.endpoints()).await
+    }
+
+    /// Sends security events (a JSON array) to the control plane's collector.
+    pub async fn post_events(
+        &self,
+        current: &impl Current,
+        body: Vec<u8>,
+    ) -> Result<EventsAccepted, CpError> {
+        let client = self.client(Some(current))?;
+        self.deadline(async { client.connect().await?.post_events(body).await })
+            .await
     }
 
     /// The policies that select this workload; a long poll: with `known`,

@@ -1,6 +1,7 @@
-//! Authorization and policy-reload metrics. Decision counters are labelled
-//! {policy, rule, peer} and cached lock-free by a hash of those labels, so a
-//! decision seen before costs one atomic load and no allocation.
+//! Segmentation-policy metrics: decisions, terminations and reloads.
+//! Decision counters are labelled {policy, rule, peer} and cached lock-free
+//! by a hash of those labels, so a decision seen before costs one atomic
+//! load and no allocation.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -12,7 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::Direction;
+use palisade_policy::Direction;
+
+use super::direction_label;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
@@ -28,7 +31,7 @@ pub struct AuthzLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TerminateLabels {
-    pub direction: Direction,
+    pub direction: &'static str,
     pub policy: String,
     pub rule: String,
     pub peer: String,
@@ -134,7 +137,7 @@ impl DecisionCounters {
 
 /// Everything about segmentation policy the proxy reports.
 #[derive(Debug, Default)]
-pub struct AuthzMetrics {
+pub struct PolicyMetrics {
     pub inbound_tcp: DecisionCounters,
     pub outbound_tcp: DecisionCounters,
     terminate: Family<TerminateLabels, Counter>,
@@ -143,7 +146,7 @@ pub struct AuthzMetrics {
     pub file_reads: Counter,
 }
 
-impl AuthzMetrics {
+impl PolicyMetrics {
     pub fn register(&self, registry: &mut Registry) {
         self.inbound_tcp
             .register(registry, "inbound_tcp_authz", "Inbound connections");
@@ -180,8 +183,8 @@ impl AuthzMetrics {
 
     pub fn tcp(&self, direction: Direction) -> &DecisionCounters {
         match direction {
-            Direction::Inbound => &self.inbound_tcp,
-            Direction::Outbound => &self.outbound_tcp,
+            Direction::Ingress => &self.inbound_tcp,
+            Direction::Egress => &self.outbound_tcp,
         }
     }
 
@@ -189,7 +192,7 @@ impl AuthzMetrics {
     pub fn terminated(&self, direction: Direction, d: &Decision, peer: &str) {
         self.terminate
             .get_or_create(&TerminateLabels {
-                direction,
+                direction: direction_label(direction),
                 policy: d.matched.policy_label().to_owned(),
                 rule: d.matched.rule_label().to_owned(),
                 peer: peer.to_owned(),
@@ -218,7 +221,7 @@ mod tests {
 
     #[test]
     fn each_decision_lands_in_one_counter_with_its_labels() {
-        let m = AuthzMetrics::default();
+        let m = PolicyMetrics::default();
         let mut reg = Registry::default();
         m.register(&mut reg);
         let c = &m.inbound_tcp;

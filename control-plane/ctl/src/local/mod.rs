@@ -1,7 +1,19 @@
-//! Child processes on loopback, as `palisadectl up`, the end-to-end tests and
-//! the bench run them: the one free-port picker and a child's resident memory.
+//! A local Palisade on loopback, as `palisadectl up`, the end-to-end tests and
+//! the bench run it: a control plane and sidecars as child processes, the one
+//! free-port picker, and a child's resident memory.
 
-use std::net::TcpListener;
+mod control_plane;
+mod process;
+mod sidecar;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+pub use control_plane::{ControlPlane, ControlPlaneSpec};
+pub use palisade_proxy::config::Protocol;
+pub use process::Process;
+pub use sidecar::{Interception, Sidecar, SidecarSpec};
 
 /// A loopback port that was free a moment ago, for a child process to bind.
 ///
@@ -28,6 +40,39 @@ pub fn free_port() -> std::io::Result<u16> {
             return Ok(port);
         }
     }
+}
+
+/// A loopback address whose port was free a moment ago (see [`free_port`]).
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
+/// One plain HTTP/1.1 request (no body) to an admin or metrics listener: the
+/// status and the body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{addr} answered {method} {path} without a status line"),
+            )
+        })?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Current resident set size of `pid`, in KiB (`VmRSS`).
