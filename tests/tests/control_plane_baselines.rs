@@ -2,9 +2,16 @@
 //! cumulative snapshot over mTLS, the latest per instance is kept and
 //! persisted, and the operator reads them merged per identity.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use palisade_identity::client::ApiClient;
 use palisade_policy::baseline::{Entry, FlowKey, FlowPeer, Protocol, RateProfile, Route, Snapshot};
 use palisade_policy::{Direction, SpiffeId};
+use palisade_proxy::identity::{
+    report_baseline, AttestationSource, CredentialsCell, IdentityManager,
+};
+use palisade_proxy::metrics::Metrics;
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::pki;
 use serde_json::Value;
@@ -154,4 +161,36 @@ async fn a_bad_instance_or_snapshot_is_refused_with_a_reason() {
         .unwrap_err();
     assert!(err.to_string().contains("bad_baseline"), "{err}");
     assert_eq!(cp.admin_get("/v1/baselines").1, "[]");
+}
+
+#[tokio::test]
+async fn the_sidecar_reports_its_baseline_with_its_own_svid() {
+    let cp = ControlPlane::start();
+    let client = Arc::new(palisade_proxy::identity::ControlPlane::new(
+        cp.addr().to_string(),
+        cp.trust_domain(),
+        cp.bundle(),
+        Duration::from_secs(10),
+    ));
+    let creds = CredentialsCell::default();
+    let snap = snapshot(API, 5, 1);
+    // Before the first SVID there is nothing to authenticate with.
+    assert!(report_baseline(&client, &creds, "api-0", &snap)
+        .await
+        .is_err());
+    IdentityManager {
+        cp: client.clone(),
+        attestation: AttestationSource::JoinToken(cp.join_token(API)),
+        accepted: Arc::from([cp.trust_domain()]),
+        cell: creds.clone(),
+        metrics: Arc::new(Metrics::new()),
+    }
+    .refresh()
+    .await
+    .expect("SVID");
+    let kept = report_baseline(&client, &creds, "api-0", &snap)
+        .await
+        .unwrap();
+    assert_eq!(kept, 2);
+    assert_eq!(counts(&merged(&cp, API)), [(5432, 5), (8080, 1)]);
 }

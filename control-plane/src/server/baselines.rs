@@ -239,6 +239,44 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn snap(id: &str) -> Snapshot {
+        Snapshot::empty(SpiffeId::parse(id).unwrap(), 10_000, 1)
+    }
+
+    #[test]
+    fn instances_past_the_cap_are_refused_and_known_ones_still_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Baselines::open(dir.path()).unwrap();
+        let id = "spiffe://td/ns/a/sa/api";
+        for i in 0..MAX_INSTANCES {
+            b.put(&format!("pod-{i}"), snap(id)).unwrap();
+        }
+        let f = b.put("pod-new", snap(id)).unwrap_err();
+        assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(f.code, "too_many_instances");
+        b.put("pod-0", snap(id)).unwrap();
+        // Another identity has its own allowance.
+        b.put("pod-new", snap("spiffe://td/ns/a/sa/db")).unwrap();
+    }
+
+    #[test]
+    fn a_restart_restores_readable_files_and_skips_a_corrupt_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = SpiffeId::parse("spiffe://td/ns/a/sa/api").unwrap();
+        {
+            let b = Baselines::open(dir.path()).unwrap();
+            b.put("pod-0", snap(id.as_str())).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("baselines/0000.pod-1.json"),
+            b"{\"version\":1,",
+        )
+        .unwrap();
+        let b = Baselines::open(dir.path()).unwrap();
+        assert_eq!(b.merged(&id).unwrap().identity, id);
+        assert_eq!(b.all().len(), 1);
+    }
+
     #[test]
     fn instances_are_names_not_paths() {
         assert!(valid_instance("api-7d9f-xk2p"));
