@@ -11,6 +11,7 @@ use palisade_policy::{
 
 use tokio::sync::watch;
 
+use crate::events::{Denial, Endpoint, Flow, HttpFlow};
 use crate::metrics::{direction_label, UNAUTHENTICATED};
 use crate::Runtime;
 
@@ -104,30 +105,79 @@ pub fn peer_label(peer: Option<&SpiffeId>) -> &str {
     peer.map_or(UNAUTHENTICATED, SpiffeId::as_str)
 }
 
-/// Counts a connection-level decision and logs a denial (or an audit-mode
-/// would-deny) with the policy and rule that made it.
+/// Counts a connection-level decision; logs a denial (or an audit-mode
+/// would-deny) with the policy and rule that made it, and reports a denial
+/// as a security event. `peer` is the remote side (inbound: the caller;
+/// outbound: the destination) at `peer_addr`; `local_addr` the local app.
 pub fn record(
     rt: &Runtime,
     direction: Direction,
     d: &Decision,
-    peer: &str,
-    client: SocketAddr,
-    port: u16,
+    peer: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
 ) {
-    rt.metrics.policy.tcp(direction).count(d, peer);
+    let label = peer_label(peer);
+    rt.metrics.policy.tcp(direction).count(d, label);
+    let (client, port) = match direction {
+        Direction::Ingress => (peer_addr, local_addr.port()),
+        Direction::Egress => (local_addr, peer_addr.port()),
+    };
     if !d.is_allowed() {
         tracing::info!(
-            direction = direction_label(direction), client.addr = %client, peer, port,
+            direction = direction_label(direction), client.addr = %client, peer = label, port,
             authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
             reason = %d.matched, "connection denied by policy"
         );
+        report_denial(rt, direction, d, peer, peer_addr, local_addr, None);
     } else if d.would_deny {
         tracing::info!(
-            direction = direction_label(direction), client.addr = %client, peer, port,
+            direction = direction_label(direction), client.addr = %client, peer = label, port,
             authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
             reason = %d.matched, "audit: connection would be denied by policy; let through"
         );
     }
+}
+
+/// Reports a policy denial to the security-event sinks, for a connection
+/// (`http` is `None`) or a request (its method, path and answered status).
+/// Sides as in [`record`]. Called only for denials, so the local identity
+/// is loaded only then.
+pub fn report_denial(
+    rt: &Runtime,
+    direction: Direction,
+    d: &Decision,
+    peer: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    http: Option<(HttpFlow<'_>, u16)>,
+) {
+    if !rt.events.is_enabled() {
+        return;
+    }
+    let creds = rt.creds.load();
+    let remote = Endpoint {
+        addr: peer_addr,
+        id: peer.map(SpiffeId::as_str),
+    };
+    let local = Endpoint {
+        addr: local_addr,
+        id: creds.as_ref().map(|c| c.svid.id.as_str()),
+    };
+    let (src, dst) = match direction {
+        Direction::Ingress => (remote, local),
+        Direction::Egress => (local, remote),
+    };
+    rt.events.denied(&Denial {
+        flow: Flow {
+            direction,
+            src,
+            dst,
+            http: http.map(|(h, _)| h),
+        },
+        matched: &d.matched,
+        http_status: http.map(|(_, status)| status),
+    });
 }
 
 /// Resolves once a policy swap denies a live opaque connection, with the

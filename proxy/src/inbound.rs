@@ -192,13 +192,13 @@ async fn serve_authorized<S>(
         port,
     };
     if proto != Detected::Opaque {
-        if decided(&rt, &check, client).is_allowed() {
+        if decided(&rt, &check, client, app).is_allowed() {
             let (protocol, get_body) = (local.protocol(port), local.allows_get_body(port));
             http::inbound::serve(rt, stream, peer, client, app, protocol, get_body, proto).await;
         }
         return;
     }
-    if !allowed_opaque(&rt, &check, client) {
+    if !allowed_opaque(&rt, &check, client, app) {
         return;
     }
     let Some(upstream) = connect_app(&rt, app, client).await else {
@@ -220,24 +220,27 @@ async fn serve_authorized<S>(
 
 /// The connection-level decision, counted and logged. An HTTP connection
 /// that only HTTP rules allow goes on: each request is then checked.
-fn decided(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> Decision {
+fn decided(
+    rt: &Runtime,
+    check: &InboundCheck<'_>,
+    client: SocketAddr,
+    app: SocketAddr,
+) -> Decision {
     let d = authz::inbound(rt, check);
-    authz::record(
-        rt,
-        DIR,
-        &d,
-        authz::peer_label(check.peer),
-        client,
-        check.port,
-    );
+    authz::record(rt, DIR, &d, check.peer, client, app);
     d
 }
 
 /// The connection-level check before forwarding opaque bytes, counted and
 /// logged. A connection that only HTTP rules allow is refused here: opaque
 /// TCP cannot be checked per request.
-fn allowed_opaque(rt: &Runtime, check: &InboundCheck<'_>, client: SocketAddr) -> bool {
-    let d = decided(rt, check, client);
+fn allowed_opaque(
+    rt: &Runtime,
+    check: &InboundCheck<'_>,
+    client: SocketAddr,
+    app: SocketAddr,
+) -> bool {
+    let d = decided(rt, check, client, app);
     if d.is_allowed() && d.http_required {
         refuse(
             rt,

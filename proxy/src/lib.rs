@@ -46,6 +46,8 @@ pub struct Runtime {
     pub policy: Arc<policy::LivePolicy>,
     /// HTTP settings, the access log and pooled upstream connections.
     pub http: http::Http,
+    /// Security events; disabled (no sinks) unless `events.sinks` is set.
+    pub events: events::Emitter,
 }
 
 #[cfg(test)]
@@ -60,6 +62,7 @@ impl Runtime {
             drain: Default::default(),
             policy: Default::default(),
             http: Default::default(),
+            events: Default::default(),
         }
     }
 }

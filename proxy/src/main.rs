@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use palisade_proxy::config::{Config, Interception};
+use palisade_proxy::events::{ControlPlaneLink, Emitter};
 use palisade_proxy::http::Http;
 use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
 use palisade_proxy::metrics::Metrics;
@@ -93,8 +94,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         bootstrap.certs,
         cfg.timeouts.handshake.max(Duration::from_secs(10)),
     ));
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
     let creds = Arc::new(ArcSwapOption::empty());
+    let link = ControlPlaneLink {
+        cp: cp.clone(),
+        creds: creds.clone(),
+    };
+    let events = Emitter::start(&cfg.events, metrics.registry_mut(), Some(link))
+        .context("starting the security-event sinks")?;
+    let metrics = Arc::new(metrics);
     let background = CancellationToken::new();
     // Loaded before anything listens, so the first connection sees it.
     let policies = policy::start(
@@ -115,6 +123,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policies.live.clone(),
         http: Http::new(cfg.http.clone(), &cfg.access_log, metrics.clone())
             .context("opening the access log")?,
+        events,
     });
 
     // Bind everything first so a port clash fails at start, not later.
@@ -205,6 +214,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = rt.drain.requested() => {}
     }
     let left = rt.drain.run(cfg.drain_grace_period).await;
+    // Denials raised while draining still reach the sinks.
+    rt.events
+        .flush(cfg.drain_grace_period.min(Duration::from_secs(5)))
+        .await;
     background.cancel();
     drop(policies);
     tracing::info!(closed_unfinished = left, "drained; exiting");

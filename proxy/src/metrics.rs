@@ -152,6 +152,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The registry, for a subsystem that registers its own metrics at
+    /// start (before the `Metrics` are shared).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     fn slot(direction: Direction, tls: bool) -> usize {
         (direction as usize) * 2 + tls as usize
     }

@@ -158,6 +158,29 @@ impl ControlPlane {
         .expect("API client")
     }
 
+    /// GET `path` on the admin socket: the status and the body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(self.admin_socket()).expect("admin socket");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status line");
+        (status, body.to_owned())
+    }
+
     /// Issues an SVID for `spiffe_id` with a fresh key, through a join token:
     /// the key and the answer.
     pub async fn issue_svid(&self, spiffe_id: &str) -> (rcgen::KeyPair, SvidResponse) {

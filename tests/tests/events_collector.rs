@@ -1,8 +1,6 @@
 //! The control plane as a security-events collector: workloads POST OCSF
 //! events over mTLS, the operator reads the latest on the admin socket.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,18 +20,9 @@ use serde_json::{json, Value};
 
 /// GET on the admin socket; the JSON body.
 fn admin_get(cp: &ControlPlane, path: &str) -> Value {
-    let mut s = UnixStream::connect(cp.admin_socket()).expect("admin socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(body).expect("a JSON body")
+    let (status, body) = cp.admin_get(path);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("a JSON body")
 }
 
 fn finding(kind: &str, port: u16) -> Value {

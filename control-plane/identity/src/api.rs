@@ -100,6 +100,12 @@ pub struct PolicyDocument {
     pub yaml: String,
 }
 
+/// `POST /v1/baselines`'s answer: the entries of the snapshot kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineAccepted {
+    pub entries: usize,
+}
+
 /// `POST /v1/events`'s answer: how many security events were kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsAccepted {

@@ -50,6 +50,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
         (&Method::POST, "/v1/join-tokens") => create_token(state, req).await,
         (&Method::POST, "/v1/ca/rotate") => rotate(state),
         (&Method::GET, "/v1/events") => super::events::get(state, req.uri().query()),
+        (&Method::GET, "/v1/baselines") => super::baselines::get(state, req.uri().query()),
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -3,6 +3,7 @@
 //! the optional metrics port, and keeps the CA and serving SVID fresh.
 
 pub mod admin;
+pub mod baselines;
 pub mod events;
 pub mod http;
 pub mod listener;
@@ -38,6 +39,8 @@ pub enum ServerError {
     Endpoints(#[from] EndpointsError),
     #[error("--policy-dir: {0}")]
     Policies(#[from] PolicySourceError),
+    #[error("baselines under the state directory: {0}")]
+    Baselines(std::io::Error),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -56,6 +59,8 @@ pub struct State {
     pub control_plane_id: SpiffeId,
     /// The latest security events workloads POSTed.
     pub events: events::EventLog,
+    /// The learned baselines sidecars reported, persisted under the state dir.
+    pub baselines: baselines::Baselines,
 }
 
 impl State {
@@ -84,6 +89,8 @@ impl State {
             .transpose()?;
         let serving = tls::build(&authority)?;
         let control_plane_id = tls::control_plane_id(&authority);
+        let baselines =
+            baselines::Baselines::open(&config.state_dir).map_err(ServerError::Baselines)?;
         let state = State {
             config,
             authority,
@@ -95,6 +102,7 @@ impl State {
             tls: ArcSwap::from_pointee(serving),
             control_plane_id,
             events: events::EventLog::default(),
+            baselines,
         };
         state.record_bundle();
         Ok(state)

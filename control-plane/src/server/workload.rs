@@ -33,6 +33,10 @@ pub async fn handle(
             Ok(id) => super::events::post(state, id, req).await,
             Err(f) => Err(f),
         },
+        (&Method::POST, "/v1/baselines") => match peer_id(state, peer) {
+            Ok(id) => super::baselines::post(state, id, req).await,
+            Err(f) => Err(f),
+        },
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
@@ -41,7 +45,7 @@ pub async fn handle(
         (
             _,
             "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/v1/policies"
-            | "/v1/events" | "/metrics",
+            | "/v1/events" | "/v1/baselines" | "/metrics",
         ) => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

@@ -211,6 +211,10 @@ mod tests {
             ("PALISADE_POLICY_PATH", "policy.path"),
             ("PALISADE_POLICY_DEFAULT", "policy.default"),
             ("PALISADE_POLICY_SOURCE", "policy.source"),
+            ("PALISADE_EVENTS_QUEUE", "events.queue"),
+            ("PALISADE_EVENTS_DEDUP_WINDOW", "events.dedup_window"),
+            ("PALISADE_EVENTS_DEDUP_FLOWS", "events.dedup_flows"),
+            ("PALISADE_EVENTS_MAX_PER_SECOND", "events.max_per_second"),
         ];
         let tree = serde_json::to_value(Config::default()).unwrap();
         let settable = env_settings(&tree);

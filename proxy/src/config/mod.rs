@@ -61,6 +61,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http: HttpConfig,
     pub access_log: AccessLogConfig,
+    /// Security events (OCSF JSON lines) and where they go.
+    pub events: crate::events::EventsConfig,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
             access_log: AccessLogConfig::default(),
+            events: Default::default(),
         }
     }
 }

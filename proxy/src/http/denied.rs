@@ -15,6 +15,16 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// The status a denied request is answered with: 403, or 200 for gRPC
+/// (the denial is in `grpc-status`).
+pub fn status<B>(req: &Request<B>) -> StatusCode {
+    if is_grpc(req) {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    }
+}
+
 /// The answer to a denied request.
 pub fn response<B>(req: &Request<B>, d: &Decision) -> Response<RespBody> {
     let label = d.label();
@@ -35,7 +45,7 @@ pub fn response<B>(req: &Request<B>, d: &Decision) -> Response<RespBody> {
         return r;
     }
     let mut r = Response::new(RespBody::local(format!("denied by policy {label}\n")));
-    *r.status_mut() = StatusCode::FORBIDDEN;
+    *r.status_mut() = status(req);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -30,6 +30,7 @@ use self::access_log::{AccessLog, Entry};
 use self::body::{PendingLog, RespBody};
 use self::detect::Detected;
 use crate::config::{AccessLogConfig, HttpConfig, Protocol};
+use crate::events::HttpFlow;
 use crate::metrics::http::PeerHttp;
 use crate::metrics::{direction_label, Metrics};
 use crate::{authz, Runtime};
@@ -217,6 +218,21 @@ impl Conn {
                 path,
                 authz.policy = %d.label(),
                 "HTTP request denied"
+            );
+            let status = denied::status(req).as_u16();
+            let (peer_addr, local_addr) = match self.direction {
+                Direction::Ingress => (self.client, self.upstream),
+                Direction::Egress => (self.upstream, self.client),
+            };
+            let flow = HttpFlow { method, path };
+            authz::report_denial(
+                &self.rt,
+                self.direction,
+                &d,
+                self.peer.as_ref(),
+                peer_addr,
+                local_addr,
+                Some((flow, status)),
             );
         }
         d

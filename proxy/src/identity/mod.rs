@@ -12,6 +12,7 @@ use palisade_identity::api::{Attestation, SvidResponse};
 use palisade_identity::csr::new_key_and_csr;
 use palisade_identity::renew::{backoff, now_unix, renew_after};
 use palisade_identity::verify::SpiffeServerVerifier;
+use palisade_policy::baseline::Snapshot;
 use palisade_policy::{SpiffeId, TrustDomain};
 use rcgen::KeyPair;
 use rustls::client::danger::ServerCertVerifier;
@@ -42,6 +43,23 @@ pub enum IdentityError {
     Keygen(#[from] rcgen::Error),
     #[error("control plane sent an unusable SVID: {0}")]
     BadSvid(String),
+    #[error("no SVID yet to authenticate to the control plane with")]
+    NoSvid,
+}
+
+/// Reports the workload's cumulative learned baseline to the control plane
+/// as `instance` (its pod), over mTLS with the current SVID. The control
+/// plane keeps the latest snapshot per instance, so each report replaces
+/// the previous one. Returns the entries it kept.
+pub async fn report_baseline(
+    cp: &ControlPlane,
+    creds: &CredentialsCell,
+    instance: &str,
+    snapshot: &Snapshot,
+) -> Result<usize, IdentityError> {
+    let current = creds.load_full().ok_or(IdentityError::NoSvid)?;
+    let body = snapshot.to_json().into_bytes();
+    Ok(cp.post_baseline(&current, instance, body).await?.entries)
 }
 
 /// How the workload proves who it is the first time.

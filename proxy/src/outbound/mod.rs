@@ -99,7 +99,7 @@ async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, clien
     };
     let peer = authz::peer_label(expected.as_ref());
     let decision = authz::outbound(&rt, &check);
-    authz::record(&rt, DIR, &decision, peer, client, dst.port());
+    authz::record(&rt, DIR, &decision, expected.as_ref(), dst, client);
     if !decision.is_allowed() {
         return;
     }

@@ -21,8 +21,8 @@ use tokio_rustls::TlsConnector;
 use super::admin::decode;
 use super::ClientError;
 use crate::api::{
-    EndpointsResponse, EventsAccepted, RenewRequest, SvidRequest, SvidResponse, CONTROL_PLANE_PATH,
-    SERVER_NAME,
+    BaselineAccepted, EndpointsResponse, EventsAccepted, RenewRequest, SvidRequest, SvidResponse,
+    CONTROL_PLANE_PATH, SERVER_NAME,
 };
 use crate::bundle::SpiffeBundle;
 use crate::spiffe::TrustDomain;
@@ -153,6 +153,17 @@ impl ApiConnection {
     /// `POST /v1/events` with a JSON array of security events.
     pub async fn post_events(&mut self, body: Vec<u8>) -> Result<EventsAccepted, ClientError> {
         let (status, bytes) = self.request(Method::POST, "/v1/events", body).await?;
+        decode(status, &bytes)
+    }
+
+    /// `POST /v1/baselines?instance=` with a baseline snapshot's JSON.
+    pub async fn post_baseline(
+        &mut self,
+        instance: &str,
+        snapshot_json: Vec<u8>,
+    ) -> Result<BaselineAccepted, ClientError> {
+        let path = format!("/v1/baselines?instance={instance}");
+        let (status, bytes) = self.request(Method::POST, &path, snapshot_json).await?;
         decode(status, &bytes)
     }
 

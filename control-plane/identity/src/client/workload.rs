@@ -10,7 +10,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::{ApiClient, ClientError, ClientIdentity};
 use crate::api::{
-    Attestation, EndpointsResponse, EventsAccepted, PoliciesResponse, SvidRequest, SvidResponse,
+    Attestation, BaselineAccepted, EndpointsResponse, EventsAccepted, PoliciesResponse,
+    SvidRequest, SvidResponse,
 };
 use crate::spiffe::TrustDomain;
 
@@ -106,6 +107,26 @@ impl ControlPlane {
         let client = self.client(Some(current))?;
         self.deadline(async { client.connect().await?.post_events(body).await })
             .await
+    }
+
+    /// Reports this workload's cumulative baseline (a snapshot's JSON) as
+    /// `instance` (the pod); the control plane keeps the latest per instance
+    /// and merges instances when read.
+    pub async fn post_baseline(
+        &self,
+        current: &impl Current,
+        instance: &str,
+        snapshot_json: Vec<u8>,
+    ) -> Result<BaselineAccepted, CpError> {
+        let client = self.client(Some(current))?;
+        self.deadline(async {
+            client
+                .connect()
+                .await?
+                .post_baseline(instance, snapshot_json)
+                .await
+        })
+        .await
     }
 
     /// The policies that select this workload; a long poll: with `known`,
