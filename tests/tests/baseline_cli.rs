@@ -215,8 +215,6 @@ fn exported_policy_passes_check_and_its_cases_and_denies_flows_never_seen() {
             "test",
             "--policy",
             policy_dir,
-            "--default",
-            "deny",
             cases.to_str().unwrap(),
         ])
         .exits(0);
@@ -242,8 +240,6 @@ fn exported_policy_passes_check_and_its_cases_and_denies_flows_never_seen() {
         "test",
         "--policy",
         policy_dir,
-        "--default",
-        "deny",
         never.to_str().unwrap(),
     ])
     .exits(0);
