@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 
-use palisade_policy::baseline::{diff, FlowKey, FlowPeer, Snapshot};
+use palisade_policy::baseline::{diff, FlowKey, Snapshot};
 use palisade_policy::{CompiledPolicy, Direction, Matched, Verdict};
 
 /// An edge's color, from best to worst: an edge takes its worst flow's.
@@ -73,10 +73,6 @@ impl Edge {
     }
 }
 
-fn peer_node(p: &FlowPeer) -> String {
-    p.to_string()
-}
-
 /// Short node labels: a service account, or the last path segment.
 fn label(node: &str) -> &str {
     node.rsplit('/')
@@ -100,7 +96,7 @@ pub(super) fn svg(snaps: &[Snapshot], policy: Option<&CompiledPolicy>) -> String
         let local = snap.identity.to_string();
         nodes.insert(local.clone());
         // The flows the policy does not allow, and whether a rule said so.
-        let refused: HashMap<&FlowKey, bool> = match policy {
+        let refused: HashMap<FlowKey, bool> = match policy {
             None => HashMap::new(),
             Some(p) => diff(snap, p)
                 .unallowed
@@ -108,13 +104,12 @@ pub(super) fn svg(snaps: &[Snapshot], policy: Option<&CompiledPolicy>) -> String
                 .map(|u| {
                     let by_rule = matches!(u.decision.matched, Matched::Rule { .. })
                         && u.decision.verdict == Verdict::Deny;
-                    (snap.entries.iter().find(|e| e.flow == u.flow), by_rule)
+                    (u.flow, by_rule)
                 })
-                .filter_map(|(e, by_rule)| Some((&e?.flow, by_rule)))
                 .collect(),
         };
         for e in &snap.entries {
-            let peer = peer_node(&e.flow.peer);
+            let peer = e.flow.peer.to_string();
             nodes.insert(peer.clone());
             let (src, dst) = match e.flow.direction {
                 Direction::Ingress => (peer, local.clone()),
@@ -244,4 +239,46 @@ pub(super) fn svg(snaps: &[Snapshot], policy: Option<&CompiledPolicy>) -> String
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(allowed: usize, not_named: usize, denied: usize) -> Edge {
+        Edge {
+            allowed,
+            not_named,
+            denied,
+            ..Edge::default()
+        }
+    }
+
+    #[test]
+    fn an_edge_takes_its_worst_flows_color() {
+        assert_eq!(edge(3, 0, 0).state(true), State::Allowed);
+        assert_eq!(edge(0, 2, 0).state(true), State::LearnedOnly);
+        assert_eq!(edge(1, 1, 0).state(true), State::Deviating);
+        assert_eq!(edge(5, 1, 1).state(true), State::Denied);
+        // Without a policy, nothing is known to be allowed.
+        assert_eq!(edge(3, 0, 0).state(false), State::LearnedOnly);
+    }
+
+    #[test]
+    fn node_labels_are_short_and_text_is_escaped() {
+        assert_eq!(label("spiffe://cluster.local/ns/shop/sa/api"), "api");
+        assert_eq!(label("10.0.0.0/24"), "10.0.0.0/24");
+        assert_eq!(label("fd00::/64"), "fd00::/64");
+        assert_eq!(esc(r#"a<b>&"c""#), "a&lt;b&gt;&amp;&quot;c&quot;");
+    }
+
+    #[test]
+    fn no_baselines_draw_an_empty_graph() {
+        let svg = svg(&[], None);
+        assert!(
+            svg.starts_with("<svg ") && svg.ends_with("</svg>\n"),
+            "{svg}"
+        );
+        assert!(!svg.contains("class=\"node\""), "{svg}");
+    }
 }

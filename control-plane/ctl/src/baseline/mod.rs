@@ -285,3 +285,34 @@ fn write_exports(snaps: &[Snapshot], output: Option<&Path>) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        baseline: BaselineCmd,
+    }
+
+    #[test]
+    fn export_files_are_named_after_the_identity_path() {
+        let id = |s| SpiffeId::parse(s).unwrap();
+        assert_eq!(
+            file_stem(&id("spiffe://cluster.local/ns/shop/sa/api")),
+            "ns-shop-sa-api"
+        );
+        assert_eq!(file_stem(&id("spiffe://example.org")), "example.org");
+    }
+
+    #[test]
+    fn export_takes_one_identity_or_all() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["x", "export"], args].concat());
+        assert!(parse(&["--all"]).is_ok());
+        assert!(parse(&["--identity", "spiffe://td/a"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--all", "--identity", "spiffe://td/a"]).is_err());
+    }
+}
