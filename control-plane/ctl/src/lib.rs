@@ -2,6 +2,7 @@
 //! helpers that `palisadectl up`, the end-to-end tests and the bench share.
 #![forbid(unsafe_code)]
 
+pub mod baseline;
 pub mod ca;
 pub mod cert;
 pub mod inject;

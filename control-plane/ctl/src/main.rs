@@ -29,6 +29,9 @@ enum Cmd {
     /// Check, explain, test and diff segmentation policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
+    /// Show, export, diff and draw learned traffic baselines.
+    #[command(subcommand)]
+    Baseline(cli::baseline::BaselineCmd),
     /// Run a local demo mesh on loopback.
     Up(cli::up::UpArgs),
     /// Add the Palisade init container and sidecar to Kubernetes manifests.
@@ -49,6 +52,7 @@ async fn main() {
         Cmd::Ca(c) => cli::ca::run(c).await.map(|()| 0),
         Cmd::Cert(c) => cli::cert::run(c).await,
         Cmd::Policy(c) => cli::policy::run(c),
+        Cmd::Baseline(c) => cli::baseline::run(c).await,
         Cmd::Up(a) => cli::up::run(a).await.map(|()| 0),
         Cmd::Inject(a) => cli::inject::run(a),
     };

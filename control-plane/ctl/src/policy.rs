@@ -17,7 +17,7 @@ use palisade_policy::{
 use serde_json::json;
 
 /// What `--default` means when not given: the proxy's own default.
-const DEFAULT_POLICY: &str = "all-authenticated";
+pub(crate) const DEFAULT_POLICY: &str = "all-authenticated";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCmd {
@@ -127,7 +127,7 @@ pub enum Output {
     Json,
 }
 
-fn parse_default(s: &str) -> Result<DefaultPolicy, String> {
+pub(crate) fn parse_default(s: &str) -> Result<DefaultPolicy, String> {
     s.parse()
         .map_err(|e: palisade_policy::UnknownDefaultPolicy| e.to_string())
 }
@@ -162,7 +162,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
 
 /// Loads and compiles, or prints why not. `Ok(None)` means "invalid, and
 /// the diagnostics are printed".
-fn load<P: AsRef<Path>>(
+pub(crate) fn load<P: AsRef<Path>>(
     paths: &[P],
     default_policy: DefaultPolicy,
 ) -> anyhow::Result<Option<CompiledPolicy>> {

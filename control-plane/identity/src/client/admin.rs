@@ -1,5 +1,5 @@
 //! Client of the admin API (HTTP/1.1 over the control plane's Unix socket),
-//! used by `palisadectl token create` and `palisadectl ca rotate`.
+//! used by `palisadectl token create`, `ca rotate` and `baseline`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,8 +44,34 @@ impl AdminClient {
         self.post::<(), _>("/v1/ca/rotate", None).await
     }
 
+    /// The merged baselines the control plane keeps, as JSON snapshots
+    /// (the caller validates them): all of them, or `identity`'s alone
+    /// (a SPIFFE ID, whose characters need no escaping in a query).
+    pub async fn baselines(
+        &self,
+        identity: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        let path = match identity {
+            None => "/v1/baselines".to_owned(),
+            Some(id) => format!("/v1/baselines?identity={id}"),
+        };
+        match self.send::<(), _>(Method::GET, &path, None).await? {
+            serde_json::Value::Array(all) => Ok(all),
+            one => Ok(vec![one]),
+        }
+    }
+
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        self.send(Method::POST, path, body).await
+    }
+
+    async fn send<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<R, ClientError> {
@@ -60,7 +86,7 @@ impl AdminClient {
             None => Vec::new(),
         };
         let req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(http::header::HOST, "palisade-admin")
             .header(http::header::CONTENT_TYPE, "application/json")
