@@ -58,6 +58,7 @@ async fn main() {
     };
     match result {
         Ok(code) => std::process::exit(code),
+        Err(e) if cli::stdout_closed(&e) => std::process::exit(0),
         Err(e) => {
             eprintln!("palisadectl: {e:#}");
             std::process::exit(1);

@@ -106,6 +106,7 @@ pub struct Source {
 pub async fn run(cmd: BaselineCmd) -> anyhow::Result<i32> {
     match run_inner(cmd).await {
         Ok(code) => Ok(code),
+        Err(e) if crate::stdout_closed(&e) => Ok(0),
         Err(e) => {
             eprintln!("palisadectl: {e:#}");
             Ok(FAILED)
@@ -146,12 +147,18 @@ async fn run_inner(cmd: BaselineCmd) -> anyhow::Result<i32> {
             let Some(policy) = load(&policies, default_policy)? else {
                 return Ok(FAILED);
             };
-            let mut differs = false;
+            let diffs: Vec<_> = snaps
+                .iter()
+                .map(|snap| palisade_policy::baseline::diff(snap, &policy))
+                .collect();
+            let differs = diffs.iter().any(|d| !d.is_empty());
             let mut out = std::io::stdout().lock();
-            for snap in &snaps {
-                let d = palisade_policy::baseline::diff(snap, &policy);
-                differs |= !d.is_empty();
-                table::write_diff(&mut out, snap, &d)?;
+            for (snap, d) in snaps.iter().zip(&diffs) {
+                match table::write_diff(&mut out, snap, d) {
+                    // A closed stdout (`| head`) ends the listing, not the verdict.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    r => r?,
+                }
             }
             Ok(i32::from(differs))
         }
@@ -172,7 +179,12 @@ async fn run_inner(cmd: BaselineCmd) -> anyhow::Result<i32> {
             let svg = graph::svg(&snaps, policy.as_ref());
             std::fs::write(&output, svg)
                 .with_context(|| format!("cannot write {}", output.display()))?;
-            println!("wrote {} ({} identities)", output.display(), snaps.len());
+            writeln!(
+                std::io::stdout(),
+                "wrote {} ({} identities)",
+                output.display(),
+                snaps.len()
+            )?;
             Ok(0)
         }
     }
@@ -275,7 +287,9 @@ fn write_exports(snaps: &[Snapshot], output: Option<&Path>) -> anyhow::Result<()
             std::fs::write(path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        println!(
+        // A note only: a closed stdout must not stop the files being written.
+        let _ = writeln!(
+            std::io::stdout(),
             "{}: {} flows -> {} (cases: {})",
             snap.identity,
             snap.entries.len(),
