@@ -158,6 +158,13 @@ impl ControlPlane {
         .expect("API client")
     }
 
+    /// An API client holding a fresh SVID for `spiffe_id`, as its sidecar
+    /// would after attestation.
+    pub async fn svid_client(&self, spiffe_id: &str) -> ApiClient {
+        let (key, svid) = self.issue_svid(spiffe_id).await;
+        self.client(Some(crate::pki::identity(&svid, &key)))
+    }
+
     /// GET `path` on the admin socket: the status and the body.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};

@@ -1,14 +1,16 @@
 //! `palisadectl baseline show | export | diff | graph`, run as the real
 //! binary on baseline files recorded through the model the proxy records
-//! with, then checked by `palisadectl policy check | test` and an XML parser.
+//! with, or on those files reported to a real control plane, then checked
+//! by `palisadectl policy check | test` and an XML parser.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use palisade_policy::baseline::{Baseline, BaselineMode, BaselineSettings, FlowRef, Protocol};
 use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
 use palisade_tests::bin;
+use palisade_tests::cp::ControlPlane;
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
@@ -43,9 +45,15 @@ impl Run {
 }
 
 fn palisadectl(args: &[&str]) -> Run {
+    palisadectl_to(args, Stdio::piped())
+}
+
+/// Runs `palisadectl` with its stdout on `stdout` (captured when piped).
+fn palisadectl_to(args: &[&str], stdout: Stdio) -> Run {
     let out = Command::new(bin("palisadectl"))
         .args(args)
         .env_remove("PALISADE_ADMIN_SOCKET")
+        .stdout(stdout)
         .output()
         .expect("run palisadectl");
     Run {
@@ -158,23 +166,14 @@ impl Shop {
     }
 }
 
-#[test]
-fn show_lists_each_identitys_flows_with_files_of_one_identity_merged() {
-    let shop = Shop::new();
-    let run = palisadectl(&shop.args("show", &[])).exits(0);
-    run.prints(API)
-        .prints(DB)
-        .prints("status ")
-        // Three users seen across two pods: one templated flow, counted 3.
-        .prints("/v1/users/{id}")
-        .prints("/v1/orders")
-        .prints("10.0.0.0/24")
-        .prints("2026-12-01T07:05:00Z");
+/// The shop's users flow in `show`'s table: the three users the api's two
+/// pods saw, one templated flow counted 3.
+fn assert_users_merged(run: &Run) {
     let users = run
         .stdout
         .lines()
         .find(|l| l.contains("/v1/users/{id}"))
-        .unwrap();
+        .unwrap_or_else(|| panic!("no users flow in:\n{}", run.stdout));
     let cells: Vec<&str> = users.split_whitespace().collect();
     assert_eq!(
         cells[..7],
@@ -190,6 +189,21 @@ fn show_lists_each_identitys_flows_with_files_of_one_identity_merged() {
         "{users}"
     );
     assert!(!run.stdout.contains("/v1/users/123"), "{}", run.stdout);
+}
+
+#[test]
+fn show_lists_each_identitys_flows_with_files_of_one_identity_merged() {
+    let shop = Shop::new();
+    let run = palisadectl(&shop.args("show", &[])).exits(0);
+    run.prints(API)
+        .prints(DB)
+        .prints("status ")
+        .prints("/v1/users/{id}")
+        .prints("/v1/orders")
+        .prints("10.0.0.0/24")
+        .prints("2026-12-01T07:05:00Z");
+    // Three users seen across two pods: one templated flow, counted 3.
+    assert_users_merged(&run);
 
     let only_db = palisadectl(&shop.args("show", &["--identity", DB])).exits(0);
     assert!(!only_db.stdout.contains("/v1/orders"), "{}", only_db.stdout);
@@ -440,4 +454,109 @@ fn corrupt_baseline_file_is_named_in_the_error_and_exits_2() {
     let missing = shop.path("missing.json");
     let run = palisadectl(&["baseline", "show", "--file", missing.to_str().unwrap()]).exits(2);
     assert!(run.stderr.contains("missing.json"), "{}", run.stderr);
+}
+
+/// A control plane holding the shop's baselines as its sidecars report them:
+/// each pod's snapshot POSTed over mTLS with the pod's own SVID.
+async fn report(shop: &Shop) -> ControlPlane {
+    let cp = ControlPlane::start();
+    for (file, identity, instance) in [(0, API, "api-a"), (1, API, "api-b"), (2, DB, "db-0")] {
+        let snapshot = std::fs::read(&shop.files[file]).unwrap();
+        cp.svid_client(identity)
+            .await
+            .connect()
+            .await
+            .unwrap()
+            .post_baseline(instance, snapshot)
+            .await
+            .unwrap();
+    }
+    cp
+}
+
+#[tokio::test]
+async fn show_from_the_control_plane_merges_every_instance_and_names_an_unknown_identity() {
+    let shop = Shop::new();
+    let cp = report(&shop).await;
+    let socket = cp.admin_socket();
+    let s = socket.to_str().unwrap();
+    let run = palisadectl(&["baseline", "show", "--admin-socket", s]).exits(0);
+    // api-a's db egress and api-b's orders and 10.0.0.0/24, and their users
+    // counted together.
+    run.prints(API)
+        .prints(DB)
+        .prints("5432")
+        .prints("/v1/orders")
+        .prints("10.0.0.0/24");
+    assert_users_merged(&run);
+
+    let run = palisadectl(&[
+        "baseline",
+        "show",
+        "--admin-socket",
+        s,
+        "--identity",
+        FRONTEND,
+    ])
+    .exits(2);
+    assert!(run.stderr.contains(FRONTEND), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn export_from_the_control_plane_writes_a_policy_check_accepts_allowing_every_instances_flows(
+) {
+    let shop = Shop::new();
+    let cp = report(&shop).await;
+    let socket = cp.admin_socket();
+    let out = shop.path("export");
+    let dir = out.to_str().unwrap();
+    #[rustfmt::skip]
+    palisadectl(&["baseline", "export", "--admin-socket", socket.to_str().unwrap(),
+        "--identity", API, "--output", dir]).exits(0);
+    palisadectl(&["policy", "check", dir])
+        .exits(0)
+        .prints("ok: 1 policies");
+
+    // Flows only api-a saw, only api-b saw, and seen by both are allowed;
+    // a route neither saw is not.
+    let cases = shop.path("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "cases:\n\
+             - {{name: api-a db, from: {API}, to: {DB}, port: 5432, direction: egress, expect: allow}}\n\
+             - {{name: api-b orders, from: {FRONTEND}, to: {API}, port: 8080, method: POST, path: /v1/orders, direction: ingress, expect: allow}}\n\
+             - {{name: api-b network, from: {API}, to: 10.0.0.9, port: 443, direction: egress, expect: allow}}\n\
+             - {{name: both users, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /v1/users/7, direction: ingress, expect: allow}}\n\
+             - {{name: never, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /admin, direction: ingress, expect: deny}}\n"
+        ),
+    )
+    .unwrap();
+    palisadectl(&["policy", "test", "--policy", dir, cases.to_str().unwrap()]).exits(0);
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly_and_keeps_the_exit_code() {
+    let shop = Shop::new();
+    let policies = shop.path("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let p = policies.to_str().unwrap();
+    // As `palisadectl baseline … | head` once head has exited: the reader
+    // is gone before the first write.
+    let closed = || {
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        Stdio::from(writer)
+    };
+    for (args, code) in [
+        (shop.args("show", &[]), 0),
+        (shop.args("export", &["--all"]), 0),
+        // Nothing allowed: the verdict stays "differs".
+        (shop.args("diff", &["--policy", p]), 1),
+    ] {
+        let run = palisadectl_to(&args, closed());
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.is_empty(), "{args:?}: {}", run.stderr);
+    }
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_identity::client::ApiClient;
 use palisade_policy::baseline::{Entry, FlowKey, FlowPeer, Protocol, RateProfile, Route, Snapshot};
 use palisade_policy::{Direction, SpiffeId};
 use palisade_proxy::identity::{
@@ -13,7 +12,6 @@ use palisade_proxy::identity::{
 };
 use palisade_proxy::metrics::Metrics;
 use palisade_tests::cp::ControlPlane;
-use palisade_tests::pki;
 use serde_json::Value;
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
@@ -61,11 +59,6 @@ fn snapshot(identity: &str, count: u64, gets: u64) -> Snapshot {
     Snapshot::from_json(snap.to_json().as_bytes(), 100).unwrap()
 }
 
-async fn client_for(cp: &ControlPlane, identity: &str) -> ApiClient {
-    let (key, svid) = cp.issue_svid(identity).await;
-    cp.client(Some(pki::identity(&svid, &key)))
-}
-
 fn counts(snap: &Value) -> Vec<(u64, u64)> {
     snap["entries"]
         .as_array()
@@ -89,7 +82,7 @@ fn merged(cp: &ControlPlane, identity: &str) -> Value {
 #[tokio::test]
 async fn two_instances_merge_and_a_repost_replaces_its_own_snapshot() {
     let mut cp = ControlPlane::start();
-    let api = client_for(&cp, API).await;
+    let api = cp.svid_client(API).await;
     let post = |instance: &'static str, snap: Snapshot| {
         let api = api.clone();
         async move {
@@ -124,7 +117,7 @@ async fn two_instances_merge_and_a_repost_replaces_its_own_snapshot() {
 #[tokio::test]
 async fn a_workload_cannot_report_another_identitys_baseline() {
     let cp = ControlPlane::start();
-    let db = client_for(&cp, DB).await;
+    let db = cp.svid_client(DB).await;
     let err = db
         .connect()
         .await
@@ -148,7 +141,7 @@ async fn a_workload_cannot_report_another_identitys_baseline() {
 #[tokio::test]
 async fn a_bad_instance_or_snapshot_is_refused_with_a_reason() {
     let cp = ControlPlane::start();
-    let api = client_for(&cp, API).await;
+    let api = cp.svid_client(API).await;
     let mut conn = api.connect().await.unwrap();
     let err = conn
         .post_baseline("../x", snapshot(API, 1, 0).to_json().into_bytes())
