@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod baseline;
 pub mod config;
 pub mod connect;
 pub mod drain;
@@ -46,6 +47,9 @@ pub struct Runtime {
     pub policy: Arc<policy::LivePolicy>,
     /// HTTP settings, the access log and pooled upstream connections.
     pub http: http::Http,
+    /// The learned baseline every allowed flow is checked against.
+    pub baseline: baseline::Live,
+    pub events: Option<events::Emitter>,
 }
 
 #[cfg(test)]
@@ -60,6 +64,8 @@ impl Runtime {
             drain: Default::default(),
             policy: Default::default(),
             http: Default::default(),
+            baseline: Default::default(),
+            events: None,
         }
     }
 }

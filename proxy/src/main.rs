@@ -14,12 +14,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use palisade_proxy::config::{Config, Interception};
+use palisade_proxy::events::{ControlPlaneLink, Emitter};
 use palisade_proxy::http::Http;
 use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::outbound::{endpoints, EndpointMap};
 use palisade_proxy::tls::Bundle;
-use palisade_proxy::{admin, drain, inbound, outbound, policy, Runtime};
+use palisade_proxy::{admin, baseline, drain, inbound, outbound, policy, Runtime};
 
 /// Palisade's sidecar: SPIFFE mTLS between workloads. Settings and their
 /// defaults: proxy/README.md.
@@ -93,8 +94,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         bootstrap.certs,
         cfg.timeouts.handshake.max(Duration::from_secs(10)),
     ));
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
     let creds = Arc::new(ArcSwapOption::empty());
+    let events = Emitter::start(
+        &cfg.events,
+        metrics.registry_mut(),
+        Some(ControlPlaneLink {
+            cp: cp.clone(),
+            creds: creds.clone(),
+        }),
+    )
+    .context("starting the events sinks")?;
+    let metrics = Arc::new(metrics);
+    let baseline = baseline::Live::new(&cfg.baseline);
+    baseline.restore(&metrics.baseline);
     let background = CancellationToken::new();
     // Loaded before anything listens, so the first connection sees it.
     let policies = policy::start(
@@ -115,7 +128,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policies.live.clone(),
         http: Http::new(cfg.http.clone(), &cfg.access_log, metrics.clone())
             .context("opening the access log")?,
+        baseline,
+        events: events.is_enabled().then_some(events),
     });
+    tokio::spawn(baseline::maintain(rt.clone(), background.clone()));
 
     // Bind everything first so a port clash fails at start, not later.
     let admin_listener = bind("admin", cfg.admin.bind).await?;
@@ -206,6 +222,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let left = rt.drain.run(cfg.drain_grace_period).await;
     background.cancel();
+    rt.baseline.persist(&rt.metrics.baseline);
+    if let Some(events) = &rt.events {
+        events.flush(Duration::from_secs(2)).await;
+    }
     drop(policies);
     tracing::info!(closed_unfinished = left, "drained; exiting");
     Ok(())

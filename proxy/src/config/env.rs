@@ -211,6 +211,17 @@ mod tests {
             ("PALISADE_POLICY_PATH", "policy.path"),
             ("PALISADE_POLICY_DEFAULT", "policy.default"),
             ("PALISADE_POLICY_SOURCE", "policy.source"),
+            ("PALISADE_BASELINE_MODE", "baseline.mode"),
+            ("PALISADE_BASELINE_AUTO_PROMOTE", "baseline.auto_promote"),
+            ("PALISADE_BASELINE_PATH", "baseline.path"),
+            (
+                "PALISADE_BASELINE_PERSIST_INTERVAL",
+                "baseline.persist_interval",
+            ),
+            (
+                "PALISADE_BASELINE_RATE_SPIKE_WARMUP",
+                "baseline.rate_spike.warmup",
+            ),
         ];
         let tree = serde_json::to_value(Config::default()).unwrap();
         let settable = env_settings(&tree);
