@@ -32,8 +32,12 @@ fn ingress(app_port: u16, echo_port: u16) -> String {
 
 /// B's `baseline:` and `events:` sections: short buckets, a file sink.
 fn baseline_yaml(mode: &str, state: &Path, extra: &str) -> String {
+    baseline_yaml_every(mode, state, "100ms", extra)
+}
+
+fn baseline_yaml_every(mode: &str, state: &Path, persist: &str, extra: &str) -> String {
     format!(
-        "baseline:\n  mode: {mode}\n  path: {}\n  persist_interval: 100ms\n  bucket: 100ms\n  \
+        "baseline:\n  mode: {mode}\n  path: {}\n  persist_interval: {persist}\n  bucket: 100ms\n  \
          stable_after: 1500ms\n  rate_spike: {{k: 3, floor: 5, window: 2, warmup: 3}}\n{extra}\
          events:\n  sinks: [{{type: file, path: {}}}]\n",
         state.join("baseline.json").display(),
@@ -362,4 +366,67 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
         ) >= 1.0
     );
     assert_eq!(spike[0]["class_uid"], 2004);
+}
+
+#[test]
+fn flows_past_max_entries_are_counted_not_learned() {
+    let state = tempfile::tempdir().unwrap();
+    let yaml = baseline_yaml("learn", state.path(), "  max_entries: 2\n");
+    let app = HttpApp::start();
+    let ports = ingress(app.addr.port(), 1);
+    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    learn_traffic(m.a_out);
+    assert_eq!(baseline_dump(&m.b)["entries"], 2);
+    assert_eq!(m.b.metric("baseline_entries", &[]), 2.0);
+    // The connection and users/{id} fit; orders and api do not.
+    assert_eq!(m.b.metric("baseline_overflow_total", &[]), 2.0);
+    assert_eq!(baseline_dump(&m.b)["overflow"], 2);
+}
+
+#[test]
+fn the_baseline_is_written_on_drain() {
+    let state = tempfile::tempdir().unwrap();
+    let yaml = baseline_yaml_every("learn", state.path(), "1h", "");
+    let app = HttpApp::start();
+    let ports = ingress(app.addr.port(), 1);
+    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    learn_traffic(m.a_out);
+    assert!(snapshot(state.path()).is_none(), "not before the interval");
+    assert_eq!(m.b.post("/shutdown").0, 200);
+    let snap = eventually(
+        "the baseline written on drain",
+        Duration::from_secs(10),
+        || snapshot(state.path()),
+    );
+    assert_eq!(snap.entries.len(), 4);
+}
+
+#[test]
+fn a_corrupt_baseline_file_is_kept_aside_counted_and_learning_starts_afresh() {
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(
+        state.path().join("baseline.json"),
+        "{\"version\": 1, \"entr",
+    )
+    .unwrap();
+    let yaml = baseline_yaml("learn", state.path(), "");
+    let app = HttpApp::start();
+    let ports = ingress(app.addr.port(), 1);
+    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    assert_eq!(
+        m.b.metric("baseline_file_failures_total", &[("operation", "restore")]),
+        1.0
+    );
+    assert!(
+        m.b.log().contains("the baseline file is corrupt"),
+        "{}",
+        m.b.log()
+    );
+    let aside = std::fs::read_to_string(state.path().join("baseline.json.corrupt")).unwrap();
+    assert_eq!(aside, "{\"version\": 1, \"entr");
+    learn_traffic(m.a_out);
+    let snap = eventually("a fresh baseline file", Duration::from_secs(10), || {
+        snapshot(state.path()).filter(|s| s.entries.len() == 4)
+    });
+    assert_eq!(snap.entries.len(), 4);
 }
