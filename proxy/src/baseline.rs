@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_policy::baseline::{
@@ -219,7 +219,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Keeps the status gauges current, promotes, and persists every
 /// `persist_interval` until `stop`.
-pub async fn maintain(rt: std::sync::Arc<Runtime>, stop: CancellationToken) {
+pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
     let live = &rt.baseline;
     if live.mode() == BaselineMode::Off {
         return;
@@ -322,7 +322,11 @@ fn report(
     action: Action,
 ) {
     rt.metrics.baseline.deviation(d.kind, action);
-    let key = flow.to_key(b.settings());
+    // A spike compares the flow with its own entry: no key to build.
+    let key = match &d.compared {
+        Some(e) if d.kind == DeviationKind::RateSpike => e.flow.clone(),
+        _ => Arc::new(flow.to_key(b.settings())),
+    };
     tracing::debug!(kind = crate::metrics::baseline::kind_label(d.kind), action = action.as_str(), flow = %key, "baseline deviation");
     let Some(events) = &rt.events else { return };
     let peer = Endpoint {

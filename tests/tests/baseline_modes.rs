@@ -137,11 +137,17 @@ fn learn_traffic(a_out: SocketAddr) {
 
 #[test]
 fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one() {
-    let state = tempfile::tempdir().unwrap();
+    let (state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let yaml = baseline_yaml("learn", state.path(), "");
+    let client_yaml = baseline_yaml("learn", client_state.path(), "");
     let app = HttpApp::start();
     let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = HttpMesh::with_app(
+        app,
+        &ports,
+        |a| a.extra_yaml += &client_yaml,
+        |b| b.extra_yaml += &yaml,
+    );
     assert_eq!(baseline_dump(&m.b)["status"], "learning");
     assert_eq!(baseline_dump(&m.b)["entries"], 0);
 
@@ -180,6 +186,26 @@ fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one
         "learn reports nothing"
     );
     assert!(findings(state.path(), "baseline.new_route").is_empty());
+
+    // The client's sidecar learns the same requests as egress, and not the
+    // ones B's policy denied either: they were allowed on its side.
+    let b_port = m.b_in.port();
+    let server = palisade_tests::proxy::SERVER_ID;
+    let egress = eventually("the client's baseline", Duration::from_secs(10), || {
+        snapshot(client_state.path()).filter(|s| s.entries.len() >= 4)
+    });
+    let got = flows(&egress);
+    for want in [
+        format!("{server} {b_port} http GET /v1/users/{{id}}"),
+        format!("{server} {b_port} http GET /v2/secret"),
+        format!("{server} {b_port} http POST /v1/users/{{id}}"),
+    ] {
+        assert!(got.contains(&want), "{want} in {got:?}");
+    }
+    assert!(egress
+        .entries
+        .iter()
+        .all(|e| e.flow.direction == palisade_policy::Direction::Egress));
 }
 
 #[test]

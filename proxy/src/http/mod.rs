@@ -33,7 +33,7 @@ use crate::config::{AccessLogConfig, HttpConfig, Protocol};
 use crate::metrics::http::PeerHttp;
 use crate::metrics::{direction_label, Metrics};
 use crate::{authz, baseline, Runtime};
-use palisade_policy::baseline::Action;
+use palisade_policy::baseline::{Action, BaselineMode};
 
 /// HTTP state shared by every connection.
 #[derive(Default)]
@@ -229,6 +229,9 @@ impl Conn {
     /// The learned baseline's check of an allowed request: `Some` is the
     /// answer when protect mode blocks (403) or throttles (429) it.
     fn baseline<B>(&self, req: &Request<B>) -> Option<Response<RespBody>> {
+        if self.rt.baseline.mode() == BaselineMode::Off {
+            return None;
+        }
         let (peer_addr, local_addr) = match self.direction {
             Direction::Ingress => (self.client, self.upstream),
             Direction::Egress => (self.upstream, self.client),
