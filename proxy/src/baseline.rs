@@ -34,6 +34,8 @@ pub struct Live {
     recorder: OnceLock<Baseline>,
     /// The file read at start, merged into the recorder when it is created.
     restored: Mutex<Option<Snapshot>>,
+    /// One writer of the file at a time (the periodic one, and drain's).
+    writing: Mutex<()>,
     clock: Clock,
 }
 
@@ -87,6 +89,7 @@ impl Live {
             persist_interval: cfg.persist_interval,
             recorder: OnceLock::new(),
             restored: Mutex::new(None),
+            writing: Mutex::new(()),
             clock: Clock::new(),
         }
     }
@@ -163,6 +166,7 @@ impl Live {
     /// old one). Nothing is written before the first flow.
     pub fn persist(&self, metrics: &BaselineMetrics) {
         let Some(b) = self.recorder() else { return };
+        let _one = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let json = b.snapshot(self.clock.now()).to_json();
         if let Err(e) = write_atomic(&self.path, json.as_bytes()) {
             metrics.persist_failures.inc();
@@ -184,11 +188,18 @@ impl Live {
         })
     }
 
-    /// Updates the status gauges and auto-promotes a stable workload.
-    fn tick(&self, metrics: &BaselineMetrics) {
+    /// Updates the status gauges and auto-promotes a stable workload. The
+    /// recorder (and what was restored) is there as soon as the SVID names
+    /// the workload, before the first flow.
+    fn tick(&self, rt: &Runtime) {
+        let metrics = &rt.metrics.baseline;
         let mode = self.mode();
         metrics.set_mode(mode);
-        let Some(b) = self.recorder() else { return };
+        let creds = rt.creds.load();
+        let Some(local) = creds.as_ref().map(|c| &c.svid.id) else {
+            return;
+        };
+        let b = self.recorder_for(local);
         let now = self.clock.now();
         metrics.set_status(b.status(now));
         metrics.entries.set(b.len() as i64);
@@ -224,8 +235,7 @@ pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
     if live.mode() == BaselineMode::Off {
         return;
     }
-    let m = &rt.metrics.baseline;
-    live.tick(m);
+    live.tick(&rt);
     let step = live
         .settings
         .bucket
@@ -237,7 +247,7 @@ pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(step) => {}
         }
-        live.tick(m);
+        live.tick(&rt);
         if last_persist.elapsed() >= live.persist_interval {
             last_persist = Instant::now();
             let rt = rt.clone();
