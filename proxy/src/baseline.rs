@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use palisade_policy::baseline::{
     Action, Baseline, BaselineMode, BaselineSettings, Deviation, DeviationKind, FlowRef, Outcome,
     Protocol, Snapshot,
 };
-use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
+use palisade_policy::{docs_selecting, CompiledPolicy, Direction, HttpInfo, Peer, SpiffeId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BaselineConfig;
@@ -24,16 +24,18 @@ use crate::Runtime;
 
 /// The baseline state shared by every connection.
 pub struct Live {
-    /// A `BaselineMode` as a byte: read with one atomic load per flow, and
-    /// switched by auto-promotion.
+    /// The mode in force, as a byte: read with one atomic load per flow.
+    /// It is `baseline.mode`, or the strictest `spec.baseline.mode` of the
+    /// policies selecting the workload, and `monitor` instead of `learn`
+    /// once auto-promoted; `maintain` keeps it current.
     mode: AtomicU8,
+    promoted: AtomicBool,
     settings: BaselineSettings,
     path: PathBuf,
     persist_interval: Duration,
-    /// Created at the first flow, once the workload's identity is known.
+    /// Created, with the file read back, once the SVID names the workload
+    /// and the mode is not `off`.
     recorder: OnceLock<Baseline>,
-    /// The file read at start, merged into the recorder when it is created.
-    restored: Mutex<Option<Snapshot>>,
     /// One writer of the file at a time (the periodic one, and drain's).
     writing: Mutex<()>,
     clock: Clock,
@@ -80,15 +82,15 @@ fn mode_byte(m: BaselineMode) -> u8 {
 }
 
 impl Live {
-    /// The baseline as configured, nothing restored yet (see `restore`).
+    /// The baseline as configured; nothing is read until it is needed.
     pub fn new(cfg: &BaselineConfig) -> Live {
         Live {
             mode: AtomicU8::new(mode_byte(cfg.settings.mode)),
+            promoted: AtomicBool::new(false),
             settings: cfg.settings.clone(),
             path: cfg.path.clone(),
             persist_interval: cfg.persist_interval,
             recorder: OnceLock::new(),
-            restored: Mutex::new(None),
             writing: Mutex::new(()),
             clock: Clock::new(),
         }
@@ -102,20 +104,30 @@ impl Live {
         self.mode.store(mode_byte(m), Ordering::Relaxed);
     }
 
+    /// The mode for `local` under `policy`: `baseline.mode`, or the strictest
+    /// `spec.baseline.mode` of the policies selecting it; `learn` is
+    /// `monitor` once promoted.
+    fn mode_for(&self, policy: &CompiledPolicy, local: Option<&SpiffeId>) -> BaselineMode {
+        let target = local.and_then(|id| {
+            docs_selecting(policy, id)
+                .filter_map(|d| d.baseline)
+                .max_by_key(|m| mode_byte(*m))
+        });
+        match target.unwrap_or(self.settings.mode) {
+            BaselineMode::Learn if self.promoted.load(Ordering::Relaxed) => BaselineMode::Monitor,
+            m => m,
+        }
+    }
+
     /// The recorder, once a flow was seen.
     pub fn recorder(&self) -> Option<&Baseline> {
         self.recorder.get()
     }
 
-    fn recorder_for(&self, local: &SpiffeId) -> &Baseline {
+    fn recorder_for(&self, local: &SpiffeId, metrics: &BaselineMetrics) -> &Baseline {
         self.recorder.get_or_init(|| {
             let b = Baseline::new(local.clone(), self.settings.clone());
-            let restored = self
-                .restored
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(snap) = restored {
+            if let Some(snap) = self.read_file(metrics) {
                 match b.merge(&snap) {
                     Ok(dropped) => tracing::info!(
                         entries = b.len(), dropped, path = %self.path.display(),
@@ -131,25 +143,21 @@ impl Live {
         })
     }
 
-    /// Reads the baseline file at start. A missing file is a fresh start;
-    /// a corrupt one is logged, counted, moved aside (`<path>.corrupt`) and
+    /// Reads the baseline file back. A missing file is a fresh start; a
+    /// corrupt one is logged, counted, moved aside (`<path>.corrupt`) and
     /// the baseline starts empty.
-    pub fn restore(&self, metrics: &BaselineMetrics) {
-        if self.mode() == BaselineMode::Off {
-            return;
-        }
+    fn read_file(&self, metrics: &BaselineMetrics) -> Option<Snapshot> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 metrics.restore_failures.inc();
-                return tracing::error!(path = %self.path.display(), error = %e, "cannot read the baseline file; learning afresh");
+                tracing::error!(path = %self.path.display(), error = %e, "cannot read the baseline file; learning afresh");
+                return None;
             }
         };
         match Snapshot::from_json(&bytes, self.settings.max_entries) {
-            Ok(snap) => {
-                *self.restored.lock().unwrap_or_else(PoisonError::into_inner) = Some(snap);
-            }
+            Ok(snap) => Some(snap),
             Err(e) => {
                 metrics.restore_failures.inc();
                 let aside = aside_path(&self.path);
@@ -158,6 +166,7 @@ impl Live {
                     path = %self.path.display(), error = %e, kept_as = %aside.display(),
                     moved = moved.is_ok(), "the baseline file is corrupt; learning afresh"
                 );
+                None
             }
         }
     }
@@ -193,17 +202,23 @@ impl Live {
     /// the workload, before the first flow.
     fn tick(&self, rt: &Runtime) {
         let metrics = &rt.metrics.baseline;
-        let mode = self.mode();
-        metrics.set_mode(mode);
         let creds = rt.creds.load();
-        let Some(local) = creds.as_ref().map(|c| &c.svid.id) else {
+        let local = creds.as_ref().map(|c| &c.svid.id);
+        let mode = self.mode_for(&rt.policy.load().compiled, local);
+        if mode != self.mode() {
+            tracing::info!(mode = mode.as_str(), "baseline mode");
+            self.set_mode(mode);
+        }
+        metrics.set_mode(mode);
+        let (Some(local), false) = (local, mode == BaselineMode::Off) else {
             return;
         };
-        let b = self.recorder_for(local);
+        let b = self.recorder_for(local, metrics);
         let now = self.clock.now();
         metrics.set_status(b.status(now));
         metrics.entries.set(b.len() as i64);
         if b.should_promote(mode, now) {
+            self.promoted.store(true, Ordering::Relaxed);
             self.set_mode(BaselineMode::Monitor);
             metrics.set_mode(BaselineMode::Monitor);
             tracing::info!(entries = b.len(), "baseline stable: learn -> monitor");
@@ -232,9 +247,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `persist_interval` until `stop`.
 pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
     let live = &rt.baseline;
-    if live.mode() == BaselineMode::Off {
-        return;
-    }
     live.tick(&rt);
     let step = live
         .settings
@@ -288,7 +300,7 @@ pub fn observe(rt: &Runtime, o: &Observed<'_>) -> Action {
     let Some(local) = creds.as_ref().map(|c| &c.svid.id) else {
         return Action::Pass;
     };
-    let b = live.recorder_for(local);
+    let b = live.recorder_for(local, &rt.metrics.baseline);
     let flow = FlowRef {
         direction: o.direction,
         peer: match o.peer {
@@ -434,13 +446,12 @@ mod tests {
         cfg.settings.mode = BaselineMode::Learn;
         let live = Live::new(&cfg);
         let m = BaselineMetrics::default();
-        live.restore(&m);
+        assert!(live.read_file(&m).is_none());
         assert_eq!(m.restore_failures.get(), 1);
         assert!(!path.exists());
         assert_eq!(
             std::fs::read(aside_path(&path)).unwrap(),
             b"{not json".to_vec()
         );
-        assert!(live.restored.lock().unwrap().is_none());
     }
 }

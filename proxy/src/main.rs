@@ -107,7 +107,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting the events sinks")?;
     let metrics = Arc::new(metrics);
     let baseline = baseline::Live::new(&cfg.baseline);
-    baseline.restore(&metrics.baseline);
     let background = CancellationToken::new();
     // Loaded before anything listens, so the first connection sees it.
     let policies = policy::start(

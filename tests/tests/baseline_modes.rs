@@ -442,9 +442,14 @@ fn a_corrupt_baseline_file_is_kept_aside_counted_and_learning_starts_afresh() {
     let app = HttpApp::start();
     let ports = ingress(app.addr.port(), 1);
     let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
-    assert_eq!(
-        m.b.metric("baseline_file_failures_total", &[("operation", "restore")]),
-        1.0
+    eventually(
+        "the failed restore counted",
+        Duration::from_secs(10),
+        || {
+            let n =
+                m.b.metric("baseline_file_failures_total", &[("operation", "restore")]);
+            (n == 1.0).then_some(())
+        },
     );
     assert!(
         m.b.log().contains("the baseline file is corrupt"),
@@ -458,4 +463,27 @@ fn a_corrupt_baseline_file_is_kept_aside_counted_and_learning_starts_afresh() {
         snapshot(state.path()).filter(|s| s.entries.len() == 4)
     });
     assert_eq!(snap.entries.len(), 4);
+}
+
+#[test]
+fn a_policy_sets_the_baseline_mode_of_its_targets_over_the_config() {
+    let state = tempfile::tempdir().unwrap();
+    let yaml = baseline_yaml("off", state.path(), "");
+    let app = HttpApp::start();
+    let body = ingress(app.addr.port(), 1) + "  baseline: {mode: learn}\n";
+    let m = HttpMesh::with_app(app, &body, |_| {}, |b| b.extra_yaml += &yaml);
+    eventually("the policy's mode", Duration::from_secs(10), || {
+        (baseline_dump(&m.b)["mode"] == "learn").then_some(())
+    });
+    learn_traffic(m.a_out);
+    assert_eq!(baseline_dump(&m.b)["entries"], 4);
+
+    // Without the policy's say, the config's `off` is back: nothing more
+    // is recorded.
+    m.set_ingress(&ingress(m.app.addr.port(), 1));
+    eventually("the config's mode", Duration::from_secs(10), || {
+        (baseline_dump(&m.b)["mode"] == "off").then_some(())
+    });
+    assert_eq!(http(m.a_out, "GET", "/v1/unseen").0, 200);
+    assert_eq!(baseline_dump(&m.b)["entries"], 4);
 }
