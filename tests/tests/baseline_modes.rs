@@ -368,6 +368,9 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
         m.b.metric("tls_handshake_failures_total", &[("reason", "baseline")]),
         1.0
     );
+    // A new peer, on a route learned from another: its connection is closed.
+    let (_other, other_out) = caller(&m, "proxy-c", OTHER_ID);
+    assert_eq!(http(other_out, "GET", "/v1/users/42").0, 502);
     // A burst on a learned flow: the excess gets 429 with retry-after.
     let (statuses, retry) = burst(m.a_out, "/v1/users/5", Duration::from_millis(600));
     assert!(statuses.contains(&429), "{statuses:?}");
@@ -383,10 +386,11 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
     }
     wait_findings(state.path(), "baseline.new_route", 1);
     wait_findings(state.path(), "baseline.new_port", 1);
+    wait_findings(state.path(), "baseline.new_peer", 1);
     let spike = wait_findings(state.path(), "baseline.rate_spike", 1);
     assert_eq!(
         m.b.metric("baseline_deviation_total", &[("action", "block")]),
-        2.0
+        3.0
     );
     assert!(
         m.b.metric(
