@@ -75,6 +75,7 @@ fn synthetic(rules: usize, one_target: bool) -> Vec<PolicyDoc> {
                 mode: Mode::Enforce,
                 ingress: Some(ingress),
                 egress: None,
+                baseline: None,
             }
         })
         .collect()

@@ -28,6 +28,10 @@ pub struct PolicyDoc {
     /// targets for ingress. `Some(vec![])` selects them and allows nothing.
     pub ingress: Option<Vec<Rule>>,
     pub egress: Option<Vec<Rule>>,
+    /// `spec.baseline.mode`: the learned-baseline mode of the targets'
+    /// sidecars, over their `baseline.mode` setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::baseline::BaselineMode>,
 }
 
 impl PolicyDoc {

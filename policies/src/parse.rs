@@ -13,13 +13,14 @@ use crate::yaml::{self, Kind, Node, Pos};
 pub(crate) mod fields {
     pub const DOC: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
     pub const METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
-    pub const SPEC: &[&str] = &["targets", "mode", "ingress", "egress"];
+    pub const SPEC: &[&str] = &["targets", "mode", "ingress", "egress", "baseline"];
+    pub const BASELINE: &[&str] = &["mode"];
     pub const TARGET: &[&str] = &["identity", "namespace"];
     pub const RULE: &[&str] = &["name", "action", "from", "to", "ports", "http"];
 }
 use fields::{
-    DOC as DOC_FIELDS, METADATA as METADATA_FIELDS, RULE as RULE_FIELDS, SPEC as SPEC_FIELDS,
-    TARGET as TARGET_FIELDS,
+    BASELINE as BASELINE_FIELDS, DOC as DOC_FIELDS, METADATA as METADATA_FIELDS,
+    RULE as RULE_FIELDS, SPEC as SPEC_FIELDS, TARGET as TARGET_FIELDS,
 };
 
 /// Parses and validates every document in `text`. `source_name` (usually
@@ -168,6 +169,7 @@ impl Cx {
             .get("ingress")
             .map(|n| self.rules(n, Direction::Ingress));
         let egress = spec.get("egress").map(|n| self.rules(n, Direction::Egress));
+        let baseline = spec.get("baseline").map(|n| self.baseline(n));
         if self.diags.len() > before {
             return None;
         }
@@ -180,7 +182,23 @@ impl Cx {
             mode: mode?,
             ingress: ingress.map(Option::unwrap),
             egress: egress.map(Option::unwrap),
+            baseline: baseline.flatten(),
         })
+    }
+
+    /// `baseline: {mode: off|learn|monitor|protect}`.
+    fn baseline(&mut self, node: &Node) -> Option<crate::baseline::BaselineMode> {
+        let f = self.fields(node, "`baseline`", BASELINE_FIELDS)?;
+        let mode = f.require(self, "mode")?;
+        let word = self.string(mode, "`baseline.mode`")?;
+        match word.parse() {
+            Ok(m) => Some(m),
+            Err(_) => {
+                let names = crate::baseline::BaselineMode::ALL.map(|m| m.as_str());
+                self.error(mode.pos, unknown_name("baseline mode", &word, &names));
+                None
+            }
+        }
     }
 
     fn metadata(&mut self, doc: &Fields) -> Option<(String, String)> {

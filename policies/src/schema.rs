@@ -55,6 +55,15 @@ pub fn json_schema() -> Value {
                         "description": "Rules for traffic out of the targets. Present (even empty) = selected for egress.",
                         "type": ["array", "null"],
                         "items": {"$ref": "#/definitions/egressRule"}
+                    },
+                    "baseline": {
+                        "description": "The learned-baseline mode of the targets' sidecars, over their baseline.mode setting.",
+                        "type": "object",
+                        "required": ["mode"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "mode": {"enum": ["off", "learn", "monitor", "protect"]}
+                        }
                     }
                 }
             }

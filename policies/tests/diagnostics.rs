@@ -48,7 +48,7 @@ fn unknown_top_level_field_is_located() {
     let text = format!("{HEADER}spec:\n{TARGETS}  ingres: []\n");
     assert_eq!(
         single_error(&text),
-        "shop.yaml:6:3: error: unknown field `ingres`, did you mean `ingress`? expected one of `targets`, `mode`, `ingress`, `egress`"
+        "shop.yaml:6:3: error: unknown field `ingres`, did you mean `ingress`? expected one of `targets`, `mode`, `ingress`, `egress`, `baseline`"
     );
 }
 
@@ -111,6 +111,29 @@ fn bad_action_and_mode_suggest_valid_values() {
             "shop.yaml:6:9: error: unknown mode `enforcing`, did you mean `enforce`? expected one of `enforce`, `audit`",
             "shop.yaml:9:15: error: unknown action `alow`, did you mean `allow`? expected one of `allow`, `deny`",
         ]
+    );
+}
+
+#[test]
+fn a_baseline_mode_per_target_is_read_and_a_bad_one_is_located() {
+    let ok = doc(&format!("{TARGETS}  baseline: {{mode: protect}}\n"));
+    let docs = parse_documents("shop.yaml", &ok).unwrap();
+    assert_eq!(
+        docs[0].baseline,
+        Some(palisade_policy::baseline::BaselineMode::Protect)
+    );
+    let none = parse_documents("shop.yaml", &doc(TARGETS)).unwrap();
+    assert_eq!(none[0].baseline, None);
+    assert_eq!(
+        single_error(&doc(&format!("{TARGETS}  baseline: {{mode: montor}}\n"))),
+        "shop.yaml:6:20: error: unknown baseline mode `montor`, did you mean `monitor`? \
+         expected one of `off`, `learn`, `monitor`, `protect`"
+    );
+    let e = errors(&doc(&format!("{TARGETS}  baseline: {{mdoe: learn}}\n")));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("unknown field `mdoe`, did you mean `mode`?")),
+        "{e:?}"
     );
 }
 

@@ -160,6 +160,7 @@ fn numbered_doc(
         mode: if audit { Mode::Audit } else { Mode::Enforce },
         ingress: None,
         egress: None,
+        baseline: None,
     }
 }
 

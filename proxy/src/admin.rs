@@ -93,6 +93,7 @@ impl Admin {
         dump["endpoints_version"] = self.endpoints.as_ref().map(|e| e.load().version).into();
         dump["policy_version"] = self.rt.policy.load().version().into();
         dump["policy"] = self.rt.policy.dump();
+        dump["baseline"] = self.rt.baseline.dump();
         dump
     }
 

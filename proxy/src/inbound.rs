@@ -17,7 +17,8 @@ use crate::forward::{forward, log_end};
 use crate::http;
 use crate::http::detect::{self, detect, Detected};
 use crate::metrics::OpenConn;
-use crate::{accept_loop, connect, tls, transparent, Runtime};
+use crate::{accept_loop, baseline, connect, tls, transparent, Runtime};
+use palisade_policy::baseline::Protocol as Carried;
 
 const DIR: Direction = Direction::Ingress;
 
@@ -191,14 +192,27 @@ async fn serve_authorized<S>(
         source: client,
         port,
     };
+    let seen = |protocol| baseline::Observed {
+        direction: DIR,
+        peer: peer.as_ref(),
+        peer_addr: client,
+        local_addr: app,
+        port,
+        protocol,
+        http: None,
+    };
     if proto != Detected::Opaque {
-        if decided(&rt, &check, client, app).is_allowed() {
+        if decided(&rt, &check, client, app).is_allowed()
+            && baseline::admit_connection(&rt, &seen(Carried::Http), client).await
+        {
             let (protocol, get_body) = (local.protocol(port), local.allows_get_body(port));
             http::inbound::serve(rt, stream, peer, client, app, protocol, get_body, proto).await;
         }
         return;
     }
-    if !allowed_opaque(&rt, &check, client, app) {
+    if !allowed_opaque(&rt, &check, client, app)
+        || !baseline::admit_connection(&rt, &seen(Carried::Opaque), client).await
+    {
         return;
     }
     let Some(upstream) = connect_app(&rt, app, client).await else {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod baseline;
 pub mod config;
 pub mod connect;
 pub mod drain;
@@ -48,6 +49,8 @@ pub struct Runtime {
     pub http: http::Http,
     /// Security events; disabled (no sinks) unless `events.sinks` is set.
     pub events: events::Emitter,
+    /// The learned baseline every allowed flow is checked against.
+    pub baseline: baseline::Live,
 }
 
 #[cfg(test)]
@@ -63,6 +66,7 @@ impl Runtime {
             policy: Default::default(),
             http: Default::default(),
             events: Default::default(),
+            baseline: Default::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager}
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::outbound::{endpoints, EndpointMap};
 use palisade_proxy::tls::Bundle;
-use palisade_proxy::{admin, drain, inbound, outbound, policy, Runtime};
+use palisade_proxy::{admin, baseline, drain, inbound, outbound, policy, Runtime};
 
 /// Palisade's sidecar: SPIFFE mTLS between workloads. Settings and their
 /// defaults: proxy/README.md.
@@ -103,6 +103,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let events = Emitter::start(&cfg.events, metrics.registry_mut(), Some(link))
         .context("starting the security-event sinks")?;
     let metrics = Arc::new(metrics);
+    let baseline = baseline::Live::new(&cfg.baseline);
     let background = CancellationToken::new();
     // Loaded before anything listens, so the first connection sees it.
     let policies = policy::start(
@@ -123,8 +124,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policies.live.clone(),
         http: Http::new(cfg.http.clone(), &cfg.access_log, metrics.clone())
             .context("opening the access log")?,
+        baseline,
         events,
     });
+    tokio::spawn(baseline::maintain(rt.clone(), background.clone()));
 
     // Bind everything first so a port clash fails at start, not later.
     let admin_listener = bind("admin", cfg.admin.bind).await?;
@@ -219,6 +222,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .flush(cfg.drain_grace_period.min(Duration::from_secs(5)))
         .await;
     background.cancel();
+    rt.baseline.persist(&rt.metrics.baseline);
     drop(policies);
     tracing::info!(closed_unfinished = left, "drained; exiting");
     Ok(())

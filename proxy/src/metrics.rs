@@ -2,6 +2,7 @@
 //! once per connection from a lock-free cache keyed by peer, so the hot path
 //! never takes the registry's locks once a peer has been seen.
 
+pub mod baseline;
 pub mod http;
 pub mod policy;
 
@@ -75,6 +76,8 @@ pub struct Metrics {
     pub policy: policy::PolicyMetrics,
     /// HTTP requests, responses, per-request decisions and limits.
     pub http: http::HttpMetrics,
+    /// Learned-baseline entries, deviations and status.
+    pub baseline: baseline::BaselineMetrics,
     /// Indexed by [`Self::slot`]: (direction, tls).
     cache: [ArcSwap<PeerMap>; 4],
 }
@@ -101,6 +104,7 @@ impl Metrics {
             endpoints_refresh_failures: Counter::default(),
             policy: Default::default(),
             http: Default::default(),
+            baseline: Default::default(),
             cache: Default::default(),
             registry: Registry::default(),
         };
@@ -149,6 +153,7 @@ impl Metrics {
         );
         m.policy.register(&mut registry);
         m.http.register(&mut registry);
+        m.baseline.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What the baseline does with traffic that policy allowed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaselineMode {
     /// Nothing is recorded or checked.
@@ -43,6 +43,26 @@ impl BaselineMode {
 impl fmt::Display for BaselineMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A word; YAML 1.1 readers turn an unquoted `off` into `false`, which is
+/// read as `off` too.
+impl<'de> Deserialize<'de> for BaselineMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Word(String),
+            Bool(bool),
+        }
+        match Repr::deserialize(d) {
+            Ok(Repr::Word(w)) => w.parse().map_err(serde::de::Error::custom),
+            Ok(Repr::Bool(false)) => Ok(BaselineMode::Off),
+            _ => Err(serde::de::Error::custom(
+                "expected a baseline mode: one of `off`, `learn`, `monitor`, `protect`",
+            )),
+        }
     }
 }
 
@@ -214,6 +234,14 @@ mod tests {
         let back: BaselineSettings =
             serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn an_unquoted_yaml_off_read_as_false_is_off() {
+        let s: BaselineSettings = serde_json::from_str(r#"{"mode":false}"#).unwrap();
+        assert_eq!(s.mode, BaselineMode::Off);
+        let e = serde_json::from_str::<BaselineSettings>(r#"{"mode":true}"#).unwrap_err();
+        assert!(e.to_string().contains("`protect`"), "{e}");
     }
 
     #[test]

@@ -215,6 +215,17 @@ mod tests {
             ("PALISADE_EVENTS_DEDUP_WINDOW", "events.dedup_window"),
             ("PALISADE_EVENTS_DEDUP_FLOWS", "events.dedup_flows"),
             ("PALISADE_EVENTS_MAX_PER_SECOND", "events.max_per_second"),
+            ("PALISADE_BASELINE_MODE", "baseline.mode"),
+            ("PALISADE_BASELINE_AUTO_PROMOTE", "baseline.auto_promote"),
+            ("PALISADE_BASELINE_PATH", "baseline.path"),
+            (
+                "PALISADE_BASELINE_PERSIST_INTERVAL",
+                "baseline.persist_interval",
+            ),
+            (
+                "PALISADE_BASELINE_RATE_SPIKE_WARMUP",
+                "baseline.rate_spike.warmup",
+            ),
         ];
         let tree = serde_json::to_value(Config::default()).unwrap();
         let settable = env_settings(&tree);

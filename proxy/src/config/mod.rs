@@ -12,11 +12,13 @@ use palisade_policy::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod baseline;
 mod env;
 pub mod http;
 mod interception;
 pub mod policy;
 
+pub use self::baseline::BaselineConfig;
 pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
 pub use interception::{
     ExplicitInbound, ExplicitOutbound, InboundTarget, Interception, PortMapping, Route,
@@ -62,6 +64,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub access_log: AccessLogConfig,
     /// Security events (OCSF JSON lines) and where they go.
+    pub baseline: BaselineConfig,
     pub events: crate::events::EventsConfig,
 }
 
@@ -77,6 +80,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             http: HttpConfig::default(),
             access_log: AccessLogConfig::default(),
+            baseline: BaselineConfig::default(),
             events: Default::default(),
         }
     }
@@ -210,6 +214,7 @@ impl Config {
         self.policy.validate()?;
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.access_log.validate().map_err(ConfigError::Invalid)?;
+        self.baseline.validate().map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }

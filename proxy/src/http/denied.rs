@@ -54,3 +54,41 @@ pub fn response<B>(req: &Request<B>, d: &Decision) -> Response<RespBody> {
     h.insert(headers::DENIED.clone(), named);
     r
 }
+
+/// A request the learned baseline blocks (protect mode): 403 with
+/// `x-palisade-denied: baseline`.
+pub fn baseline_blocked() -> Response<RespBody> {
+    let mut r = Response::new(RespBody::local("denied: not in the learned baseline\n"));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        headers::DENIED.clone(),
+        HeaderValue::from_static("baseline"),
+    );
+    r
+}
+
+/// A request over its flow's learned rate (protect mode): 429, with
+/// `retry-after` in whole seconds (rounded up) until the bucket ends.
+pub fn baseline_throttled(retry_after_ms: u64) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::local("throttled: over the learned rate\n"));
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_ms.div_ceil(1000).max(1)),
+    );
+    h.insert(
+        headers::DENIED.clone(),
+        HeaderValue::from_static("baseline"),
+    );
+    r
+}

@@ -33,7 +33,8 @@ use crate::config::{AccessLogConfig, HttpConfig, Protocol};
 use crate::events::HttpFlow;
 use crate::metrics::http::PeerHttp;
 use crate::metrics::{direction_label, Metrics};
-use crate::{authz, Runtime};
+use crate::{authz, baseline, Runtime};
+use palisade_policy::baseline::{Action, BaselineMode};
 
 /// HTTP state shared by every connection.
 #[derive(Default)]
@@ -178,6 +179,9 @@ impl Conn {
             upgrade::close_after(&mut r);
             return Err(Box::new(self.finish(r, start, log)));
         }
+        if let Some(r) = self.baseline(req) {
+            return Err(Box::new(self.finish(r, start, log)));
+        }
         Ok(Started {
             start,
             log,
@@ -236,6 +240,37 @@ impl Conn {
             );
         }
         d
+    }
+
+    /// The learned baseline's check of an allowed request: `Some` is the
+    /// answer when protect mode blocks (403) or throttles (429) it.
+    fn baseline<B>(&self, req: &Request<B>) -> Option<Response<RespBody>> {
+        if self.rt.baseline.mode() == BaselineMode::Off {
+            return None;
+        }
+        let (peer_addr, local_addr) = match self.direction {
+            Direction::Ingress => (self.client, self.upstream),
+            Direction::Egress => (self.upstream, self.client),
+        };
+        let http = HttpInfo {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            host: authority(req),
+        };
+        let o = baseline::Observed {
+            direction: self.direction,
+            peer: self.peer.as_ref(),
+            peer_addr,
+            local_addr,
+            port: self.port,
+            protocol: palisade_policy::baseline::Protocol::Http,
+            http: Some(http),
+        };
+        match baseline::observe(&self.rt, &o) {
+            Action::Pass => None,
+            Action::Block => Some(denied::baseline_blocked()),
+            Action::Throttle { retry_after_ms } => Some(denied::baseline_throttled(retry_after_ms)),
+        }
     }
 
     /// Start a log line if the access log is on and samples this request.

@@ -19,7 +19,8 @@ use crate::http;
 use crate::http::detect::{detect, Detected};
 use crate::io::Prefixed;
 use crate::metrics::{OpenConn, UNAUTHENTICATED};
-use crate::{accept_loop, connect, transparent, Runtime};
+use crate::{accept_loop, baseline, connect, transparent, Runtime};
+use palisade_policy::baseline::Protocol as Carried;
 
 pub use endpoints::EndpointMap;
 
@@ -115,7 +116,19 @@ async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, clien
         },
         None => (Detected::Opaque, Prefixed::new(app)),
     };
+    let seen = |protocol| baseline::Observed {
+        direction: DIR,
+        peer: expected.as_ref(),
+        peer_addr: dst,
+        local_addr: client,
+        port: dst.port(),
+        protocol,
+        http: None,
+    };
     if let (Some(id), true) = (&expected, proto != Detected::Opaque) {
+        if !baseline::admit_connection(&rt, &seen(Carried::Http), client).await {
+            return;
+        }
         let id = id.clone();
         return http::outbound::serve(rt, app, id, client, dst, protocol, proto).await;
     }
@@ -134,6 +147,9 @@ async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, clien
             "unmeshed_denied",
             &format_args!("{dst} is not in the mesh"),
         );
+    }
+    if !baseline::admit_connection(&rt, &seen(Carried::Opaque), client).await {
+        return;
     }
     let Some(expected) = &expected else {
         // Unmeshed destination, passthrough chosen.
