@@ -15,7 +15,8 @@ use super::load::{LoadOutcome, LoadSpec};
 use super::machine::Machine;
 use super::procstat::{cpu_seconds, peak_rss_kib, rss_kib, RssSampler};
 use super::report::{
-    BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report, Trial,
+    BaselineReport, BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report,
+    Trial,
 };
 use super::stats::{added_over, PercentileSpread, Spread};
 use super::tools::{envoy_version, Tools};
@@ -85,9 +86,10 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{} path", m.path.label))?;
         }
         if m.path.baseline != BaselineRun::Off {
-            // The probe taught the HTTP flow; one transfer teaches the TCP
-            // sink's, right away, so that every flow the trials use is
-            // learned before a monitor sidecar can promote itself.
+            // The probe taught the HTTP flow; one transfer makes sure of the
+            // TCP sink's (the listener check's connect does not carry data),
+            // right away, so that every flow the trials use is learned
+            // before a monitor sidecar can promote itself.
             let timeout = Duration::from_secs_f64(args.request_timeout);
             rt.block_on(tcp::bulk(m.path.tcp, 64 << 10, timeout))
                 .with_context(|| format!("{} path: teaching the TCP flow", m.path.label))?;
@@ -181,23 +183,26 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let mut baselines = Vec::with_capacity(measured.len());
     for m in &measured {
-        if m.path.baseline == BaselineRun::Monitor {
-            let deviations = m.path.baseline_deviations()?;
-            if deviations > 0 {
+        let report = m.path.baseline_report()?;
+        if let Some(b) = report.as_ref().filter(|b| b.run == BaselineRun::Monitor) {
+            if b.deviations > 0 {
                 warn!(
                     path = m.path.label,
-                    deviations, "the measured traffic was not all known to the baseline"
+                    deviations = b.deviations,
+                    "the measured traffic was not all known to the baseline"
                 );
             }
         }
+        baselines.push(report);
     }
 
     let mut machine = Machine::probe();
     if measured.iter().any(|m| m.path.kind == PathKind::Envoy) {
         machine.envoy = tools.envoy.as_deref().and_then(envoy_version);
     }
-    let report = build_report(&args, creds.source, machine, &measured, skipped);
+    let report = build_report(&args, creds.source, machine, &measured, baselines, skipped);
     write_outputs(&args.out, &report, &measured)?;
     print!("{}", report.markdown());
     if report.total_errors > 0 {
@@ -295,6 +300,7 @@ fn build_report(
     cert_source: certs::CertSource,
     machine: Machine,
     measured: &[Measured],
+    baselines: Vec<Option<BaselineReport>>,
     skipped: Vec<PathReport>,
 ) -> Report {
     let direct = measured.iter().find(|m| m.path.kind == PathKind::Direct);
@@ -303,7 +309,8 @@ fn build_report(
         .unwrap_or_default();
     let mut paths: Vec<PathReport> = measured
         .iter()
-        .map(|m| {
+        .zip(baselines)
+        .map(|(m, baseline)| {
             let lat: Vec<_> = m.trials.iter().map(|t| t.latency_ms).collect();
             let cpu: Vec<f64> = m
                 .trials
@@ -353,6 +360,7 @@ fn build_report(
                         rss_peak_kib: peak_rss_kib(pids[i]).unwrap_or(0),
                     })
                     .collect(),
+                baseline,
             }
         })
         .collect();

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::backend::Backends;
 use super::certs::Credentials;
+use super::report::BaselineReport;
 use super::tools::Tools;
 
 /// One way from client to server.
@@ -88,7 +89,7 @@ pub struct RunningPath {
     pub label: &'static str,
     /// The sidecars' baseline mode (off for paths without sidecars).
     pub baseline: BaselineRun,
-    /// The sidecars' admin listeners.
+    /// The sidecars' admin listeners, in the order of `proxies`.
     pub admins: Vec<SocketAddr>,
     pub http: SocketAddr,
     pub tcp: SocketAddr,
@@ -131,19 +132,35 @@ impl RunningPath {
         self.ensure_running()
     }
 
-    /// Flows the sidecars found off their baseline
-    /// (`baseline_deviation_total`, summed).
-    pub fn baseline_deviations(&self) -> anyhow::Result<u64> {
-        let mut total = 0.0;
+    /// What the sidecars' baselines hold at the end of the run: the mode in
+    /// force and flows learned (`/config_dump`), and deviations
+    /// (`baseline_deviation_total`); `None` with the baseline off.
+    pub fn baseline_report(&self) -> anyhow::Result<Option<BaselineReport>> {
+        if self.baseline == BaselineRun::Off {
+            return Ok(None);
+        }
+        let mut report = BaselineReport {
+            run: self.baseline,
+            modes: Vec::new(),
+            entries: 0,
+            deviations: 0,
+        };
         for &admin in &self.admins {
-            let (_, body) = http_request(admin, "GET", "/metrics")?;
-            total += body
+            let (_, body) = http_request(admin, "GET", "/config_dump")?;
+            let dump: serde_json::Value = serde_json::from_str(&body)?;
+            let b = &dump["baseline"];
+            report
+                .modes
+                .push(b["mode"].as_str().unwrap_or("?").to_owned());
+            report.entries += b["entries"].as_u64().unwrap_or(0);
+            let (_, metrics) = http_request(admin, "GET", "/metrics")?;
+            report.deviations += metrics
                 .lines()
                 .filter(|l| l.starts_with("baseline_deviation_total"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+                .sum::<f64>() as u64;
         }
-        Ok(total as u64)
+        Ok(Some(report))
     }
 
     /// Fails if any proxy has died, naming it and quoting its log.

@@ -59,7 +59,7 @@ pub fn start(baseline: BaselineRun, setup: &Setup<'_>) -> Result<RunningPath, St
     outbound.routes[0].protocol = Protocol::Http1;
     outbound.routes[1].protocol = Protocol::Opaque;
 
-    let admins = [inbound.admin, outbound.admin];
+    let admins = [outbound.admin, inbound.admin];
     let server = start_ready(bin, inbound, setup)?;
     let client = start_ready(bin, outbound, setup)?;
     let mut path = sidecar_pair(
