@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 pub use run::run;
-pub use topology::PathKind;
+pub use topology::{BaselineRun, PathKind};
 
 /// Where results go unless `--out` says otherwise: `bench/results/`.
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
@@ -39,6 +39,10 @@ pub struct LatencyArgs {
     /// Include the Palisade path (needs the palisade-proxy binary).
     #[arg(long)]
     pub palisade: bool,
+    /// Baseline modes to run the Palisade path in, each as its own path in
+    /// the same rounds (`palisade`, `palisade+learn`, `palisade+monitor`).
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    pub baseline: Vec<BaselineRun>,
     /// Target request rate of the open-loop load.
     #[arg(long, default_value_t = 1000)]
     pub rps: u32,

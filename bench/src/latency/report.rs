@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::hist::Percentiles;
 use super::machine::Machine;
 use super::stats::{PercentileSpread, Spread};
+use super::topology::BaselineRun;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -34,6 +35,22 @@ pub struct PathReport {
     pub connections: Option<ChurnReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyResources>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineReport>,
+}
+
+/// The learned baseline of a `palisade+<mode>` path, read at the end of the run.
+#[derive(Debug, Serialize)]
+pub struct BaselineReport {
+    /// The `--baseline` mode the path was run in.
+    pub run: BaselineRun,
+    /// The mode in force in each sidecar, outbound then inbound.
+    pub modes: Vec<String>,
+    /// Flows learned, both sidecars together.
+    pub entries: u64,
+    /// `baseline_deviation_total`, both sidecars together: 0 when the
+    /// measured traffic was all known.
+    pub deviations: u64,
 }
 
 impl PathReport {
@@ -46,6 +63,7 @@ impl PathReport {
             bulk: None,
             connections: None,
             proxies: Vec::new(),
+            baseline: None,
         }
     }
 }
@@ -119,6 +137,20 @@ impl Report {
         self.latency_table(&mut md);
         self.added_table(&mut md);
         self.cost_table(&mut md);
+        for (p, b) in self
+            .paths
+            .iter()
+            .filter_map(|p| Some((p, p.baseline.as_ref()?)))
+        {
+            let _ = writeln!(
+                md,
+                "- **{}**: baseline mode in force {}, {} flows learned, {} deviations",
+                p.path,
+                b.modes.join(" / "),
+                b.entries,
+                b.deviations
+            );
+        }
         for p in self.paths.iter().filter(|p| p.status != "ok") {
             let _ = writeln!(
                 md,

@@ -15,11 +15,12 @@ use super::load::{LoadOutcome, LoadSpec};
 use super::machine::Machine;
 use super::procstat::{cpu_seconds, peak_rss_kib, rss_kib, RssSampler};
 use super::report::{
-    BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report, Trial,
+    BaselineReport, BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report,
+    Trial,
 };
 use super::stats::{added_over, PercentileSpread, Spread};
 use super::tools::{envoy_version, Tools};
-use super::topology::{self, PathKind, RunningPath, Setup, StartError};
+use super::topology::{self, BaselineRun, PathKind, RunningPath, Setup, StartError};
 use super::{certs, client, closed_loop, load, plot, tcp, LatencyArgs};
 
 /// Everything measured on one path over the run.
@@ -59,15 +60,19 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
 
     let mut measured = Vec::new();
     let mut skipped = Vec::new();
-    for &kind in &args.paths {
-        match topology::start(kind, &setup) {
+    for (kind, baseline) in variants(&args) {
+        let label = match kind {
+            PathKind::Palisade => baseline.label(),
+            _ => kind.name(),
+        };
+        match topology::start(kind, baseline, &setup) {
             Ok(path) => measured.push(Measured::new(path)),
             Err(StartError::Unavailable(reason)) => {
-                warn!(path = kind.name(), %reason, "skipping path");
-                skipped.push(PathReport::skipped(kind.name(), reason));
+                warn!(path = label, %reason, "skipping path");
+                skipped.push(PathReport::skipped(label, reason));
             }
             Err(StartError::Failed(e)) => {
-                return Err(e.context(format!("starting the {} path", kind.name())))
+                return Err(e.context(format!("starting the {label} path")))
             }
         }
     }
@@ -75,10 +80,19 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
 
     for m in &mut measured {
         rt.block_on(client::probe(m.path.http, Duration::from_secs(10)))
-            .with_context(|| format!("{} path does not answer HTTP", m.path.kind.name()))?;
+            .with_context(|| format!("{} path does not answer HTTP", m.path.label))?;
         if m.path.kind.enforces_http_rule() {
             rt.block_on(client::expect_denied(m.path.http))
-                .with_context(|| format!("{} path", m.path.kind.name()))?;
+                .with_context(|| format!("{} path", m.path.label))?;
+        }
+        if m.path.baseline != BaselineRun::Off {
+            // The probe taught the HTTP flow; one transfer makes sure of the
+            // TCP sink's (the listener check's connect does not carry data),
+            // right away, so that every flow the trials use is learned
+            // before a monitor sidecar can promote itself.
+            let timeout = Duration::from_secs_f64(args.request_timeout);
+            rt.block_on(tcp::bulk(m.path.tcp, 64 << 10, timeout))
+                .with_context(|| format!("{} path: teaching the TCP flow", m.path.label))?;
         }
         m.rss_idle = m
             .path
@@ -105,17 +119,16 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     };
 
     for m in &mut measured {
-        info!(
-            path = m.path.kind.name(),
-            seconds = args.warmup,
-            "warming up"
-        );
+        info!(path = m.path.label, seconds = args.warmup, "warming up");
         let warm = load(&spec(m, args.warmup))?;
         m.count_load_errors(&warm);
+        if m.path.baseline == BaselineRun::Monitor {
+            m.path.wait_monitor(Duration::from_secs(30))?;
+        }
     }
     for round in 0..args.trials {
         for m in &mut measured {
-            info!(path = m.path.kind.name(), round, "latency trial");
+            info!(path = m.path.label, round, "latency trial");
             let pids = m.path.pids();
             let sampler = RssSampler::start(pids.clone())?;
             let cpu_before = total_cpu(&pids);
@@ -138,7 +151,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     for round in 0..args.bulk_trials {
         for m in &mut measured {
             info!(
-                path = m.path.kind.name(),
+                path = m.path.label,
                 round,
                 bytes = args.bulk_bytes,
                 "bulk transfer"
@@ -159,7 +172,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     }
     for round in 0..args.churn_trials {
         for m in &mut measured {
-            info!(path = m.path.kind.name(), round, "new-connection trial");
+            info!(path = m.path.label, round, "new-connection trial");
             let duration = Duration::from_secs_f64(args.churn_duration);
             let timeout = Duration::from_secs_f64(args.request_timeout);
             let (out, first) =
@@ -170,11 +183,26 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let mut baselines = Vec::with_capacity(measured.len());
+    for m in &measured {
+        let report = m.path.baseline_report()?;
+        if let Some(b) = report.as_ref().filter(|b| b.run == BaselineRun::Monitor) {
+            if b.deviations > 0 {
+                warn!(
+                    path = m.path.label,
+                    deviations = b.deviations,
+                    "the measured traffic was not all known to the baseline"
+                );
+            }
+        }
+        baselines.push(report);
+    }
+
     let mut machine = Machine::probe();
     if measured.iter().any(|m| m.path.kind == PathKind::Envoy) {
         machine.envoy = tools.envoy.as_deref().and_then(envoy_version);
     }
-    let report = build_report(&args, creds.source, machine, &measured, skipped);
+    let report = build_report(&args, creds.source, machine, &measured, baselines, skipped);
     write_outputs(&args.out, &report, &measured)?;
     print!("{}", report.markdown());
     if report.total_errors > 0 {
@@ -194,6 +222,20 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each path in `--paths` order; the Palisade path once per `--baseline` mode.
+fn variants(args: &LatencyArgs) -> Vec<(PathKind, BaselineRun)> {
+    let mut out = Vec::new();
+    for &kind in &args.paths {
+        match kind {
+            PathKind::Palisade => out.extend(args.baseline.iter().map(|&b| (kind, b))),
+            _ => out.push((kind, BaselineRun::Off)),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|v| seen.insert(*v));
+    out
 }
 
 impl Measured {
@@ -258,6 +300,7 @@ fn build_report(
     cert_source: certs::CertSource,
     machine: Machine,
     measured: &[Measured],
+    baselines: Vec<Option<BaselineReport>>,
     skipped: Vec<PathReport>,
 ) -> Report {
     let direct = measured.iter().find(|m| m.path.kind == PathKind::Direct);
@@ -266,7 +309,8 @@ fn build_report(
         .unwrap_or_default();
     let mut paths: Vec<PathReport> = measured
         .iter()
-        .map(|m| {
+        .zip(baselines)
+        .map(|(m, baseline)| {
             let lat: Vec<_> = m.trials.iter().map(|t| t.latency_ms).collect();
             let cpu: Vec<f64> = m
                 .trials
@@ -278,7 +322,7 @@ fn build_report(
             let bulk_cpu: Vec<f64> = m.bulk.iter().filter_map(|b| b.1).collect();
             let pids = m.path.pids();
             PathReport {
-                path: m.path.kind.name(),
+                path: m.path.label,
                 status: "ok",
                 reason: None,
                 latency: PercentileSpread::of(&lat).map(|latency_ms| LatencyReport {
@@ -316,6 +360,7 @@ fn build_report(
                         rss_peak_kib: peak_rss_kib(pids[i]).unwrap_or(0),
                     })
                     .collect(),
+                baseline,
             }
         })
         .collect();
@@ -328,6 +373,7 @@ fn build_report(
         machine,
         config: serde_json::json!({
             "paths": args.paths,
+            "baseline": args.baseline,
             "rps": args.rps,
             "connections": args.connections,
             "body_bytes": args.body_bytes,
@@ -363,10 +409,7 @@ fn write_outputs(dir: &Path, report: &Report, measured: &[Measured]) -> anyhow::
     let file = |ext: &str| dir.join(format!("{id}.{ext}"));
     std::fs::write(file("json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(file("md"), report.markdown())?;
-    let series: Vec<_> = measured
-        .iter()
-        .map(|m| (m.path.kind.name(), &m.merged))
-        .collect();
+    let series: Vec<_> = measured.iter().map(|m| (m.path.label, &m.merged)).collect();
     let title = format!(
         "Latency by percentile ({}, {} RPS)",
         report.mode, report.config["rps"]

@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use palisadectl::local::{ControlPlane, Process};
+use palisadectl::local::{http_request, ControlPlane, Process};
 use serde::Serialize;
 
 use super::backend::Backends;
 use super::certs::Credentials;
+use super::report::BaselineReport;
 use super::tools::Tools;
 
 /// One way from client to server.
@@ -42,6 +43,32 @@ impl PathKind {
     }
 }
 
+/// What the Palisade sidecars do with their learned baseline
+/// (`baseline.mode`, proxy/README.md) while the path is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineRun {
+    /// No baseline: the hot path does one atomic load.
+    Off,
+    /// Every allowed flow is recorded; the warm-up teaches the flows, the
+    /// trials record known ones.
+    Learn,
+    /// The warm-up learns, the sidecars promote themselves to monitor, and
+    /// the trials check known traffic, as in production.
+    Monitor,
+}
+
+impl BaselineRun {
+    /// The path's label in the report: `palisade`, `palisade+learn`, ...
+    pub fn label(self) -> &'static str {
+        match self {
+            BaselineRun::Off => "palisade",
+            BaselineRun::Learn => "palisade+learn",
+            BaselineRun::Monitor => "palisade+monitor",
+        }
+    }
+}
+
 /// What a path is built from.
 pub struct Setup<'a> {
     pub backends: &'a Backends,
@@ -58,6 +85,12 @@ pub struct Setup<'a> {
 /// A started path; its proxies stop when it is dropped.
 pub struct RunningPath {
     pub kind: PathKind,
+    /// The name in logs and the report: the kind's, or the baseline run's.
+    pub label: &'static str,
+    /// The sidecars' baseline mode (off for paths without sidecars).
+    pub baseline: BaselineRun,
+    /// The sidecars' admin listeners, in the order of `proxies`.
+    pub admins: Vec<SocketAddr>,
     pub http: SocketAddr,
     pub tcp: SocketAddr,
     pub proxies: Vec<Process>,
@@ -73,6 +106,61 @@ impl PathKind {
 impl RunningPath {
     pub fn pids(&self) -> Vec<u32> {
         self.proxies.iter().map(Process::pid).collect()
+    }
+
+    /// Wait until every sidecar has promoted itself to monitor
+    /// (`/config_dump`'s `baseline.mode`).
+    pub fn wait_monitor(&mut self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        for &admin in &self.admins {
+            loop {
+                let (_, body) = http_request(admin, "GET", "/config_dump")?;
+                let dump: serde_json::Value = serde_json::from_str(&body)?;
+                let mode = &dump["baseline"]["mode"];
+                if mode == "monitor" {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{}: the sidecar on admin {admin} is still in baseline mode {mode} after {timeout:?}: {}",
+                    self.label,
+                    dump["baseline"]
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        self.ensure_running()
+    }
+
+    /// What the sidecars' baselines hold at the end of the run: the mode in
+    /// force and flows learned (`/config_dump`), and deviations
+    /// (`baseline_deviation_total`); `None` with the baseline off.
+    pub fn baseline_report(&self) -> anyhow::Result<Option<BaselineReport>> {
+        if self.baseline == BaselineRun::Off {
+            return Ok(None);
+        }
+        let mut report = BaselineReport {
+            run: self.baseline,
+            modes: Vec::new(),
+            entries: 0,
+            deviations: 0,
+        };
+        for &admin in &self.admins {
+            let (_, body) = http_request(admin, "GET", "/config_dump")?;
+            let dump: serde_json::Value = serde_json::from_str(&body)?;
+            let b = &dump["baseline"];
+            report
+                .modes
+                .push(b["mode"].as_str().unwrap_or("?").to_owned());
+            report.entries += b["entries"].as_u64().unwrap_or(0);
+            let (_, metrics) = http_request(admin, "GET", "/metrics")?;
+            report.deviations += metrics
+                .lines()
+                .filter(|l| l.starts_with("baseline_deviation_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64;
+        }
+        Ok(Some(report))
     }
 
     /// Fails if any proxy has died, naming it and quoting its log.
@@ -100,15 +188,23 @@ impl From<std::io::Error> for StartError {
     }
 }
 
-pub fn start(kind: PathKind, setup: &Setup<'_>) -> Result<RunningPath, StartError> {
+/// Start `kind`; `baseline` matters only to the Palisade path.
+pub fn start(
+    kind: PathKind,
+    baseline: BaselineRun,
+    setup: &Setup<'_>,
+) -> Result<RunningPath, StartError> {
     match kind {
         PathKind::Direct => Ok(RunningPath {
             kind,
+            label: kind.name(),
+            baseline: BaselineRun::Off,
+            admins: Vec::new(),
             http: setup.backends.http,
             tcp: setup.backends.tcp,
             proxies: Vec::new(),
         }),
-        PathKind::Palisade => palisade::start(setup),
+        PathKind::Palisade => palisade::start(baseline, setup),
         PathKind::Envoy => envoy::start(setup),
         PathKind::Haproxy => haproxy::start(setup),
     }
@@ -128,6 +224,9 @@ fn sidecar_pair(
     outbound.wait_listening(&entry, timeout)?;
     Ok(RunningPath {
         kind,
+        label: kind.name(),
+        baseline: BaselineRun::Off,
+        admins: Vec::new(),
         http: entry[0],
         tcp: entry[1],
         proxies: vec![outbound, inbound],

@@ -2,18 +2,19 @@
 //! palisade-proxy → server, both proxies in explicit mode (proxy/README.md),
 //! attesting to the bench's control plane with join tokens, and enforcing a
 //! policy whose one HTTP rule allows the client's `POST /echo` (plus the TCP
-//! sink's port at L4). Runs only when asked for (`--palisade`).
+//! sink's port at L4). Runs only when asked for (`--palisade`), once per
+//! `--baseline` mode.
 
 use std::path::Path;
 use std::time::Duration;
 
 use palisadectl::local::{ControlPlane, Process, Protocol, Sidecar, SidecarSpec};
 
-use super::{sidecar_pair, PathKind, RunningPath, Setup, StartError};
+use super::{sidecar_pair, BaselineRun, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{CLIENT_ID, SERVER_ID};
 use crate::latency::client::ECHO_PATH;
 
-pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
+pub fn start(baseline: BaselineRun, setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     if !setup.tools.palisade_enabled {
         return Err(StartError::Unavailable(
             "not requested: pass --palisade to include it".to_owned(),
@@ -41,26 +42,54 @@ pub fn start(setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     .map_err(anyhow::Error::from)?;
 
     // Protocols are fixed rather than detected, as Envoy's listeners are.
-    let mut inbound = spec(cp, "palisade-inbound", SERVER_ID, &policy)?;
+    let name = |side: &str| match baseline {
+        BaselineRun::Off => format!("palisade-{side}"),
+        _ => format!("{}-{side}", baseline.label().replace('+', "-")),
+    };
+    let mut inbound = spec(cp, &name("inbound"), SERVER_ID, &policy)?;
+    inbound.extra_yaml = baseline_yaml(baseline, &setup.work_dir.join(name("inbound")));
     let in_http = inbound.inbound(setup.backends.http, false)?;
     let in_tcp = inbound.inbound(setup.backends.tcp, false)?;
     inbound.inbound[0].protocol = Protocol::Http1;
     inbound.inbound[1].protocol = Protocol::Opaque;
-    let mut outbound = spec(cp, "palisade-outbound", CLIENT_ID, &policy)?;
+    let mut outbound = spec(cp, &name("outbound"), CLIENT_ID, &policy)?;
+    outbound.extra_yaml = baseline_yaml(baseline, &setup.work_dir.join(name("outbound")));
     let out_http = outbound.route(in_http, SERVER_ID)?;
     let out_tcp = outbound.route(in_tcp, SERVER_ID)?;
     outbound.routes[0].protocol = Protocol::Http1;
     outbound.routes[1].protocol = Protocol::Opaque;
 
+    let admins = [outbound.admin, inbound.admin];
     let server = start_ready(bin, inbound, setup)?;
     let client = start_ready(bin, outbound, setup)?;
-    Ok(sidecar_pair(
+    let mut path = sidecar_pair(
         PathKind::Palisade,
         client,
         [out_http, out_tcp],
         server,
         [in_http, in_tcp],
-    )?)
+    )?;
+    path.label = baseline.label();
+    path.baseline = baseline;
+    path.admins = admins.to_vec();
+    Ok(path)
+}
+
+/// The `baseline:` section for a run, its file under `<base>.baseline.json`.
+/// Monitor starts in learn with `auto_promote`: a workload with no new flow
+/// for `stable_after` (1s here, 10m by default) moves to monitor by itself,
+/// so the warm-up's flows are the known ones. The bucket and the rate-spike
+/// settings stay at their defaults, so the per-flow work is production's.
+fn baseline_yaml(baseline: BaselineRun, base: &Path) -> String {
+    let file = base.with_extension("baseline.json");
+    match baseline {
+        BaselineRun::Off => String::new(),
+        BaselineRun::Learn => format!("baseline:\n  mode: learn\n  path: {}\n", file.display()),
+        BaselineRun::Monitor => format!(
+            "baseline:\n  mode: learn\n  auto_promote: true\n  stable_after: 1s\n  path: {}\n",
+            file.display()
+        ),
+    }
 }
 
 /// The server's ingress: the client may `POST /echo` on the echo port, and
