@@ -1,6 +1,9 @@
 //! The workload's learned baseline in the sidecar: the mode in force, the
 //! one check every connection and request makes after policy allowed it,
-//! the findings it raises, and the file that keeps it across restarts.
+//! the findings it raises, the file that keeps it across restarts, and the
+//! baselines of other pods merged in at start.
+
+pub mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,8 +36,9 @@ pub struct Live {
     settings: BaselineSettings,
     path: PathBuf,
     persist_interval: Duration,
-    /// Created, with the file read back, once the SVID names the workload
-    /// and the mode is not `off`.
+    merge_from: Vec<PathBuf>,
+    /// Created, with the file read back (or else `merge_from` merged in),
+    /// once the SVID names the workload and the mode is not `off`.
     recorder: OnceLock<Baseline>,
     /// One writer of the file at a time (the periodic one, and drain's).
     writing: Mutex<()>,
@@ -90,6 +94,7 @@ impl Live {
             settings: cfg.settings.clone(),
             path: cfg.path.clone(),
             persist_interval: cfg.persist_interval,
+            merge_from: cfg.merge_from.clone(),
             recorder: OnceLock::new(),
             writing: Mutex::new(()),
             clock: Clock::new(),
@@ -127,20 +132,63 @@ impl Live {
     fn recorder_for(&self, local: &SpiffeId, metrics: &BaselineMetrics) -> &Baseline {
         self.recorder.get_or_init(|| {
             let b = Baseline::new(local.clone(), self.settings.clone());
-            if let Some(snap) = self.read_file(metrics) {
-                match b.merge(&snap) {
-                    Ok(dropped) => tracing::info!(
-                        entries = b.len(), dropped, path = %self.path.display(),
-                        "baseline restored"
-                    ),
-                    Err(e) => tracing::error!(
-                        error = %e, path = %self.path.display(),
-                        "baseline file not restored; learning afresh"
-                    ),
-                }
+            let restored = self
+                .read_file(metrics)
+                .is_some_and(|snap| match b.merge(&snap) {
+                    Ok(dropped) => {
+                        tracing::info!(
+                            entries = b.len(), dropped, path = %self.path.display(),
+                            "baseline restored"
+                        );
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e, path = %self.path.display(),
+                            "baseline file not restored; learning afresh"
+                        );
+                        false
+                    }
+                });
+            // The own file already holds what was merged before a restart;
+            // merging again would count those flows twice.
+            match restored {
+                false => self.merge_others(&b, metrics),
+                true if !self.merge_from.is_empty() => tracing::info!(
+                    path = %self.path.display(),
+                    "baseline.merge_from not read: the restored baseline already holds it"
+                ),
+                true => {}
             }
             b
         })
+    }
+
+    /// Merges each `merge_from` file into `b`. A file that cannot be read,
+    /// is corrupt, or is another identity's is logged, counted and skipped.
+    fn merge_others(&self, b: &Baseline, metrics: &BaselineMetrics) {
+        for path in &self.merge_from {
+            let merged = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    Snapshot::from_json(&bytes, self.settings.max_entries)
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|snap| b.merge(&snap).map_err(|e| e.to_string()));
+            match merged {
+                Ok(dropped) => tracing::info!(
+                    path = %path.display(), entries = b.len(), dropped,
+                    "baseline learned elsewhere merged in"
+                ),
+                Err(e) => {
+                    metrics.merge_failures.inc();
+                    tracing::error!(
+                        path = %path.display(), error = %e,
+                        "baseline.merge_from file refused; the proxy goes on without it"
+                    );
+                }
+            }
+        }
     }
 
     /// Reads the baseline file back. A missing file is a fresh start; a
@@ -174,13 +222,18 @@ impl Live {
     /// Writes the baseline atomically (a temporary file renamed over the
     /// old one). Nothing is written before the first flow.
     pub fn persist(&self, metrics: &BaselineMetrics) {
-        let Some(b) = self.recorder() else { return };
         let _one = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let json = b.snapshot(self.clock.now()).to_json();
+        let Some(snap) = self.snapshot() else { return };
+        let json = snap.to_json();
         if let Err(e) = write_atomic(&self.path, json.as_bytes()) {
             metrics.persist_failures.inc();
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write the baseline file");
         }
+    }
+
+    /// Everything learned so far; `None` before the recorder exists.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        Some(self.recorder()?.snapshot(self.clock.now()))
     }
 
     /// Mode, status and counts, for `/config_dump`.

@@ -119,6 +119,12 @@ pub async fn accept_loop<T, F, Fut>(
     }
 }
 
+/// The kernel's host name (in a pod, the pod's name); `None` if unknown.
+pub fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
 /// Count a connection refused before forwarding, and say why.
 pub fn refuse(
     rt: &Runtime,

@@ -128,6 +128,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         events,
     });
     tokio::spawn(baseline::maintain(rt.clone(), background.clone()));
+    let reporter = Arc::new(baseline::report::Reporter::new(
+        cp.clone(),
+        &cfg.baseline,
+        |k| std::env::var(k).ok(),
+    ));
+    tokio::spawn(reporter.clone().run(rt.clone(), background.clone()));
 
     // Bind everything first so a port clash fails at start, not later.
     let admin_listener = bind("admin", cfg.admin.bind).await?;
@@ -223,6 +229,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .await;
     background.cancel();
     rt.baseline.persist(&rt.metrics.baseline);
+    reporter
+        .report_on_drain(&rt, cfg.drain_grace_period.min(Duration::from_secs(5)))
+        .await;
     drop(policies);
     tracing::info!(closed_unfinished = left, "drained; exiting");
     Ok(())

@@ -223,6 +223,12 @@ mod tests {
                 "baseline.persist_interval",
             ),
             (
+                "PALISADE_BASELINE_REPORT_INTERVAL",
+                "baseline.report_interval",
+            ),
+            ("PALISADE_BASELINE_INSTANCE", "baseline.instance"),
+            ("PALISADE_BASELINE_MERGE_FROM", "baseline.merge_from"),
+            (
                 "PALISADE_BASELINE_RATE_SPIKE_WARMUP",
                 "baseline.rate_spike.warmup",
             ),

@@ -27,7 +27,8 @@ struct ModeLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
-    /// `restore` (an unreadable or corrupt file at start) or `persist`.
+    /// `restore` (an unreadable or corrupt file at start), `persist`, or
+    /// `merge` (a `merge_from` file refused).
     operation: &'static str,
 }
 
@@ -71,6 +72,9 @@ pub struct BaselineMetrics {
     mode: [Gauge; 4],
     pub restore_failures: Counter,
     pub persist_failures: Counter,
+    pub merge_failures: Counter,
+    /// Reports to the control plane that did not arrive.
+    pub report_failures: Counter,
     deviation_family: Family<DeviationLabels, Counter>,
     status_family: Family<StatusLabels, Gauge>,
     mode_family: Family<ModeLabels, Gauge>,
@@ -101,6 +105,8 @@ impl Default for BaselineMetrics {
                 .map(|m| mode_family.get_or_create_owned(&ModeLabels { mode: m.as_str() })),
             restore_failures: op("restore"),
             persist_failures: op("persist"),
+            merge_failures: op("merge"),
+            report_failures: Counter::default(),
             deviation_family,
             status_family,
             mode_family,
@@ -135,8 +141,13 @@ impl BaselineMetrics {
         );
         r.register(
             "file_failures",
-            "Baseline files that could not be restored or written",
+            "Baseline files that could not be restored, written or merged",
             self.failure_family.clone(),
+        );
+        r.register(
+            "report_failures",
+            "Baseline reports the control plane did not accept",
+            self.report_failures.clone(),
         );
     }
 

@@ -182,9 +182,8 @@ fn syslog_severity(severity_id: u8) -> u8 {
 
 /// The host name for the HOSTNAME field: printable ASCII, or `-`.
 fn hostname() -> String {
-    let h: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let h: String = crate::hostname()
         .unwrap_or_default()
-        .trim()
         .bytes()
         .filter(|b| printable(*b))
         .take(255)
