@@ -5,6 +5,7 @@
 //! across test files.
 
 pub mod badcerts;
+pub mod baseline;
 pub mod cp;
 pub mod http;
 pub mod lenient;
