@@ -17,10 +17,11 @@ use super::http::{json, read_body_max, Failure, Resp};
 use super::State;
 use crate::ca::store::write_private;
 
-/// A POSTed snapshot's body at most.
-pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
-/// Entries in one snapshot at most.
-pub const MAX_ENTRIES: usize = 10_000;
+/// A POSTed snapshot's body at most: room for a full report at about
+/// 800 bytes an entry.
+pub const MAX_SNAPSHOT_BYTES: usize = 16 * 1024 * 1024;
+/// Entries in one snapshot at most: what a sidecar learns by default.
+pub const MAX_ENTRIES: usize = palisade_policy::baseline::DEFAULT_MAX_ENTRIES;
 /// Instances (pods) kept per identity; a new one past it is refused.
 pub const MAX_INSTANCES: usize = 256;
 /// Longest instance name.

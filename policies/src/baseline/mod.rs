@@ -32,6 +32,8 @@ pub use export::{export, Export};
 pub use key::{FlowKey, FlowPeer, FlowRef, Protocol, Route};
 pub use rate::{RateExcess, RateProfile};
 pub use recorder::{Baseline, Status, Summary};
-pub use settings::{BaselineMode, BaselineSettings, RateSpikeSettings, SettingsError};
+pub use settings::{
+    BaselineMode, BaselineSettings, RateSpikeSettings, SettingsError, DEFAULT_MAX_ENTRIES,
+};
 pub use snapshot::{Entry, Snapshot, SnapshotError, SNAPSHOT_VERSION};
 pub use template::{is_id_segment, template, ID, MAX_TEMPLATE, REST};

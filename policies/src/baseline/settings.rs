@@ -78,6 +78,10 @@ impl std::str::FromStr for BaselineMode {
     }
 }
 
+/// Flows a workload learns at most, unless `max_entries` says otherwise; the
+/// control plane accepts reports of this size.
+pub const DEFAULT_MAX_ENTRIES: usize = 20_000;
+
 /// The baseline's settings. Durations are written `250ms`, `10s`, `10m`,
 /// `1h` (a bare number is seconds), as everywhere in the proxy's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +137,7 @@ impl Default for BaselineSettings {
             auto_promote: false,
             bucket: Duration::from_secs(10),
             stable_after: Duration::from_secs(600),
-            max_entries: 20_000,
+            max_entries: DEFAULT_MAX_ENTRIES,
             ipv4_prefix: 24,
             ipv6_prefix: 64,
             rate_spike: RateSpikeSettings::default(),
