@@ -1,6 +1,7 @@
 //! The README's main job: `palisadectl up` brings up a local mesh with the
 //! example demo policy and shows allowed and denied traffic, then stops
-//! every child by itself.
+//! every child by itself; `--scenario compromised` shows learned baselines
+//! reporting, then blocking, a compromised workload's probes.
 
 use std::process::Command;
 
@@ -49,6 +50,124 @@ fn local_mesh_shows_allowed_and_denied_traffic_and_stops_cleanly() {
         "{stdout}"
     );
     assert!(stdout.contains("outbound_tcp_authz_deny_total"), "{stdout}");
+}
+
+#[test]
+fn compromised_api_is_reported_in_monitor_then_blocked_in_protect_while_learned_flows_pass() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(bin("palisadectl"))
+        .current_dir(&repo)
+        .args(["up", "--scenario", "compromised", "--duration", "12"])
+        .args(["--interval-ms", "500", "--plain"])
+        .output()
+        .expect("run palisadectl up");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "palisadectl up failed:\n{stdout}\n{stderr}"
+    );
+    let at = |marker: &str| {
+        stdout
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in:\n{stdout}"))
+    };
+    let (learn, monitor, protect) = (
+        at("phase learn:"),
+        at("phase monitor:"),
+        at("phase protect:"),
+    );
+    assert!(learn < monitor && monitor < protect, "{stdout}");
+
+    // The learned flows pass in every phase: never denied, throttled or
+    // failed, and still answered once protect is in force.
+    let learned = |l: &&str| {
+        !l.starts_with("probe")
+            && (l.contains(" frontend -> api ")
+                || l.contains(" api -> db  (")
+                || l.contains(" api -> db GET /v1/orders/1042 ")
+                || l.contains(" api -> db GET /v1/users/42 "))
+    };
+    let learned_lines: Vec<&str> = stdout.lines().filter(learned).collect();
+    for l in &learned_lines {
+        assert!(
+            l.starts_with("ALLOWED"),
+            "a learned flow was refused: {l}\n{stdout}"
+        );
+    }
+    let after_protect: Vec<&str> = stdout[protect..].lines().filter(learned).collect();
+    for call in [
+        " frontend -> api ",
+        " api -> db  (",
+        " api -> db GET /v1/orders/1042 ",
+    ] {
+        assert!(
+            after_protect.iter().any(|l| l.contains(call)),
+            "{call} not seen in protect:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("ERROR"), "a call failed:\n{stdout}");
+
+    // Each deviation raised in monitor (the traffic passed), then blocked or
+    // throttled in protect.
+    let finding = |kind: &str, how: &str| {
+        stdout.lines().any(|l| {
+            l.starts_with("FINDING") && l.contains(&format!("baseline.{kind} ")) && l.contains(how)
+        })
+    };
+    for kind in ["new_port", "new_route", "rate_spike"] {
+        assert!(
+            finding(kind, "(monitor mode, allowed)"),
+            "no {kind} finding in monitor:\n{stdout}"
+        );
+    }
+    for (kind, how) in [
+        ("new_port", "(protect mode, blocked)"),
+        ("new_route", "(protect mode, blocked)"),
+        ("rate_spike", "(protect mode, throttled)"),
+    ] {
+        assert!(finding(kind, how), "no {kind} finding {how}:\n{stdout}");
+    }
+
+    // What the compromised caller saw: its probes passed in monitor, and in
+    // protect the new port was closed, the new route got 403 naming the
+    // baseline, and the burst got 429s.
+    let probe = |part: &str, verdict: &str, what: &str| {
+        part.lines()
+            .any(|l| l.starts_with(&format!("probe    {verdict}")) && l.contains(what))
+    };
+    let in_monitor = &stdout[monitor..protect];
+    assert!(
+        probe(in_monitor, "ALLOWED", "api -> db admin port"),
+        "{stdout}"
+    );
+    assert!(
+        probe(in_monitor, "ALLOWED", "api -> db GET /admin/export"),
+        "{stdout}"
+    );
+    let in_protect = &stdout[protect..];
+    assert!(
+        probe(in_protect, "DENIED", "api -> db admin port"),
+        "{stdout}"
+    );
+    assert!(
+        probe(in_protect, "DENIED", "x-palisade-denied: baseline"),
+        "{stdout}"
+    );
+    assert!(
+        probe(in_protect, "THROTTLED", "api -> db GET /v1/users/7 burst"),
+        "{stdout}"
+    );
+    assert!(
+        !probe(in_protect, "ALLOWED", "api -> db admin port")
+            && !probe(in_protect, "ALLOWED", "GET /admin/export"),
+        "a probe passed in protect:\n{stdout}"
+    );
+    // The sidecars count them too.
+    assert!(
+        stdout.contains("baseline_deviation_total") && stdout.contains("action throttle"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! three demo workloads (frontend, api, db), each a small echo service behind
 //! its own `palisade-proxy` in explicit mode, drives traffic between them and
 //! shows who talked to whom, with identities and decisions. Ctrl-C stops it.
+//! `--scenario compromised` adds learned baselines (see `compromised`).
 
+mod compromised;
 mod mesh;
 mod traffic;
 mod view;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use compromised::Attack;
 use mesh::Mesh;
 use traffic::{Call, Tally};
 
@@ -49,6 +52,19 @@ pub struct UpArgs {
     /// next to this palisadectl).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// What the demo shows: allowed and denied traffic (`default`), or a
+    /// workload learned, then watched and locked down while `api` turns
+    /// hostile (`compromised`).
+    #[arg(long, value_enum, default_value_t = Scenario::Default)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The policy's allowed and denied calls, round after round.
+    Default,
+    /// Learn, monitor, then protect, while `api` probes `db`.
+    Compromised,
 }
 
 /// The calls the demo makes every round: (caller, callee).
@@ -85,8 +101,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         interrupt: signal(SignalKind::interrupt())?,
         terminate: signal(SignalKind::terminate())?,
     };
-    let mut mesh = Mesh::start(&bin_dir, args.dir.clone(), policy.as_deref()).await?;
-    let result = drive(&mesh, &args, policy.as_deref(), stop).await;
+    let mut mesh =
+        Mesh::start(&bin_dir, args.dir.clone(), policy.as_deref(), args.scenario).await?;
+    let result = drive(&mesh, &args, stop).await;
     mesh.stop().await;
     result
 }
@@ -97,17 +114,20 @@ struct Stop {
     terminate: Signal,
 }
 
-async fn drive(
-    mesh: &Mesh,
-    args: &UpArgs,
-    policy: Option<&std::path::Path>,
-    mut stop: Stop,
-) -> anyhow::Result<()> {
+async fn drive(mesh: &Mesh, args: &UpArgs, mut stop: Stop) -> anyhow::Result<()> {
+    let policy = mesh.policy();
     let plain = args.plain || !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let calls: Vec<Call> = CALLS
+    let mut calls: Vec<Call> = CALLS
         .iter()
         .map(|(from, to)| mesh.call(from, to))
         .collect::<anyhow::Result<_>>()?;
+    let mut attack = match args.scenario {
+        Scenario::Default => None,
+        Scenario::Compromised => Some(Attack::new(mesh)?),
+    };
+    if let Some(a) = &attack {
+        calls.push(a.learned_call().clone());
+    }
     let mut tally = Tally::new(&calls);
     println!(
         "palisade local mesh is up: control plane {}, workloads {}, policy {}",
@@ -131,6 +151,9 @@ async fn drive(
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
+        if let Some(a) = &mut attack {
+            a.begin_round(mesh, plain).await?;
+        }
         for (i, call) in calls.iter().enumerate() {
             let outcome = call.run().await;
             if plain {
@@ -138,10 +161,17 @@ async fn drive(
             }
             tally.record(i, outcome);
         }
+        if let Some(a) = &mut attack {
+            a.end_round(plain).await;
+        }
         if !plain {
             let seen = mesh.scrape().await;
-            print!("{}", view::screen(&calls, &tally, &seen, policy));
+            let story = attack.as_ref().map(Attack::story).unwrap_or_default();
+            print!("{}", view::screen(&calls, &tally, &seen, policy, &story));
         }
+    }
+    if let Some(a) = &mut attack {
+        a.finish(plain).await;
     }
     let seen = mesh.scrape().await;
     println!("{}", view::summary(&calls, &tally, &seen));
