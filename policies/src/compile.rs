@@ -115,7 +115,8 @@ pub fn compile(
     }
     let mut warnings = shadow::warnings(&docs);
     for doc in &docs {
-        if doc.ingress.is_none() && doc.egress.is_none() {
+        // A policy that only sets its targets' baseline mode still acts.
+        if doc.ingress.is_none() && doc.egress.is_none() && doc.baseline.is_none() {
             warnings.push(Diagnostic::warning(
                 &doc.source,
                 doc.pos,

@@ -526,11 +526,40 @@ fn protect_throttles_the_excess_of_a_spike_until_the_bucket_ends() {
         // Request i of bucket 11 is at 11_000 + i*10 ms; the bucket ends at 12_000.
         assert_eq!(retry, 1000 - i as u64 * 10);
     }
-    // Bucket 10's 100 were learned as the ceiling (20), not as 100, which
-    // would have raised the mean to 36.
+    // Bucket 10's 100 were not learned, which would have raised the mean
+    // to 36.
     let key = req(&fe, 8080, "GET", "/v1/users/1").to_key(b.settings());
     let mean = b.view(&key).unwrap().rate_mean;
     assert!((mean - 20.0).abs() < 1e-9, "{mean}");
+}
+
+#[test]
+fn bursts_that_come_back_every_bucket_never_raise_their_own_ceiling() {
+    let fe = id(FRONTEND);
+    let b = Baseline::new(id(API), settings());
+    // Learned: 15 and 25 in turn, so the ceiling sits above the mean.
+    for bucket in 0..20 {
+        burst(&b, &fe, BaselineMode::Learn, bucket, 15 + 10 * (bucket % 2));
+    }
+    // A spike is a window (2) of buckets over the ceiling; from then on
+    // every bucket's excess is throttled. The first burst closes the last
+    // learned bucket.
+    burst(&b, &fe, BaselineMode::Protect, 20, 100);
+    let key = req(&fe, 8080, "GET", "/v1/users/1").to_key(b.settings());
+    let learned = b.view(&key).unwrap().rate_mean;
+    for bucket in 21..60 {
+        let checks = burst(&b, &fe, BaselineMode::Protect, bucket, 100);
+        let throttled = checks
+            .iter()
+            .filter(|c| matches!(c.action, Action::Throttle { .. }))
+            .count();
+        assert!(
+            throttled >= 50,
+            "bucket {bucket}: only {throttled} of 100 throttled"
+        );
+    }
+    let mean = b.view(&key).unwrap().rate_mean;
+    assert!((mean - learned).abs() < 1e-9, "{learned} became {mean}");
 }
 
 #[test]

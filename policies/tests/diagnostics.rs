@@ -115,6 +115,15 @@ fn bad_action_and_mode_suggest_valid_values() {
 }
 
 #[test]
+fn a_policy_without_rules_warns_unless_it_sets_a_baseline_mode() {
+    let bare = warnings(&doc(TARGETS));
+    assert_eq!(bare.len(), 1, "{bare:#?}");
+    assert!(bare[0].to_string().contains("has no effect"), "{}", bare[0]);
+    let moded = warnings(&doc(&format!("{TARGETS}  baseline: {{mode: protect}}\n")));
+    assert!(moded.is_empty(), "{moded:#?}");
+}
+
+#[test]
 fn a_baseline_mode_per_target_is_read_and_a_bad_one_is_located() {
     let ok = doc(&format!("{TARGETS}  baseline: {{mode: protect}}\n"));
     let docs = parse_documents("shop.yaml", &ok).unwrap();

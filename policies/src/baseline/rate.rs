@@ -61,8 +61,8 @@ impl RateProfile {
     /// Counts one request in bucket `b`. `Some` when it makes a spike: the
     /// flow is warmed up, this bucket's count is above the ceiling, and so
     /// were the `window - 1` buckets before it. With `clamp`, a closed
-    /// bucket above the ceiling is learned as the ceiling, so a burst does
-    /// not teach itself.
+    /// bucket above the ceiling teaches the profile nothing, so bursts that
+    /// come back bucket after bucket never raise their own ceiling.
     pub(crate) fn record(
         &mut self,
         b: u64,
@@ -87,19 +87,19 @@ impl RateProfile {
 
     /// Closes the open bucket and the idle ones up to `b`.
     fn roll(&mut self, b: u64, rs: &RateSpikeSettings, clamp: bool) {
-        let mut x = f64::from(self.open);
+        let x = f64::from(self.open);
+        let mut learn = true;
         if self.warmed_up(rs) {
-            let ceiling = self.ceiling(rs);
-            if x > ceiling {
+            if x > self.ceiling(rs) {
                 self.over = self.over.saturating_add(1);
-                if clamp {
-                    x = ceiling;
-                }
+                learn = !clamp;
             } else {
                 self.over = 0;
             }
         }
-        self.fold(x, rs.alpha);
+        if learn {
+            self.fold(x, rs.alpha);
+        }
         let idle = b - self.bucket - 1;
         if idle > 0 {
             self.fold_zeros(idle, rs.alpha);
