@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, InboundCheck};
-use crate::config::{InboundTarget, Protocol};
+use crate::config::{ForwardTo, Protocol};
 use crate::forward::{forward, log_end};
 use crate::http;
 use crate::http::detect::{self, detect, Detected};
@@ -35,7 +35,7 @@ pub enum LocalApp {
     /// Transparent mode: the app port is the original destination port.
     Transparent {
         permissive_ports: Arc<[u16]>,
-        forward_to: InboundTarget,
+        forward_to: ForwardTo,
         /// App port → protocol; absent ports are detected.
         protocols: Arc<BTreeMap<u16, Protocol>>,
         allow_get_body_ports: Arc<[u16]>,
@@ -60,10 +60,10 @@ impl LocalApp {
                     return Err("no_original_dst");
                 }
                 let app = match forward_to {
-                    InboundTarget::Localhost => {
+                    ForwardTo::Localhost => {
                         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), orig.port())
                     }
-                    InboundTarget::Original => orig,
+                    ForwardTo::Original => orig,
                 };
                 Ok((app, permissive_ports.contains(&orig.port())))
             }

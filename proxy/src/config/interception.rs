@@ -67,7 +67,7 @@ pub enum Unmeshed {
 /// Where transparent inbound traffic goes after the proxy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum InboundTarget {
+pub enum ForwardTo {
     /// `127.0.0.1:<original port>`: works for apps bound to loopback or to
     /// all addresses, and loopback is never redirected by the init rules.
     #[default]
@@ -84,7 +84,7 @@ pub struct TransparentInbound {
     pub bind: SocketAddr,
     /// Original destination ports that also accept plaintext.
     pub permissive_ports: Vec<u16>,
-    pub forward_to: InboundTarget,
+    pub forward_to: ForwardTo,
     /// App port → protocol (default `detect`).
     #[serde(deserialize_with = "port_map")]
     pub protocols: BTreeMap<u16, Protocol>,
@@ -98,7 +98,7 @@ impl Default for TransparentInbound {
         TransparentInbound {
             bind: SocketAddr::from(([0, 0, 0, 0], 4143)),
             permissive_ports: Vec::new(),
-            forward_to: InboundTarget::default(),
+            forward_to: ForwardTo::default(),
             protocols: BTreeMap::new(),
             allow_get_body_ports: Vec::new(),
         }

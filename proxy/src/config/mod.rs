@@ -21,7 +21,7 @@ pub mod policy;
 pub use self::baseline::BaselineConfig;
 pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
 pub use interception::{
-    ExplicitInbound, ExplicitOutbound, InboundTarget, Interception, PortMapping, Route,
+    ExplicitInbound, ExplicitOutbound, ForwardTo, Interception, PortMapping, Route,
     TransparentInbound, TransparentOutbound, Unmeshed,
 };
 pub use policy::{PolicyConfig, SourceKind};
@@ -328,7 +328,7 @@ pub(super) mod tests {
         };
         assert_eq!(inbound.bind, "0.0.0.0:4143".parse().unwrap());
         assert!(inbound.permissive_ports.is_empty());
-        assert_eq!(inbound.forward_to, InboundTarget::Localhost);
+        assert_eq!(inbound.forward_to, ForwardTo::Localhost);
         assert_eq!(outbound.bind, "127.0.0.1:4140".parse().unwrap());
         assert_eq!(outbound.unmeshed, Unmeshed::Deny);
         assert_eq!(outbound.endpoints_refresh, Duration::from_secs(10));

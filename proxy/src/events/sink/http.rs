@@ -20,13 +20,13 @@ use crate::events::{ControlPlaneLink, EventsError, HttpFormat};
 const ATTEMPTS: u32 = 3;
 
 /// Where batches go.
-pub(crate) enum Target {
+pub(crate) enum Collector {
     Url(Uri),
     ControlPlane(ControlPlaneLink),
 }
 
-impl Target {
-    pub fn url(url: &str) -> Result<Target, EventsError> {
+impl Collector {
+    pub fn url(url: &str) -> Result<Collector, EventsError> {
         let bad = |reason: &str| EventsError::Url {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -42,12 +42,12 @@ impl Target {
         if uri.authority().is_none() {
             return Err(bad("needs a host"));
         }
-        Ok(Target::Url(uri))
+        Ok(Collector::Url(uri))
     }
 }
 
 pub(crate) struct HttpSink {
-    target: Target,
+    collector: Collector,
     format: HttpFormat,
     batch: usize,
     flush_interval: Duration,
@@ -56,7 +56,7 @@ pub(crate) struct HttpSink {
 
 impl HttpSink {
     pub fn new(
-        target: Target,
+        collector: Collector,
         format: HttpFormat,
         batch: usize,
         flush_interval: Duration,
@@ -66,7 +66,7 @@ impl HttpSink {
             return Err(EventsError::EmptyBatch);
         }
         Ok(HttpSink {
-            target,
+            collector,
             format,
             batch,
             flush_interval,
@@ -75,9 +75,9 @@ impl HttpSink {
     }
 
     pub fn label(&self) -> &'static str {
-        match self.target {
-            Target::Url(_) => "http",
-            Target::ControlPlane(_) => "control_plane",
+        match self.collector {
+            Collector::Url(_) => "http",
+            Collector::ControlPlane(_) => "control_plane",
         }
     }
 
@@ -187,9 +187,9 @@ impl HttpSink {
         body: Bytes,
         content_type: &'static str,
     ) -> Result<(), String> {
-        let uri = match &self.target {
-            Target::Url(uri) => uri,
-            Target::ControlPlane(link) => {
+        let uri = match &self.collector {
+            Collector::Url(uri) => uri,
+            Collector::ControlPlane(link) => {
                 let creds = link
                     .creds
                     .load_full()

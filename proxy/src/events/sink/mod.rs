@@ -60,7 +60,7 @@ impl Writer {
                 flush_interval,
                 timeout,
             } => Writer::Http(http::HttpSink::new(
-                http::Target::url(url)?,
+                http::Collector::url(url)?,
                 *format,
                 *batch,
                 *flush_interval,
@@ -70,7 +70,7 @@ impl Writer {
                 batch,
                 flush_interval,
             } => Writer::Http(http::HttpSink::new(
-                http::Target::ControlPlane(
+                http::Collector::ControlPlane(
                     control_plane.cloned().ok_or(EventsError::NoControlPlane)?,
                 ),
                 super::HttpFormat::Json,
