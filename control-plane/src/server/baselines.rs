@@ -13,7 +13,7 @@ use palisade_policy::baseline::Snapshot;
 use palisade_policy::SpiffeId;
 use sha2::{Digest, Sha256};
 
-use super::http::{json, read_body_max, Failure, Resp};
+use super::http::{json, query_pairs, read_body_max, Failure, Resp};
 use super::State;
 use crate::ca::store::write_private;
 
@@ -153,11 +153,7 @@ fn valid_instance(s: &str) -> bool {
 }
 
 fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+    query_pairs(query).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// POST /v1/baselines?instance=ID from a workload (`caller`, proven by its

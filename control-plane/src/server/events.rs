@@ -13,7 +13,7 @@ use palisade_policy::SpiffeId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http::{json, read_body_max, Failure, Resp};
+use super::http::{json, query_number, query_pairs, read_body_max, Failure, Resp};
 use super::State;
 
 /// Events kept, newest last.
@@ -183,21 +183,10 @@ pub async fn post(
 pub fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
     let mut since = 0;
     let mut limit = MAX_PAGE;
-    for (k, v) in query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let bad = || {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                format!("{k}={v:?} is not a number"),
-            )
-        };
+    for (k, v) in query_pairs(query) {
         match k {
-            "since" => since = v.parse().map_err(|_| bad())?,
-            "limit" => limit = v.parse::<usize>().map_err(|_| bad())?.min(MAX_PAGE),
+            "since" => since = query_number(k, v)?,
+            "limit" => limit = query_number::<usize>(k, v)?.min(MAX_PAGE),
             _ => {}
         }
     }

@@ -100,6 +100,25 @@ pub async fn read_body_max(
     }
 }
 
+/// The `key=value` pairs of a request's query string, in order.
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+}
+
+/// A query value that must be a number: 400 `bad_query` naming it if not.
+pub fn query_number<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, Failure> {
+    v.parse().map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("{k}={v:?} is not a number"),
+        )
+    })
+}
+
 /// Parses a JSON body into `T`, with the parser's message on failure.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| {

@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use palisade_policy::SpiffeId;
 use rustls::pki_types::CertificateDer;
 
-use super::http::{json, parse_json, read_body, text, Failure, Resp};
+use super::http::{json, parse_json, query_number, query_pairs, read_body, text, Failure, Resp};
 use super::State;
 use crate::attest::AttestError;
 use crate::ca::csr::{verify_csr_pem, VerifiedCsr};
@@ -187,21 +187,10 @@ async fn policies(
     let id = peer_id(state, peer)?;
     let mut known = None;
     let mut wait = crate::policy_source::MAX_WAIT / 2;
-    for (k, v) in query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
-        let bad = || {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                format!("{k}={v:?} is not a number"),
-            )
-        };
+    for (k, v) in query_pairs(query) {
         match k {
-            "version" => known = Some(v.parse::<u64>().map_err(|_| bad())?),
-            "wait" => wait = std::time::Duration::from_secs(v.parse().map_err(|_| bad())?),
+            "version" => known = Some(query_number::<u64>(k, v)?),
+            "wait" => wait = std::time::Duration::from_secs(query_number(k, v)?),
             _ => {}
         }
     }
