@@ -124,7 +124,14 @@ fn cpu_limit_and_a_noisy_neighbour_are_reported_and_the_groups_removed() {
     let out = tempfile::tempdir().unwrap();
     let report = smoke(
         out.path(),
-        &["--cpu-limit", "500", "--noisy-neighbour", "1"],
+        &[
+            "--cpu-limit",
+            "500",
+            "--noisy-neighbour",
+            "1",
+            "--rps",
+            "100",
+        ],
     );
     assert_eq!(report["total_errors"], 0);
     let conditions = &report["conditions"];

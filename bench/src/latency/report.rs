@@ -331,9 +331,8 @@ impl Report {
             let _ = writeln!(md, "RSS is the sum of the path's two proxies.\n");
         }
     }
-}
 
-impl Report {
+    /// One row per proxy of every path, when any had proxies.
     fn sched_table(&self, md: &mut String) {
         let rows: Vec<_> = self
             .paths
@@ -344,36 +343,29 @@ impl Report {
         if rows.is_empty() {
             return;
         }
-        md.push_str(&sched_markdown(rows.into_iter()));
-    }
-}
-
-/// The scheduling table, one row per proxy: `(path, summary)`.
-pub fn sched_markdown<'a>(rows: impl Iterator<Item = (&'a str, &'a SchedSummary)>) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "Scheduling per 1,000 requests, median of trials (context switches summed over each proxy's threads from /proc; perf where available):\n"
-    );
-    let _ = writeln!(
-        md,
-        "| path | proxy | voluntary ctx sw | involuntary ctx sw | perf context-switches | perf cpu-migrations | perf sched_wakeup |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for (path, s) in rows {
         let _ = writeln!(
             md,
-            "| {path} | {} | {:.1} | {:.1} | {} | {} | {} |",
-            s.proxy,
-            s.voluntary_ctxt_switches.median,
-            s.nonvoluntary_ctxt_switches.median,
-            opt(s.perf_context_switches.map(|s| s.median), 1),
-            opt(s.perf_cpu_migrations.map(|s| s.median), 1),
-            opt(s.perf_wakeups.map(|s| s.median), 1),
+            "Scheduling per 1,000 requests, median of trials (context switches summed over each proxy's threads from /proc; perf where available):\n"
         );
+        let _ = writeln!(
+            md,
+            "| path | proxy | voluntary ctx sw | involuntary ctx sw | perf context-switches | perf cpu-migrations | perf sched_wakeup |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for (path, s) in rows {
+            let _ = writeln!(
+                md,
+                "| {path} | {} | {:.1} | {:.1} | {} | {} | {} |",
+                s.proxy,
+                s.voluntary_ctxt_switches.median,
+                s.nonvoluntary_ctxt_switches.median,
+                opt(s.perf_context_switches.map(|s| s.median), 1),
+                opt(s.perf_cpu_migrations.map(|s| s.median), 1),
+                opt(s.perf_wakeups.map(|s| s.median), 1),
+            );
+        }
+        md.push('\n');
     }
-    md.push('\n');
-    md
 }
 
 fn cells(s: &PercentileSpread) -> Vec<String> {
@@ -387,12 +379,22 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-fn run_line(config: &serde_json::Value, mode: &str) -> String {
-    let get = |k: &str| match config.get(k) {
+/// A config value as the Markdown shows it: strings bare, lists comma-separated.
+pub fn config_value(config: &serde_json::Value, key: &str) -> String {
+    match config.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(", "),
         Some(v) => v.to_string(),
         None => String::new(),
-    };
+    }
+}
+
+fn run_line(config: &serde_json::Value, mode: &str) -> String {
+    let get = |k: &str| config_value(config, k);
     let load = if mode == "open-loop" {
         format!("open loop at {} RPS", get("rps"))
     } else {

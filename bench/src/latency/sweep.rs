@@ -19,7 +19,7 @@ use super::conditions::{ConditionArgs, Conditions, SchedRate};
 use super::hist::Percentiles;
 use super::load::{open_loop, LoadSpec};
 use super::machine::Machine;
-use super::report::PathReport;
+use super::report::{config_value, PathReport};
 use super::stage::Stage;
 use super::topology::PathKind;
 use super::{plot, PathArgs, DEFAULT_OUT};
@@ -280,12 +280,20 @@ impl SweepReport {
     pub fn markdown(&self, limit: f64) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "Machine: {}\n", self.machine.line());
-        let c = &self.config;
+        let c = |k: &str| config_value(&self.config, k);
         let _ = writeln!(
             md,
-            "Run: open loop, rates {} RPS, {} requests in flight (HTTP/1.1 connections; HTTP/2 streams over {} connections), {} B bodies, {} s per step after {} s warm-up, proxy worker threads {}, SVIDs {}\n",
-            c["rates"], c["connections"], c["h2_connections"], c["body_bytes"],
-            c["step_seconds"], c["warmup_seconds"], c["proxy_workers"], c["certs"]
+            "Run: open loop at {} RPS, {} requests in flight (HTTP/1.1: one per connection; \
+             HTTP/2: streams over {} connections), {} B bodies, {} s per step after {} s warm-up, \
+             proxy worker threads {}, SVIDs {}\n",
+            c("rates"),
+            c("connections"),
+            c("h2_connections"),
+            c("body_bytes"),
+            c("step_seconds"),
+            c("warmup_seconds"),
+            c("proxy_workers"),
+            c("certs")
         );
         let _ = writeln!(md, "{}", self.conditions.markdown());
         let _ = writeln!(
