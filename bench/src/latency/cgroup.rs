@@ -39,7 +39,11 @@ impl CpuController {
     pub fn find() -> anyhow::Result<CpuController> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .context("reading /proc/self/mountinfo")?;
-        find_in(&mountinfo).ok_or_else(|| {
+        let offers_cpu = |mount: &Path| {
+            std::fs::read_to_string(mount.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        };
+        find_in(&mountinfo, offers_cpu).ok_or_else(|| {
             anyhow!(
                 "--cpu-limit needs the cgroup `cpu` controller: neither a cgroup2 mount \
                  offering `cpu` nor a cgroup v1 mount of `cpu` is in /proc/self/mountinfo"
@@ -128,7 +132,8 @@ fn owner_pid(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }
 
-fn find_in(mountinfo: &str) -> Option<CpuController> {
+/// `offers_cpu` says whether a cgroup2 mount's `cgroup.controllers` lists `cpu`.
+fn find_in(mountinfo: &str, offers_cpu: impl Fn(&Path) -> bool) -> Option<CpuController> {
     // "<id> <parent> <maj:min> <root> <mount point> <options> [<optional>...] - <fstype> <source> <super options>"
     let mounts: Vec<(&str, &str, &str)> = mountinfo
         .lines()
@@ -141,11 +146,9 @@ fn find_in(mountinfo: &str) -> Option<CpuController> {
             Some((point, fstype, options))
         })
         .collect();
-    let v2 = mounts.iter().find(|(point, fstype, _)| {
-        *fstype == "cgroup2"
-            && std::fs::read_to_string(Path::new(point).join("cgroup.controllers"))
-                .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
-    });
+    let v2 = mounts
+        .iter()
+        .find(|(point, fstype, _)| *fstype == "cgroup2" && offers_cpu(Path::new(point)));
     if let Some((point, _, _)) = v2 {
         return Some(CpuController {
             version: Version::V2,
@@ -219,14 +222,18 @@ mod tests {
 
     #[test]
     fn v2_is_preferred_when_it_offers_cpu_and_v1_cpu_is_found_among_other_controllers() {
-        let v1 = "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:12 - cgroup cgroup rw,cpu,cpuacct\n\
-                  31 25 0:27 / /sys/fs/cgroup/cpuset rw shared:13 - cgroup cgroup rw,cpuset\n";
-        let found = find_in(v1).unwrap();
+        let hybrid = "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:12 - cgroup cgroup rw,cpu,cpuacct\n\
+                      31 25 0:27 / /sys/fs/cgroup/cpuset rw shared:13 - cgroup cgroup rw,cpuset\n\
+                      32 25 0:28 / /sys/fs/cgroup/unified rw shared:14 - cgroup2 cgroup2 rw\n";
+        let found = find_in(hybrid, |_| false).unwrap();
         assert_eq!(found.version, Version::V1);
         assert_eq!(found.root, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+        let found = find_in(hybrid, |p| p == Path::new("/sys/fs/cgroup/unified")).unwrap();
+        assert_eq!(found.version, Version::V2);
+        assert_eq!(found.root, Path::new("/sys/fs/cgroup/unified"));
         let only_cpuset =
             "31 25 0:27 / /sys/fs/cgroup/cpuset rw shared:13 - cgroup cgroup rw,cpuset\n";
-        assert!(find_in(only_cpuset).is_none());
+        assert!(find_in(only_cpuset, |_| true).is_none());
         assert_eq!(quota_us(500), 50_000);
         assert_eq!(quota_us(2000), 200_000);
     }

@@ -15,11 +15,10 @@ use serde::Serialize;
 use tracing::info;
 
 use super::client::ClientHttp;
-use super::conditions::{ConditionArgs, Conditions, SchedRate};
-use super::hist::Percentiles;
+use super::conditions::{ConditionArgs, Conditions};
 use super::load::{open_loop, LoadSpec};
 use super::machine::Machine;
-use super::report::{config_value, PathReport};
+use super::report::{config_value, PathReport, Trial};
 use super::stage::Stage;
 use super::topology::PathKind;
 use super::{plot, PathArgs, DEFAULT_OUT};
@@ -84,27 +83,19 @@ impl SweepArgs {
     }
 }
 
-/// One path at one rate.
+/// One path at one rate: the latency command's trial record, at a target rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
     pub target_rps: u32,
-    pub achieved_rps: f64,
-    /// From intended send time, milliseconds.
-    pub latency_ms: Percentiles,
-    pub requests_ok: u64,
-    pub errors: u64,
+    #[serde(flatten)]
+    pub trial: Trial,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
-    pub steal_percent: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy_cpu_ms_per_1000_requests: Option<f64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub proxy_sched_per_1000_requests: Vec<SchedRate>,
 }
 
 impl Point {
     fn holds(&self, p99_limit_ms: f64) -> bool {
-        self.errors == 0 && self.latency_ms.p99 < p99_limit_ms
+        self.trial.errors == 0 && self.trial.latency_ms.p99 < p99_limit_ms
     }
 }
 
@@ -188,17 +179,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
                 let (outcome, cost) = stage
                     .contention
                     .trial(path, || stage.rt.block_on(open_loop(&load)))?;
-                let trial = super::report::Trial::new(&outcome, &cost);
                 curve.points.push(Point {
                     target_rps: rate,
-                    achieved_rps: trial.achieved_rps,
-                    latency_ms: trial.latency_ms,
-                    requests_ok: trial.requests_ok,
-                    errors: trial.errors,
-                    first_error: outcome.first_error.clone(),
-                    steal_percent: trial.steal_percent,
-                    proxy_cpu_ms_per_1000_requests: trial.proxy_cpu_ms_per_1000_requests,
-                    proxy_sched_per_1000_requests: trial.proxy_sched_per_1000_requests,
+                    trial: Trial::new(&outcome, &cost),
+                    first_error: outcome.first_error,
                 });
                 path.ensure_running()?;
             }
@@ -219,12 +203,12 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
             c.points
                 .iter()
                 .enumerate()
-                .map(move |(i, p)| (label.clone(), i, p.steal_percent))
+                .map(move |(i, p)| (label.clone(), i, p.trial.steal_percent))
         })
         .collect();
     let broken: Vec<String> = curves
         .iter()
-        .filter(|c| c.points.first().is_some_and(|p| p.errors > 0))
+        .filter(|c| c.points.first().is_some_and(|p| p.trial.errors > 0))
         .map(|c| format!("{} {}", c.path, c.client.name()))
         .collect();
     let report = SweepReport {
@@ -249,7 +233,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         total_errors: curves
             .iter()
             .flat_map(|c| &c.points)
-            .map(|p| p.errors)
+            .map(|p| p.trial.errors)
             .sum(),
         curves,
         skipped,
@@ -317,9 +301,9 @@ impl SweepReport {
                         curve.path,
                         curve.client.name(),
                         p.target_rps,
-                        p.achieved_rps,
-                        p.latency_ms.p50,
-                        p.latency_ms.p99
+                        p.trial.achieved_rps,
+                        p.trial.latency_ms.p50,
+                        p.trial.latency_ms.p99
                     );
                 }
                 None => {
@@ -340,20 +324,20 @@ impl SweepReport {
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         for curve in &self.curves {
             for p in &curve.points {
-                let l = &p.latency_ms;
+                let (t, l) = (&p.trial, &p.trial.latency_ms);
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.2} |",
                     curve.path,
                     curve.client.name(),
                     p.target_rps,
-                    p.achieved_rps,
+                    t.achieved_rps,
                     l.p50,
                     l.p90,
                     l.p99,
                     l.max,
-                    p.errors,
-                    p.steal_percent
+                    t.errors,
+                    t.steal_percent
                 );
             }
         }
@@ -392,7 +376,10 @@ fn write_outputs(dir: &Path, report: &SweepReport, limit: f64) -> anyhow::Result
             points: c
                 .points
                 .iter()
-                .map(|p| (p.achieved_rps, p.latency_ms.p50, p.latency_ms.p99))
+                .map(|p| {
+                    let t = &p.trial;
+                    (t.achieved_rps, t.latency_ms.p50, t.latency_ms.p99)
+                })
                 .collect(),
         })
         .collect();
@@ -412,21 +399,23 @@ fn write_outputs(dir: &Path, report: &SweepReport, limit: f64) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::latency::hist::LatencyHistogram;
+    use crate::latency::conditions::TrialCost;
+    use crate::latency::load::LoadOutcome;
 
     fn point(rate: u32, p99_ms: u64, errors: u64) -> Point {
-        let mut h = LatencyHistogram::default();
-        h.record(Duration::from_millis(p99_ms));
+        let mut outcome = LoadOutcome::default();
+        outcome.latency.record(Duration::from_millis(p99_ms));
+        outcome.ok = 1;
+        outcome.errors = errors;
+        let cost = TrialCost {
+            steal_percent: 0.0,
+            proxy_cpu_s: None,
+            proxies: Vec::new(),
+        };
         Point {
             target_rps: rate,
-            achieved_rps: f64::from(rate),
-            latency_ms: h.summary(),
-            requests_ok: 1,
-            errors,
+            trial: Trial::new(&outcome, &cost),
             first_error: None,
-            steal_percent: 0.0,
-            proxy_cpu_ms_per_1000_requests: None,
-            proxy_sched_per_1000_requests: Vec::new(),
         }
     }
 
