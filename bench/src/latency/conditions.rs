@@ -123,11 +123,18 @@ impl Contention {
     ) -> anyhow::Result<(T, TrialCost)> {
         let pids = path.pids();
         let neighbours = self.neighbours()?;
-        let perf: Vec<PerfRun> = match &self.perf {
+        // perf is an extra: a counter that fails is a gap in the table
+        // (warned about), not a failed trial.
+        let perf: Vec<Option<PerfRun>> = match &self.perf {
             Ok(perf) => pids
                 .iter()
-                .map(|&pid| perf.attach(pid, &self.work_dir.join(format!("perf-{pid}.csv"))))
-                .collect::<anyhow::Result<_>>()?,
+                .map(|&pid| {
+                    let out = self.work_dir.join(format!("perf-{pid}.csv"));
+                    perf.attach(pid, &out)
+                        .inspect_err(|e| warn!(pid, error = %format!("{e:#}"), "perf stat"))
+                        .ok()
+                })
+                .collect(),
             Err(_) => Vec::new(),
         };
         let host = HostCpu::read()?;
@@ -145,10 +152,14 @@ impl Contention {
             .collect::<anyhow::Result<_>>()?;
         let cpu = total_cpu(&pids).zip(cpu).map(|(a, b)| a - b);
         let steal = HostCpu::read()?.steal_percent_since(host);
-        let perf: Vec<PerfCounts> = perf
+        let perf: Vec<Option<PerfCounts>> = perf
             .into_iter()
-            .map(PerfRun::finish)
-            .collect::<anyhow::Result<_>>()?;
+            .map(|run| {
+                run?.finish()
+                    .inspect_err(|e| warn!(error = %format!("{e:#}"), "perf stat"))
+                    .ok()
+            })
+            .collect();
         if let Some(n) = neighbours {
             n.finish()?;
         }
@@ -159,7 +170,7 @@ impl Contention {
             .map(|(i, p)| ProxySched {
                 name: p.name().to_owned(),
                 ctx: ctx_after[i].since(ctx[i]),
-                perf: perf.get(i).copied(),
+                perf: perf.get(i).copied().flatten(),
             })
             .collect();
         Ok((

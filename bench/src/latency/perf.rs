@@ -53,11 +53,9 @@ impl Perf {
     }
 
     /// Start counting on every thread of `pid`; the counts are read by
-    /// [`PerfRun::finish`]. Returns once perf has its counters open.
+    /// [`PerfRun::finish`]. Returns once perf has a counter open per event
+    /// and thread (or after 2 s, if threads came and went meanwhile).
     pub fn attach(&self, pid: u32, out: &Path) -> anyhow::Result<PerfRun> {
-        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .with_context(|| format!("listing the threads of {pid}"))?
-            .count();
         let child = Command::new(&self.bin)
             .args(["stat", "-x,", "-e", EVENTS, "-o"])
             .arg(out)
@@ -71,17 +69,21 @@ impl Perf {
             child,
             out: out.to_owned(),
         };
-        // One counter per event and thread, each an open perf_event fd.
-        let wanted = threads * EVENTS.split(',').count();
+        let events = EVENTS.split(',').count();
         let deadline = Instant::now() + Duration::from_secs(2);
-        while perf_fds(run.child.id()) < wanted {
-            if Instant::now() >= deadline || run.child.try_wait()?.is_some() {
-                bail!("perf stat did not attach to {pid} within 2 s");
+        while perf_fds(run.child.id()) < events * threads(pid) && Instant::now() < deadline {
+            if run.child.try_wait()?.is_some() {
+                bail!("perf stat exited instead of attaching to {pid}");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(run)
     }
+}
+
+/// Threads of `pid` right now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Open perf_event file descriptors of `pid`.
