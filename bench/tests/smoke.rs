@@ -50,20 +50,36 @@ fn palisade_built() -> bool {
 
 /// Every cgroup path of bench `pid` its log names (`cgroup=<path>`).
 fn groups_logged(stderr: &str, pid: u32) -> Vec<PathBuf> {
-    let marker = format!("/palisade-bench-{pid}-");
-    let mut groups: Vec<PathBuf> = stderr
-        .match_indices(&marker)
-        .map(|(at, _)| {
-            let start = stderr[..at].rfind(['=', ' ']).map_or(0, |i| i + 1);
-            let end = stderr[at..]
-                .find(|c: char| c.is_whitespace() || c == '\u{1b}')
-                .map_or(stderr.len(), |i| at + i);
-            PathBuf::from(&stderr[start..end])
-        })
+    // The log may be coloured: drop each `ESC [ ... m` first.
+    let mut plain = String::with_capacity(stderr.len());
+    let mut chars = stderr.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let mut groups: Vec<PathBuf> = plain
+        .split_whitespace()
+        .filter_map(|field| field.strip_prefix("cgroup="))
+        .filter(|path| path.contains(&format!("/palisade-bench-{pid}-")))
+        .map(PathBuf::from)
         .collect();
     groups.sort();
     groups.dedup();
     groups
+}
+
+/// The group was real (its controller mount is there) and is gone.
+fn assert_removed(group: &Path) {
+    let controller = group.parent().unwrap();
+    assert!(
+        controller.is_dir(),
+        "{} is no cgroup mount",
+        controller.display()
+    );
+    assert!(!group.exists(), "{} outlived the run", group.display());
 }
 
 #[test]
@@ -155,8 +171,7 @@ fn cpu_limit_and_a_noisy_neighbour_are_reported_and_the_groups_removed() {
     }
     assert_eq!(groups.len(), 2, "one group per proxy: {groups:?}");
     for group in groups {
-        let group = Path::new(group.as_str().unwrap());
-        assert!(!group.exists(), "{} outlived the run", group.display());
+        assert_removed(Path::new(group.as_str().unwrap()));
     }
     let trial = &palisade["latency"]["trials"][0];
     assert!(trial["steal_percent"].is_number());
@@ -197,11 +212,7 @@ fn cpu_limit_groups_are_removed_when_the_run_fails() {
     let groups = groups_logged(&stderr, pid);
     assert_eq!(groups.len(), 2, "palisade's two groups were made: {stderr}");
     for group in groups {
-        assert!(
-            !group.exists(),
-            "{} outlived the failed run",
-            group.display()
-        );
+        assert_removed(&group);
     }
 }
 
@@ -250,11 +261,14 @@ fn sweep_writes_results_and_plot_over_both_clients_without_errors() {
             );
         }
     }
-    for group in report["conditions"]["cpu_limit"]["groups"]
+    let groups = report["conditions"]["cpu_limit"]["groups"]
         .as_array()
-        .unwrap()
-    {
-        let group = Path::new(group.as_str().unwrap());
-        assert!(!group.exists(), "{} outlived the sweep", group.display());
+        .unwrap();
+    if palisade_built() {
+        // Palisade's two proxies, started once per client.
+        assert_eq!(groups.len(), 4, "{groups:?}");
+    }
+    for group in groups {
+        assert_removed(Path::new(group.as_str().unwrap()));
     }
 }
