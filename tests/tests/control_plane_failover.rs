@@ -1,7 +1,8 @@
 //! Proxies configured with two control-plane replicas (started from the same
 //! state, so the same CA): killing the one in use under traffic fails no
 //! request through the mesh, the proxies renew and long-poll through the
-//! other at once, and a policy change on the survivor reaches them.
+//! other at once, and a policy change on the survivor reaches them; with
+//! neither up, the last good policy stays.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,7 +46,7 @@ fn killing_the_replica_in_use_fails_no_request_and_the_survivor_takes_over() {
         std::fs::write(d.path().join("server.yaml"), allow(CLIENT_ID)).unwrap();
     }
     let mut first = ControlPlane::start_with(spec(dir_a.path()));
-    let second = first.replica(spec(dir_b.path()));
+    let mut second = first.replica(spec(dir_b.path()));
     assert_eq!(first.bundle_pem(), second.bundle_pem(), "one CA");
 
     let echo = Echo::start();
@@ -131,5 +132,17 @@ fn killing_the_replica_in_use_fails_no_request_and_the_survivor_takes_over() {
             (!allowed).then_some(())
         },
     );
-    assert_ne!(server.config_dump()["policy"]["source"]["version"], version);
+    let applied = server.config_dump()["policy"]["source"]["version"].clone();
+    assert_ne!(applied, version);
+
+    // Neither up: renewals fail against both and are counted, and the last
+    // good policy stays in force.
+    second.kill();
+    eventually("renewals failing", Duration::from_secs(15), || {
+        (server.metric("identity_cert_refresh_failures_total", &[]) >= 1.0).then_some(())
+    });
+    let dump = server.config_dump();
+    assert_eq!(dump["policy"]["source"]["version"], applied);
+    assert!(dump["policy"]["last_error"].is_null(), "{dump}");
+    assert!(!echo_roundtrip(entry, b"ping").is_ok_and(|b| b == b"ping"));
 }
