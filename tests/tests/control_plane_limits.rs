@@ -156,12 +156,35 @@ fn refusal_lines(cp: &ControlPlane) -> Vec<u64> {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_reset_counted_and_logged_once_a_second() {
+    // Started with a low soft open-file limit (children inherit this
+    // process's), it raises it to the hard one.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
     let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: ["--handshake-timeout", "5s", "--max-connections", "4"]
             .map(String::from)
             .to_vec(),
         ..Default::default()
     });
+    // Its soft open-file limit was raised to the hard one, and logged.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", cp.pid().unwrap())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(
+        files[0],
+        hard.to_string(),
+        "soft limit raised to the hard one: {limits}"
+    );
+    assert_eq!(files[1], hard.to_string());
+    assert!(cp.log().contains("open-file limit"), "{}", cp.log());
+
     let open = || cp.metric("api_connections_open");
     // The readiness probes' connections are released first.
     palisade_tests::eventually("no connections open", Duration::from_secs(10), || {
