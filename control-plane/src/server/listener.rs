@@ -30,7 +30,7 @@ pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = report.tick() => {
-                refused.log(max);
+                refused.log_if_due(max);
                 continue;
             }
         };
@@ -47,9 +47,8 @@ pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             state.metrics.api_error("connection_limit");
             refuse(tcp);
-            if refused.add() {
-                refused.log(max);
-            }
+            refused.count += 1;
+            refused.log_if_due(max);
             continue;
         };
         tokio::spawn(serve_conn(state.clone(), tcp, permit));
@@ -110,16 +109,13 @@ struct Refusals {
 }
 
 impl Refusals {
-    /// Counts one; whether a line is due now (the first refusal after a
-    /// quiet second is logged at once, the rest at the next tick).
-    fn add(&mut self) -> bool {
-        self.count += 1;
-        self.logged_at
-            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL)
-    }
-
-    fn log(&mut self, max: usize) {
-        if self.count == 0 {
+    /// One line for the refusals so far, unless a line went out less than
+    /// `REFUSAL_LOG_INTERVAL` ago (the accept loop's tick catches up).
+    fn log_if_due(&mut self, max: usize) {
+        let due = self
+            .logged_at
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if self.count == 0 || !due {
             return;
         }
         tracing::warn!(
