@@ -3,112 +3,19 @@
 //! with, or on those files reported to a real control plane, then checked
 //! by `palisadectl policy check | test` and an XML parser.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use palisade_policy::baseline::{Baseline, BaselineMode, BaselineSettings, FlowRef, Protocol};
-use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
-use palisade_tests::bin;
+use palisade_policy::Direction;
+use palisade_tests::baseline::{record, Seen};
 use palisade_tests::cp::ControlPlane;
+use palisade_tests::ctl::{palisadectl, palisadectl_to, Run};
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
 /// 2026-12-01T07:05:00Z.
 const T0: u64 = 1_796_108_700_000;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn exits(self, code: i32) -> Run {
-        assert_eq!(
-            self.code, code,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn prints(&self, needle: &str) -> &Run {
-        assert!(
-            self.stdout.contains(needle),
-            "expected {needle:?} in:\n{}",
-            self.stdout
-        );
-        self
-    }
-}
-
-fn palisadectl(args: &[&str]) -> Run {
-    palisadectl_to(args, Stdio::piped())
-}
-
-/// Runs `palisadectl` with its stdout on `stdout` (captured when piped).
-fn palisadectl_to(args: &[&str], stdout: Stdio) -> Run {
-    let out = Command::new(bin("palisadectl"))
-        .args(args)
-        .env_remove("PALISADE_ADMIN_SOCKET")
-        .stdout(stdout)
-        .output()
-        .expect("run palisadectl");
-    Run {
-        code: out.status.code().expect("palisadectl exited normally"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-/// One observed connection or request.
-enum Seen<'a> {
-    Tcp(Direction, &'a str, u16),
-    Http(&'a str, u16, &'a str, &'a str),
-}
-
-/// Records `seen` as `identity`'s sidecar would (in learn mode, a second
-/// apart), and writes the snapshot where the proxy would.
-fn record(dir: &Path, file: &str, identity: &str, seen: &[Seen]) -> PathBuf {
-    let b = Baseline::new(id(identity), BaselineSettings::default());
-    let ids: Vec<SpiffeId> = [API, FRONTEND, DB].map(id).to_vec();
-    let peer = |s: &str| match s.parse::<IpAddr>() {
-        Ok(ip) => Peer::Address(ip),
-        Err(_) => Peer::Identity(ids.iter().find(|i| i.as_str() == s).expect("known peer")),
-    };
-    for (t, s) in seen.iter().enumerate() {
-        let flow = match s {
-            Seen::Tcp(direction, p, port) => FlowRef {
-                direction: *direction,
-                peer: peer(p),
-                port: *port,
-                protocol: Protocol::Opaque,
-                http: None,
-            },
-            Seen::Http(p, port, method, path) => FlowRef {
-                direction: Direction::Ingress,
-                peer: peer(p),
-                port: *port,
-                protocol: Protocol::Http,
-                http: Some(HttpInfo {
-                    method,
-                    path,
-                    host: None,
-                }),
-            },
-        };
-        b.observe(&flow, BaselineMode::Learn, T0 + t as u64 * 1000);
-    }
-    let path = dir.join(file);
-    std::fs::write(&path, b.snapshot(T0 + 3_600_000).to_json()).unwrap();
-    path
-}
 
 /// The api's baseline, split over two pods' files, and the db's.
 struct Shop {
@@ -128,6 +35,7 @@ impl Shop {
                 Seen::Http(FRONTEND, 8080, "GET", "/v1/users/456"),
                 Seen::Tcp(Direction::Egress, DB, 5432),
             ],
+            T0,
         );
         let api_b = record(
             dir.path(),
@@ -138,12 +46,14 @@ impl Shop {
                 Seen::Http(FRONTEND, 8080, "GET", "/v1/users/789"),
                 Seen::Tcp(Direction::Egress, "10.0.0.7", 443),
             ],
+            T0,
         );
         let db = record(
             dir.path(),
             "db.json",
             DB,
             &[Seen::Tcp(Direction::Ingress, API, 5432)],
+            T0,
         );
         Shop {
             dir,

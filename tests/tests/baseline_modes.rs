@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use palisade_tests::baseline::{
     baseline_dump, baseline_yaml, baseline_yaml_every, findings, flows, ingress, learn_traffic,
-    snapshot, wait_findings, OTHER_ID,
+    mesh, snapshot, wait_findings, OTHER_ID,
 };
 use palisade_tests::eventually;
 use palisade_tests::http::{runtime, Client, HttpApp, HttpMesh};
@@ -119,10 +119,7 @@ fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one
 #[test]
 fn status_stabilizes_then_auto_promotion_switches_learn_to_monitor() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  auto_promote: true\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "  auto_promote: true\n");
     learn_traffic(m.a_out);
     eventually("stabilizing", Duration::from_secs(10), || {
         (baseline_dump(&m.b)["status"] == "stabilizing").then_some(())
@@ -150,10 +147,7 @@ fn status_after_restart(m: &HttpMesh, path: &str) -> u16 {
 #[test]
 fn auto_promotion_survives_a_restart_until_an_explicit_mode_ends_it() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  auto_promote: true\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let mut m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let mut m = mesh("learn", state.path(), "  auto_promote: true\n");
     learn_traffic(m.a_out);
     eventually("promotion to monitor", Duration::from_secs(10), || {
         (baseline_dump(&m.b)["mode"] == "monitor").then_some(())
@@ -285,10 +279,7 @@ fn monitor_raises_one_finding_per_deviation_and_traffic_still_flows() {
 /// Learns in one mesh and keeps the file in `state`; the app's port stays
 /// the same for the next mesh.
 fn learned_baseline(state: &Path) -> u16 {
-    let yaml = baseline_yaml("learn", state, "");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state, "");
     learn_traffic(m.a_out);
     // Enough buckets for the flows' rates to warm up.
     std::thread::sleep(Duration::from_millis(500));
@@ -386,10 +377,7 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
 #[test]
 fn flows_past_max_entries_are_counted_not_learned() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  max_entries: 2\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "  max_entries: 2\n");
     learn_traffic(m.a_out);
     assert_eq!(baseline_dump(&m.b)["entries"], 2);
     assert_eq!(m.b.metric("baseline_entries", &[]), 2.0);
@@ -424,10 +412,7 @@ fn a_corrupt_baseline_file_is_kept_aside_counted_and_learning_starts_afresh() {
         "{\"version\": 1, \"entr",
     )
     .unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "");
     eventually(
         "the failed restore counted",
         Duration::from_secs(10),
