@@ -1,15 +1,19 @@
 //! `palisadectl baseline show | export | diff | graph`, run as the real
 //! binary on baseline files recorded through the model the proxy records
 //! with, or on those files reported to a real control plane, then checked
-//! by `palisadectl policy check | test` and an XML parser.
+//! by `palisadectl policy check | test` and an XML parser; and a policy
+//! exported from a real sidecar's baseline, enforced by that sidecar.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use palisade_policy::Direction;
-use palisade_tests::baseline::{record, Seen};
+use palisade_tests::baseline::{learn_traffic, mesh, record, snapshot, Seen};
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::ctl::{palisadectl, palisadectl_to, Run};
+use palisade_tests::eventually;
+use palisade_tests::proxy::{http, SERVER_ID};
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
@@ -478,4 +482,35 @@ fn a_closed_stdout_ends_the_output_quietly_and_keeps_the_exit_code() {
         assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
         assert!(run.stderr.is_empty(), "{args:?}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_policy_exported_from_a_sidecars_baseline_serves_its_templates_and_nothing_below() {
+    let state = tempfile::tempdir().unwrap();
+    let m = mesh("learn", state.path(), "");
+    learn_traffic(m.a_out);
+    eventually("the learned baseline file", Duration::from_secs(10), || {
+        snapshot(state.path()).filter(|s| s.entries.len() == 4)
+    });
+    let file = state.path().join("baseline.json");
+    #[rustfmt::skip]
+    let export = palisadectl(&["baseline", "export", "--file", file.to_str().unwrap(),
+        "--identity", SERVER_ID]).exits(0);
+    export.prints("\"/v1/users/{id}\"");
+    // In place of `/v1/*`, under which every request below was allowed.
+    m.set_policy(&export.stdout);
+
+    for path in ["/v1/users/5", "/v1/orders/cafebabe12", "/v1/api"] {
+        assert_eq!(http(m.a_out, "GET", path).0, 200, "learned {path}");
+    }
+    for path in [
+        "/v1/users/5/admin",
+        "/v1/users",
+        "/v1/orders/cafebabe12/x",
+        "/v1/secret",
+    ] {
+        assert_eq!(http(m.a_out, "GET", path).0, 403, "never seen {path}");
+    }
+    assert_eq!(http(m.a_out, "DELETE", "/v1/users/5").0, 403);
+    assert!(!m.app.seen().iter().any(|p| p.contains("admin")));
 }
