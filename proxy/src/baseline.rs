@@ -356,25 +356,25 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `persist_interval`, and at once after a promotion, until `stop`.
 pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
     let live = &rt.baseline;
-    live.tick(&rt);
     let step = live
         .settings
         .bucket
         .min(Duration::from_secs(1))
         .max(Duration::from_millis(10));
     let mut last_persist = Instant::now();
+    let mut promoted = live.tick(&rt);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(step) => {}
-        }
-        let promoted = live.tick(&rt);
         if promoted || last_persist.elapsed() >= live.persist_interval {
             last_persist = Instant::now();
             let rt = rt.clone();
             let _ = tokio::task::spawn_blocking(move || rt.baseline.persist(&rt.metrics.baseline))
                 .await;
         }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(step) => {}
+        }
+        promoted = live.tick(&rt);
     }
 }
 
