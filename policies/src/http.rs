@@ -4,7 +4,7 @@
 use std::cell::Cell;
 
 use crate::decision::HttpInfo;
-use crate::model::{HostMatch, HttpMatch, PathMatch};
+use crate::model::{is_placeholder, HostMatch, HttpMatch, PathMatch};
 use crate::normalize::{is_normal_authority, is_normal_path};
 
 /// How a request relates to a rule's `http` conditions.
@@ -113,11 +113,16 @@ fn path_fit(paths: &[PathMatch], req: &Checked<'_>) -> Fit {
     if !req.normal_path() {
         return Fit::Ambiguous;
     }
-    let path = req.path;
-    Fit::of(paths.iter().any(|p| match p {
+    Fit::of(paths.iter().any(|p| path_matches(p, req.path)))
+}
+
+/// Whether a normalized `path` (without query) fits `p`.
+pub(crate) fn path_matches(p: &PathMatch, path: &str) -> bool {
+    match p {
         PathMatch::Exact(e) => e == path,
         PathMatch::Prefix(pre) => under_prefix(pre, path),
-    }))
+        PathMatch::Template { path: t, prefix } => fits_template(t, *prefix, path),
+    }
 }
 
 /// `path` is `prefix` itself or below it (`/v1/refunds/*` stored as `/v1/refunds`).
@@ -126,6 +131,20 @@ pub(crate) fn under_prefix(prefix: &str, path: &str) -> bool {
         && (prefix.is_empty()
             || path.len() == prefix.len()
             || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// `path` fits `template` segment by segment: a `{name}` takes any one
+/// non-empty segment; with `prefix`, `path` may go on below.
+fn fits_template(template: &str, prefix: bool, path: &str) -> bool {
+    let mut got = path.split('/');
+    for want in template.split('/') {
+        match got.next() {
+            Some(seg) if is_placeholder(want) && !seg.is_empty() => {}
+            Some(seg) if seg == want => {}
+            _ => return false,
+        }
+    }
+    prefix || got.next().is_none()
 }
 
 fn host_matches(hosts: &[HostMatch], raw: &str) -> bool {
@@ -181,6 +200,39 @@ mod tests {
         assert!(matches_any(&m, &req("GET", "/v1/refunds/42?x=1", None)));
         assert!(!matches_any(&m, &req("GET", "/v1/refundsX", None)));
         assert!(!matches_any(&m, &req("GET", "/v1", None)));
+    }
+
+    #[test]
+    fn a_placeholder_matches_exactly_one_non_empty_segment() {
+        let t = |path: &str, prefix| PathMatch::Template {
+            path: path.into(),
+            prefix,
+        };
+        let m = [entry(&[], &[t("/v1/users/{id}", false)], &[])];
+        assert!(matches_any(&m, &req("GET", "/v1/users/42", None)));
+        assert!(matches_any(&m, &req("GET", "/v1/users/42?full=1", None)));
+        for no in [
+            "/v1/users",
+            "/v1/users/",
+            "/v1/users/42/admin",
+            "/v1/users/42/",
+            "/v1/user/42",
+        ] {
+            assert!(!matches_any(&m, &req("GET", no, None)), "{no}");
+        }
+        let m = [entry(&[], &[t("/v1/{org}/orders", false)], &[])];
+        assert!(matches_any(&m, &req("GET", "/v1/acme/orders", None)));
+        assert!(!matches_any(&m, &req("GET", "/v1/acme/x/orders", None)));
+        assert!(!matches_any(&m, &req("GET", "/v1/acme/orders/1", None)));
+        let m = [entry(&[], &[t("/v1/users/{id}", true)], &[])];
+        for yes in ["/v1/users/42", "/v1/users/42/", "/v1/users/42/orders/7"] {
+            assert!(matches_any(&m, &req("GET", yes, None)), "{yes}");
+        }
+        assert!(!matches_any(&m, &req("GET", "/v1/users", None)));
+        assert_eq!(
+            fit_any(&m, &req("GET", "/v1/users/1/../../admin", None)),
+            Fit::Ambiguous
+        );
     }
 
     #[test]

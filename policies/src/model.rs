@@ -258,13 +258,48 @@ pub enum PathMatch {
     /// `/v1/refunds/*` is stored as `/v1/refunds`; it matches that path and
     /// everything below it.
     Prefix(String),
+    /// `/v1/users/{id}`: each `{name}` segment matches exactly one
+    /// non-empty segment, the others themselves. With `prefix` (written
+    /// `/v1/users/{id}/*`) it also matches everything below.
+    Template {
+        path: String,
+        prefix: bool,
+    },
+}
+
+impl PathMatch {
+    /// The path as written, without a final `/*`.
+    pub fn base(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Template { path, .. } => path,
+        }
+    }
+
+    /// Whether it also matches everything below its base.
+    pub fn is_prefix(&self) -> bool {
+        matches!(
+            self,
+            PathMatch::Prefix(_) | PathMatch::Template { prefix: true, .. }
+        )
+    }
+}
+
+/// A `{name}` segment of a path template: one segment, whatever it holds.
+pub fn is_placeholder(segment: &str) -> bool {
+    segment
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
 }
 
 impl fmt::Display for PathMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PathMatch::Exact(p) => f.write_str(p),
-            PathMatch::Prefix(p) => write!(f, "{p}/*"),
+        match self.is_prefix() {
+            true => write!(f, "{}/*", self.base()),
+            false => f.write_str(self.base()),
         }
     }
 }

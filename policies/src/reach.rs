@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::compile::CompiledPolicy;
 use crate::decision::Verdict;
 use crate::flow::{decide_flow, Endpoint, Flow, HttpRequest};
-use crate::model::{HostMatch, IdMatch, PathMatch, PeerMatch, PolicyDoc, PortRange, Target};
+use crate::model::{
+    is_placeholder, HostMatch, IdMatch, PathMatch, PeerMatch, PolicyDoc, PortRange, Target,
+};
 use crate::spiffe::SpiffeId;
 
 /// A stand-in path segment for "some workload the policies do not name".
@@ -315,6 +317,17 @@ fn routes(docs: &[&PolicyDoc]) -> Vec<Point<Option<HttpRequest>>> {
                         path: match path {
                             Some(PathMatch::Exact(p)) => p.clone(),
                             Some(PathMatch::Prefix(p)) => format!("{p}/{OTHER}"),
+                            Some(PathMatch::Template { path, prefix }) => {
+                                let mut p = path
+                                    .split('/')
+                                    .map(|s| if is_placeholder(s) { OTHER } else { s })
+                                    .collect::<Vec<_>>()
+                                    .join("/");
+                                if *prefix {
+                                    p = format!("{p}/{OTHER}");
+                                }
+                                p
+                            }
                             None => format!("/{OTHER}"),
                         },
                         host: host.map(|h| match h {

@@ -136,10 +136,10 @@ pub fn json_schema() -> Value {
                     "properties": {
                         "methods": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[A-Z]+$"}},
                         "paths": {
-                            "description": "Exact paths, or prefixes ending in /*.",
+                            "description": "Exact paths, or prefixes ending in /*; a {name} segment matches exactly one segment.",
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "string", "pattern": "^/[^*?#]*(/\\*)?$"}
+                            "items": {"type": "string", "pattern": "^(/\\*|(/([^/*?#{}]*|\\{[A-Za-z0-9_]+\\}))+(/\\*)?)$"}
                         },
                         "hosts": {
                             "description": "Hosts, optionally *.-prefixed; the port is ignored.",

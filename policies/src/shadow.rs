@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 
 use crate::diag::Diagnostic;
-use crate::http::under_prefix;
+use crate::http::path_matches;
 use crate::model::{
     Action, Direction, HttpMatch, IdMatch, Mode, PathMatch, PeerMatch, PolicyDoc, PortRange, Rule,
     Target,
@@ -357,11 +357,9 @@ fn http_entry_covers(big: &HttpMatch, small: &HttpMatch) -> bool {
     subset(&big.methods, &small.methods) && paths && hosts
 }
 
+/// Every path `small` matches, `big` matches. A `{name}` segment of `small`
+/// is matched as written: only a placeholder (or a prefix) of `big` covers
+/// it, since no literal segment of a rule is written with braces.
 fn path_covers(big: &PathMatch, small: &PathMatch) -> bool {
-    match (big, small) {
-        (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
-        (PathMatch::Prefix(pre), PathMatch::Exact(p))
-        | (PathMatch::Prefix(pre), PathMatch::Prefix(p)) => under_prefix(pre, p),
-        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
-    }
+    (big.is_prefix() || !small.is_prefix()) && path_matches(big, small.base())
 }

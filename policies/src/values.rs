@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{HostMatch, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange};
+use crate::model::{
+    is_placeholder, HostMatch, HttpMatch, IdMatch, PathMatch, PeerMatch, PortRange,
+};
 use crate::normalize::{is_normal_path, path_of, Handling, Normalization};
 use crate::parse::Cx;
 use crate::spiffe::SpiffeId;
@@ -220,7 +222,7 @@ fn method(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-fn path(s: &str) -> Result<PathMatch, String> {
+pub(crate) fn path(s: &str) -> Result<PathMatch, String> {
     if !s.starts_with('/') {
         return Err(format!("bad HTTP path `{s}`: a path starts with `/`"));
     }
@@ -230,8 +232,20 @@ fn path(s: &str) -> Result<PathMatch, String> {
     };
     if base.contains('*') {
         return Err(format!(
-            "bad HTTP path `{s}`: `*` is only allowed as a final `/*` (a prefix match)"
+            "bad HTTP path `{s}`: `*` is only allowed as a final `/*` (a prefix match); \
+             write `{{name}}` for one segment"
         ));
+    }
+    let mut template = false;
+    for seg in base.split('/') {
+        if is_placeholder(seg) {
+            template = true;
+        } else if seg.contains(['{', '}']) {
+            return Err(format!(
+                "bad HTTP path `{s}`: `{{` and `}}` only write a whole-segment placeholder \
+                 such as `{{id}}` (letters, digits, `_`), which matches exactly one segment"
+            ));
+        }
     }
     if base.contains('?') || base.contains('#') {
         return Err(format!(
@@ -251,10 +265,13 @@ fn path(s: &str) -> Result<PathMatch, String> {
              segments, `;`, `\\`, or escapes of unreserved characters), so this never matches{hint}"
         ));
     }
-    Ok(if prefix {
-        PathMatch::Prefix(base.to_owned())
-    } else {
-        PathMatch::Exact(s.to_owned())
+    Ok(match (template, prefix) {
+        (true, _) => PathMatch::Template {
+            path: base.to_owned(),
+            prefix,
+        },
+        (false, true) => PathMatch::Prefix(base.to_owned()),
+        (false, false) => PathMatch::Exact(s.to_owned()),
     })
 }
 

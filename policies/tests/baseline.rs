@@ -632,6 +632,21 @@ fn snapshots_round_trip_through_json_and_restore_a_recorder() {
 }
 
 #[test]
+fn a_promotion_round_trips_through_the_file_and_a_merge_drops_it() {
+    let b = learned();
+    let plain = b.snapshot(5000).to_json();
+    assert!(!plain.contains("promoted_at"), "absent unless promoted");
+    let mut snap = b.snapshot(5000);
+    snap.promoted_at = Some(4000);
+    let back = Snapshot::from_json(snap.to_json().as_bytes(), 100).unwrap();
+    assert_eq!(back.promoted_at, Some(4000));
+    let mut merged = b.snapshot(6000);
+    merged.promoted_at = Some(4000);
+    merged.merge(&back, 100).unwrap();
+    assert_eq!(merged.promoted_at, None, "a merge is no pod's promotion");
+}
+
+#[test]
 fn a_corrupt_oversized_or_foreign_snapshot_is_refused_with_a_reason() {
     let json = learned().snapshot(1).to_json();
     let cut = &json.as_bytes()[..json.len() - 10];

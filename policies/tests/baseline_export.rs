@@ -160,6 +160,10 @@ fn the_exported_policy_allows_every_learned_flow_and_denies_the_never_seen() {
     let never = [
         http(FRONTEND, 8080, Some(("DELETE", "/v1/users/1"))),
         http(FRONTEND, 8080, Some(("GET", "/admin"))),
+        // `{id}` is one segment, not a prefix.
+        http(FRONTEND, 8080, Some(("GET", "/v1/users/1/admin"))),
+        http(FRONTEND, 8080, Some(("GET", "/v1/users/1/orders"))),
+        http(FRONTEND, 8080, Some(("GET", "/v1/users"))),
         http(MONITORING, 9090, Some(("POST", "/metrics"))),
         tcp(Direction::Ingress, FRONTEND, 8080),
         tcp(Direction::Ingress, FRONTEND, 8081),
@@ -184,7 +188,7 @@ fn the_exported_policy_allows_every_learned_flow_and_denies_the_never_seen() {
         out.policy
     );
     assert!(
-        out.policy.contains("paths: [\"/v1/users/*\"]"),
+        out.policy.contains("paths: [\"/v1/users/{id}\"]"),
         "{}",
         out.policy
     );
@@ -216,8 +220,9 @@ fn the_exported_cases_pass_against_the_exported_policy() {
         .iter()
         .filter(|c| c.expect == Verdict::Deny)
         .count();
-    // A stranger in each direction, and a route never seen.
-    assert_eq!(denies, 3, "{}", out.cases);
+    // A stranger in each direction, a route never seen, and a path below
+    // each of the two templates.
+    assert_eq!(denies, 5, "{}", out.cases);
     let allows = cases.cases.len() - denies;
     // 6 routes and opaque flows (HTTP connections are covered by their requests).
     assert_eq!(allows, 8, "{}", out.cases);

@@ -188,14 +188,16 @@ fn one_of_entries_take_exactly_one_key() {
 #[test]
 fn http_values_are_checked() {
     let text = doc(&format!(
-        "{TARGETS}  ingress:\n    - name: r\n      action: allow\n      http:\n        - methods: [get]\n          paths: [v1, \"/a/*/b\"]\n"
+        "{TARGETS}  ingress:\n    - name: r\n      action: allow\n      http:\n        - methods: [get]\n          paths: [v1, \"/a/*/b\", \"/a/{{id}}/b/{{x_2}}/*\", \"/a/x{{id}}\", \"/a/{{}}\"]\n"
     ));
     assert_eq!(
         errors(&text),
         [
             "shop.yaml:10:21: error: HTTP method `get` must be uppercase: `GET`",
             "shop.yaml:11:19: error: bad HTTP path `v1`: a path starts with `/`",
-            "shop.yaml:11:23: error: bad HTTP path `/a/*/b`: `*` is only allowed as a final `/*` (a prefix match)",
+            "shop.yaml:11:23: error: bad HTTP path `/a/*/b`: `*` is only allowed as a final `/*` (a prefix match); write `{name}` for one segment",
+            "shop.yaml:11:54: error: bad HTTP path `/a/x{id}`: `{` and `}` only write a whole-segment placeholder such as `{id}` (letters, digits, `_`), which matches exactly one segment",
+            "shop.yaml:11:66: error: bad HTTP path `/a/{}`: `{` and `}` only write a whole-segment placeholder such as `{id}` (letters, digits, `_`), which matches exactly one segment",
         ]
     );
 }
@@ -249,6 +251,34 @@ fn partially_overlapping_deny_is_not_a_shadow() {
     ));
     let warnings = warnings(&text);
     assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+#[test]
+fn a_deny_with_placeholders_shadows_exactly_the_paths_it_covers() {
+    let rules = |deny: &str, allow: &str| {
+        doc(&format!(
+            "{TARGETS}  ingress:\n    - {{name: d, action: deny, http: [{{paths: [\"{deny}\"]}}]}}\n    \
+             - {{name: a, action: allow, http: [{{paths: [\"{allow}\"]}}]}}\n"
+        ))
+    };
+    for (deny, allow) in [
+        ("/admin/{id}/*", "/admin/{x}/keys"),
+        ("/admin/{id}", "/admin/7"),
+        ("/admin/*", "/admin/{id}/keys"),
+        ("/{a}/{b}", "/admin/{id}"),
+    ] {
+        let w = warnings(&rules(deny, allow));
+        assert_eq!(w.len(), 1, "{deny} shadows {allow}: {w:#?}");
+    }
+    for (deny, allow) in [
+        ("/admin/{id}", "/admin/{id}/keys"),
+        ("/admin/{id}", "/admin/{id}/*"),
+        ("/admin/7", "/admin/{id}"),
+        ("/admin/{id}/keys", "/admin/{id}/*"),
+    ] {
+        let w = warnings(&rules(deny, allow));
+        assert!(w.is_empty(), "{deny} does not shadow {allow}: {w:#?}");
+    }
 }
 
 #[test]

@@ -51,7 +51,7 @@ const ADDRS: &[&str] = &[
 ];
 const PATHS: &[&str] = &[
     "/a", "/a/b", "/c", "/a?x=1", "/a/../c", "/c/../a", "/%61/b", "//a", "/a/./b", "/a%2Fb",
-    "/a\\b", "/a;x/b", "*",
+    "/a\\b", "/a;x/b", "*", "/a/b/c", "/a/", "/a/b/", "/x/b", "/x/b/c", "/c/b?y",
 ];
 const HOSTS: &[Option<&str>] = &[
     None,
@@ -105,6 +105,14 @@ fn http_match() -> impl Strategy<Value = HttpMatch> {
         PathMatch::Exact("/a/b".into()),
         PathMatch::Prefix("/a".into()),
         PathMatch::Prefix(String::new()),
+        PathMatch::Template {
+            path: "/a/{id}".into(),
+            prefix: false,
+        },
+        PathMatch::Template {
+            path: "/{x}/b".into(),
+            prefix: true,
+        },
     ]);
     let host = prop::sample::select(vec![
         HostMatch::Exact("h.x".into()),
@@ -322,6 +330,18 @@ fn ref_http(
                 Some(e.paths.iter().any(|p| match p {
                     PathMatch::Exact(x) => x == path,
                     PathMatch::Prefix(x) => path == x || path.starts_with(&format!("{x}/")),
+                    PathMatch::Template { path: t, prefix } => {
+                        let want: Vec<&str> = t.split('/').collect();
+                        let got: Vec<&str> = path.split('/').collect();
+                        (got.len() == want.len() || (*prefix && got.len() > want.len()))
+                            && want
+                                .iter()
+                                .zip(&got)
+                                .all(|(w, g)| match w.starts_with('{') {
+                                    true => !g.is_empty(),
+                                    false => w == g,
+                                })
+                    }
                 }))
             };
             let h = if e.hosts.is_empty() {

@@ -129,7 +129,15 @@ pub fn record(
             authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
             reason = %d.matched, "connection denied by policy"
         );
-        report_denial(rt, direction, d, peer, peer_addr, local_addr, None);
+        report_denial(
+            rt,
+            direction,
+            d,
+            peer,
+            peer_addr,
+            local_addr,
+            Denied::Connection,
+        );
     } else if d.would_deny {
         tracing::info!(
             direction = direction_label(direction), client.addr = %client, peer = label, port,
@@ -139,10 +147,20 @@ pub fn record(
     }
 }
 
-/// Reports a policy denial to the security-event sinks, for a connection
-/// (`http` is `None`) or a request (its method, path and answered status).
-/// Sides as in [`record`]. Called only for denials, so the local identity
-/// is loaded only then.
+/// What a policy denial stopped.
+#[derive(Debug, Clone, Copy)]
+pub enum Denied<'a> {
+    /// A connection, as it came.
+    Connection,
+    /// An open connection, closed because a reloaded policy denies it.
+    Revoked,
+    /// A request: its method and path, and the status answered.
+    Request(HttpFlow<'a>, u16),
+}
+
+/// Reports a policy denial to the security-event sinks. Sides as in
+/// [`record`]. Called only for denials, so the local identity is loaded
+/// only then.
 pub fn report_denial(
     rt: &Runtime,
     direction: Direction,
@@ -150,7 +168,7 @@ pub fn report_denial(
     peer: Option<&SpiffeId>,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-    http: Option<(HttpFlow<'_>, u16)>,
+    what: Denied<'_>,
 ) {
     if !rt.events.is_enabled() {
         return;
@@ -168,15 +186,20 @@ pub fn report_denial(
         Direction::Ingress => (remote, local),
         Direction::Egress => (local, remote),
     };
+    let (http, http_status) = match what {
+        Denied::Request(h, status) => (Some(h), Some(status)),
+        Denied::Connection | Denied::Revoked => (None, None),
+    };
     rt.events.denied(&Denial {
         flow: Flow {
             direction,
             src,
             dst,
-            http: http.map(|(h, _)| h),
+            http,
         },
         matched: &d.matched,
-        http_status: http.map(|(_, status)| status),
+        http_status,
+        revoked: matches!(what, Denied::Revoked),
     });
 }
 
@@ -201,19 +224,35 @@ pub async fn revoked(
     }
 }
 
-/// Counts and logs a live connection closed by a policy swap.
+/// Counts, logs and reports as a security event a live connection closed
+/// by a policy swap. Sides as in [`record`].
 pub fn terminated(
     rt: &Runtime,
     direction: Direction,
     d: &Decision,
-    peer: &str,
-    client: SocketAddr,
+    peer: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
 ) {
-    rt.metrics.policy.terminated(direction, d, peer);
+    let label = peer_label(peer);
+    rt.metrics.policy.terminated(direction, d, label);
+    let client = match direction {
+        Direction::Ingress => peer_addr,
+        Direction::Egress => local_addr,
+    };
     tracing::info!(
-        direction = direction_label(direction), client.addr = %client, peer,
+        direction = direction_label(direction), client.addr = %client, peer = label,
         authz.policy = d.matched.policy_label(), authz.rule = d.matched.rule_label(),
         reason = %d.matched, "open connection closed: the new policy denies it"
+    );
+    report_denial(
+        rt,
+        direction,
+        d,
+        peer,
+        peer_addr,
+        local_addr,
+        Denied::Revoked,
     );
 }
 

@@ -7,7 +7,7 @@ pub mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,7 +32,9 @@ pub struct Live {
     /// policies selecting the workload, and `monitor` instead of `learn`
     /// once auto-promoted; `maintain` keeps it current.
     mode: AtomicU8,
-    promoted: AtomicBool,
+    /// When `auto_promote` moved `learn` to `monitor` (unix ms), 0 if it
+    /// did not. Persisted with the baseline and restored with it.
+    promoted_at: AtomicU64,
     settings: BaselineSettings,
     path: PathBuf,
     persist_interval: Duration,
@@ -90,7 +92,7 @@ impl Live {
     pub fn new(cfg: &BaselineConfig) -> Live {
         Live {
             mode: AtomicU8::new(mode_byte(cfg.settings.mode)),
-            promoted: AtomicBool::new(false),
+            promoted_at: AtomicU64::new(0),
             settings: cfg.settings.clone(),
             path: cfg.path.clone(),
             persist_interval: cfg.persist_interval,
@@ -109,19 +111,50 @@ impl Live {
         self.mode.store(mode_byte(m), Ordering::Relaxed);
     }
 
-    /// The mode for `local` under `policy`: `baseline.mode`, or the strictest
-    /// `spec.baseline.mode` of the policies selecting it; `learn` is
-    /// `monitor` once promoted.
-    fn mode_for(&self, policy: &CompiledPolicy, local: Option<&SpiffeId>) -> BaselineMode {
+    /// The mode `local` is set to under `policy`: `baseline.mode`, or the
+    /// strictest `spec.baseline.mode` of the policies selecting it.
+    fn configured_mode(&self, policy: &CompiledPolicy, local: Option<&SpiffeId>) -> BaselineMode {
         let target = local.and_then(|id| {
             docs_selecting(policy, id)
                 .filter_map(|d| d.baseline)
                 .max_by_key(|m| mode_byte(*m))
         });
-        match target.unwrap_or(self.settings.mode) {
-            BaselineMode::Learn if self.promoted.load(Ordering::Relaxed) => BaselineMode::Monitor,
+        target.unwrap_or(self.settings.mode)
+    }
+
+    /// When the workload was auto-promoted, if it was.
+    pub fn promoted_at(&self) -> Option<u64> {
+        Some(self.promoted_at.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// The mode in force for a configured mode: `learn` is `monitor` once
+    /// promoted.
+    fn effective(&self, configured: BaselineMode) -> BaselineMode {
+        match configured {
+            BaselineMode::Learn if self.promoted_at().is_some() => BaselineMode::Monitor,
             m => m,
         }
+    }
+
+    /// Restores the promotion a restored file records, while `auto_promote`
+    /// is on (`tick` drops it if the mode set is not `learn`).
+    fn restore_promotion(&self, at: u64) {
+        if !self.settings.auto_promote {
+            tracing::info!("baseline promotion not restored: auto_promote is off; learning");
+            return;
+        }
+        self.promoted_at.store(at.max(1), Ordering::Relaxed);
+        // No flow goes on learning until the next tick.
+        let _ = self.mode.compare_exchange(
+            mode_byte(BaselineMode::Learn),
+            mode_byte(BaselineMode::Monitor),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        tracing::info!(
+            promoted_at = at,
+            "baseline promotion restored: learn -> monitor"
+        );
     }
 
     /// The recorder, once a flow was seen.
@@ -140,6 +173,9 @@ impl Live {
                             entries = b.len(), dropped, path = %self.path.display(),
                             "baseline restored"
                         );
+                        if let Some(at) = snap.promoted_at {
+                            self.restore_promotion(at);
+                        }
                         true
                     }
                     Err(e) => {
@@ -223,7 +259,10 @@ impl Live {
     /// old one). Nothing is written before the first flow.
     pub fn persist(&self, metrics: &BaselineMetrics) {
         let _one = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(snap) = self.snapshot() else { return };
+        let Some(mut snap) = self.snapshot() else {
+            return;
+        };
+        snap.promoted_at = self.promoted_at();
         let json = snap.to_json();
         if let Err(e) = write_atomic(&self.path, json.as_bytes()) {
             metrics.persist_failures.inc();
@@ -247,35 +286,52 @@ impl Live {
             "max_entries": self.settings.max_entries,
             "overflow": summary.as_ref().map_or(0, |s| s.overflow),
             "last_new_flow": summary.as_ref().and_then(|s| s.last_new_flow),
+            "promoted_at": self.promoted_at(),
         })
     }
 
     /// Updates the status gauges and auto-promotes a stable workload. The
     /// recorder (and what was restored) is there as soon as the SVID names
-    /// the workload, before the first flow.
-    fn tick(&self, rt: &Runtime) {
+    /// the workload, before the first flow. A mode set to anything but
+    /// `learn`, or `auto_promote` off, ends a promotion: `learn` set again
+    /// learns again. True when it promoted.
+    fn tick(&self, rt: &Runtime) -> bool {
         let metrics = &rt.metrics.baseline;
         let creds = rt.creds.load();
         let local = creds.as_ref().map(|c| &c.svid.id);
-        let mode = self.mode_for(&rt.policy.load().compiled, local);
+        let configured = self.configured_mode(&rt.policy.load().compiled, local);
+        let recorder = match (local, configured) {
+            (Some(local), m) if m != BaselineMode::Off => Some(self.recorder_for(local, metrics)),
+            _ => None,
+        };
+        let promotable = configured == BaselineMode::Learn && self.settings.auto_promote;
+        if !promotable && configured != BaselineMode::Off && self.promoted_at().is_some() {
+            self.promoted_at.store(0, Ordering::Relaxed);
+            tracing::info!(
+                mode = configured.as_str(),
+                "baseline promotion dropped: the mode set is not learn with auto_promote"
+            );
+        }
+        let mode = self.effective(configured);
         if mode != self.mode() {
             tracing::info!(mode = mode.as_str(), "baseline mode");
             self.set_mode(mode);
         }
         metrics.set_mode(mode);
-        let (Some(local), false) = (local, mode == BaselineMode::Off) else {
-            return;
+        let Some(b) = recorder else {
+            return false;
         };
-        let b = self.recorder_for(local, metrics);
         let now = self.clock.now();
         metrics.set_status(b.status(now));
         metrics.entries.set(b.len() as i64);
         if b.should_promote(mode, now) {
-            self.promoted.store(true, Ordering::Relaxed);
+            self.promoted_at.store(now.max(1), Ordering::Relaxed);
             self.set_mode(BaselineMode::Monitor);
             metrics.set_mode(BaselineMode::Monitor);
             tracing::info!(entries = b.len(), "baseline stable: learn -> monitor");
+            return true;
         }
+        false
     }
 }
 
@@ -297,28 +353,28 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Keeps the status gauges current, promotes, and persists every
-/// `persist_interval` until `stop`.
+/// `persist_interval`, and at once after a promotion, until `stop`.
 pub async fn maintain(rt: Arc<Runtime>, stop: CancellationToken) {
     let live = &rt.baseline;
-    live.tick(&rt);
     let step = live
         .settings
         .bucket
         .min(Duration::from_secs(1))
         .max(Duration::from_millis(10));
     let mut last_persist = Instant::now();
+    let mut promoted = live.tick(&rt);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(step) => {}
-        }
-        live.tick(&rt);
-        if last_persist.elapsed() >= live.persist_interval {
+        if promoted || last_persist.elapsed() >= live.persist_interval {
             last_persist = Instant::now();
             let rt = rt.clone();
             let _ = tokio::task::spawn_blocking(move || rt.baseline.persist(&rt.metrics.baseline))
                 .await;
         }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(step) => {}
+        }
+        promoted = live.tick(&rt);
     }
 }
 

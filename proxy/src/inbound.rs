@@ -226,7 +226,7 @@ async fn serve_authorized<S>(
     let ended = tokio::select! {
         ended = forward(stream, upstream, &open.0, t.idle) => ended,
         d = authz::revoked(&mut policy, || authz::inbound(&rt, &check)) => {
-            return authz::terminated(&rt, DIR, &d, label, client);
+            return authz::terminated(&rt, DIR, &d, check.peer, client, app);
         }
     };
     log_end(client, label, ended);

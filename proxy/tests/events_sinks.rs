@@ -97,6 +97,7 @@ async fn file_sink_appends_one_ocsf_event_per_line() {
         ),
         matched: &matched,
         http_status: Some(403),
+        revoked: false,
     });
     e.finding(&new_peer(5432));
     e.flush(FLUSH).await;

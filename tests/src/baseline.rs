@@ -1,15 +1,20 @@
 //! Learned-baseline helpers shared by the baseline tests: B's policy and
-//! `baseline:` settings, the learning traffic, and readers of the baseline
-//! file, the findings and `/config_dump`.
+//! `baseline:` settings, a mesh that learns, the learning traffic, baseline
+//! files recorded through the model the proxy records with, and readers of
+//! the baseline file, the findings and `/config_dump`.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use palisade_policy::baseline::Snapshot;
+use palisade_policy::baseline::{
+    Baseline, BaselineMode, BaselineSettings, FlowRef, Protocol, Snapshot,
+};
+use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
 use serde_json::Value;
 
 use crate::eventually;
+use crate::http::{HttpApp, HttpMesh};
 use crate::proxy::{http, Proxy, CLIENT_ID};
 
 /// A second caller the ingress below allows.
@@ -41,6 +46,75 @@ pub fn baseline_yaml_every(mode: &str, state: &Path, persist: &str, extra: &str)
         state.join("baseline.json").display(),
         state.join("events.jsonl").display(),
     )
+}
+
+/// A+B in front of a fresh app, B under `ingress(app port, -)` with
+/// `baseline_yaml(mode, state, extra)`.
+pub fn mesh(mode: &str, state: &Path, extra: &str) -> HttpMesh {
+    let yaml = baseline_yaml(mode, state, extra);
+    let app = HttpApp::start();
+    let ports = ingress(app.addr.port(), 1);
+    HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml)
+}
+
+/// One connection or request a sidecar saw; peers are SPIFFE IDs or IP
+/// addresses.
+#[derive(Debug, Clone, Copy)]
+pub enum Seen<'a> {
+    /// An opaque connection: direction, peer, port.
+    Tcp(Direction, &'a str, u16),
+    /// An inbound HTTP connection, before its requests: peer, port.
+    HttpConn(&'a str, u16),
+    /// An inbound request: peer, port, method, path.
+    Http(&'a str, u16, &'a str, &'a str),
+}
+
+/// Records `seen` as `identity`'s sidecar would in learn mode, from `t0`
+/// (unix ms) a second apart, and writes the snapshot taken an hour after
+/// `t0` to `dir/file`, as the proxy writes its baseline file.
+pub fn record(dir: &Path, file: &str, identity: &str, seen: &[Seen], t0: u64) -> PathBuf {
+    let b = Baseline::new(
+        SpiffeId::parse(identity).unwrap(),
+        BaselineSettings::default(),
+    );
+    // An address, else an identity (owned here: `Peer` borrows it).
+    let peers: Vec<Result<IpAddr, SpiffeId>> = seen
+        .iter()
+        .map(|s| {
+            let (Seen::Tcp(_, p, _) | Seen::HttpConn(p, _) | Seen::Http(p, ..)) = *s;
+            p.parse::<IpAddr>()
+                .map_err(|_| SpiffeId::parse(p).expect("a SPIFFE ID or an IP address"))
+        })
+        .collect();
+    for (i, (s, p)) in seen.iter().zip(&peers).enumerate() {
+        let peer = match p {
+            Ok(ip) => Peer::Address(*ip),
+            Err(id) => Peer::Identity(id),
+        };
+        let conn = |direction, port, protocol| FlowRef {
+            direction,
+            peer,
+            port,
+            protocol,
+            http: None,
+        };
+        let flow = match *s {
+            Seen::Tcp(direction, _, port) => conn(direction, port, Protocol::Opaque),
+            Seen::HttpConn(_, port) => conn(Direction::Ingress, port, Protocol::Http),
+            Seen::Http(_, port, method, path) => FlowRef {
+                http: Some(HttpInfo {
+                    method,
+                    path,
+                    host: None,
+                }),
+                ..conn(Direction::Ingress, port, Protocol::Http)
+            },
+        };
+        b.observe(&flow, BaselineMode::Learn, t0 + i as u64 * 1000);
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, b.snapshot(t0 + 3_600_000).to_json()).unwrap();
+    path
 }
 
 /// The baseline file as the proxy last wrote it.

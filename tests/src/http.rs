@@ -430,8 +430,14 @@ impl<A: MeshApp> HttpMesh<A> {
 
     /// Replace the server's policy body and wait until B has swapped it in.
     pub fn set_ingress(&self, ingress: &str) {
+        self.set_policy(&policy_doc("server", SERVER_ID, ingress));
+    }
+
+    /// Replace the server's policy file with `text` and wait until B has
+    /// swapped it in.
+    pub fn set_policy(&self, text: &str) {
         let before = self.b.metric("policy_reloads_total", &[]);
-        crate::policy::write_atomic(&self.policy, &policy_doc("server", SERVER_ID, ingress));
+        crate::policy::write_atomic(&self.policy, text);
         crate::eventually(
             "the new policy is in force",
             Duration::from_secs(10),

@@ -89,6 +89,18 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// SIGTERM (the proxy drains and writes its state), then the same
+    /// spec, changed by `tweak`, started again on the same ports with
+    /// `join_token` (tokens are single-use: a restarted pod gets a new one).
+    pub fn restart(&mut self, join_token: String, tweak: impl FnOnce(&mut ProxySpec)) {
+        let exited = self.child.terminate(Duration::from_secs(15));
+        assert!(exited.is_some(), "{} ignored SIGTERM", self.spec.name);
+        let mut spec = ProxySpec(self.spec.clone());
+        spec.join_token = join_token;
+        tweak(&mut spec);
+        *self = Proxy::start_ready(spec);
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http(self.admin, "GET", path)
     }

@@ -1,114 +1,25 @@
 //! `palisadectl baseline show | export | diff | graph`, run as the real
 //! binary on baseline files recorded through the model the proxy records
 //! with, or on those files reported to a real control plane, then checked
-//! by `palisadectl policy check | test` and an XML parser.
+//! by `palisadectl policy check | test` and an XML parser; and a policy
+//! exported from a real sidecar's baseline, enforced by that sidecar.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use palisade_policy::baseline::{Baseline, BaselineMode, BaselineSettings, FlowRef, Protocol};
-use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
-use palisade_tests::bin;
+use palisade_policy::Direction;
+use palisade_tests::baseline::{learn_traffic, mesh, record, snapshot, Seen};
 use palisade_tests::cp::ControlPlane;
+use palisade_tests::ctl::{palisadectl, palisadectl_to, Run};
+use palisade_tests::eventually;
+use palisade_tests::proxy::{http, SERVER_ID};
 
 const API: &str = "spiffe://cluster.local/ns/shop/sa/api";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
 /// 2026-12-01T07:05:00Z.
 const T0: u64 = 1_796_108_700_000;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn exits(self, code: i32) -> Run {
-        assert_eq!(
-            self.code, code,
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    fn prints(&self, needle: &str) -> &Run {
-        assert!(
-            self.stdout.contains(needle),
-            "expected {needle:?} in:\n{}",
-            self.stdout
-        );
-        self
-    }
-}
-
-fn palisadectl(args: &[&str]) -> Run {
-    palisadectl_to(args, Stdio::piped())
-}
-
-/// Runs `palisadectl` with its stdout on `stdout` (captured when piped).
-fn palisadectl_to(args: &[&str], stdout: Stdio) -> Run {
-    let out = Command::new(bin("palisadectl"))
-        .args(args)
-        .env_remove("PALISADE_ADMIN_SOCKET")
-        .stdout(stdout)
-        .output()
-        .expect("run palisadectl");
-    Run {
-        code: out.status.code().expect("palisadectl exited normally"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-/// One observed connection or request.
-enum Seen<'a> {
-    Tcp(Direction, &'a str, u16),
-    Http(&'a str, u16, &'a str, &'a str),
-}
-
-/// Records `seen` as `identity`'s sidecar would (in learn mode, a second
-/// apart), and writes the snapshot where the proxy would.
-fn record(dir: &Path, file: &str, identity: &str, seen: &[Seen]) -> PathBuf {
-    let b = Baseline::new(id(identity), BaselineSettings::default());
-    let ids: Vec<SpiffeId> = [API, FRONTEND, DB].map(id).to_vec();
-    let peer = |s: &str| match s.parse::<IpAddr>() {
-        Ok(ip) => Peer::Address(ip),
-        Err(_) => Peer::Identity(ids.iter().find(|i| i.as_str() == s).expect("known peer")),
-    };
-    for (t, s) in seen.iter().enumerate() {
-        let flow = match s {
-            Seen::Tcp(direction, p, port) => FlowRef {
-                direction: *direction,
-                peer: peer(p),
-                port: *port,
-                protocol: Protocol::Opaque,
-                http: None,
-            },
-            Seen::Http(p, port, method, path) => FlowRef {
-                direction: Direction::Ingress,
-                peer: peer(p),
-                port: *port,
-                protocol: Protocol::Http,
-                http: Some(HttpInfo {
-                    method,
-                    path,
-                    host: None,
-                }),
-            },
-        };
-        b.observe(&flow, BaselineMode::Learn, T0 + t as u64 * 1000);
-    }
-    let path = dir.join(file);
-    std::fs::write(&path, b.snapshot(T0 + 3_600_000).to_json()).unwrap();
-    path
-}
 
 /// The api's baseline, split over two pods' files, and the db's.
 struct Shop {
@@ -128,6 +39,7 @@ impl Shop {
                 Seen::Http(FRONTEND, 8080, "GET", "/v1/users/456"),
                 Seen::Tcp(Direction::Egress, DB, 5432),
             ],
+            T0,
         );
         let api_b = record(
             dir.path(),
@@ -138,12 +50,14 @@ impl Shop {
                 Seen::Http(FRONTEND, 8080, "GET", "/v1/users/789"),
                 Seen::Tcp(Direction::Egress, "10.0.0.7", 443),
             ],
+            T0,
         );
         let db = record(
             dir.path(),
             "db.json",
             DB,
             &[Seen::Tcp(Direction::Ingress, API, 5432)],
+            T0,
         );
         Shop {
             dir,
@@ -224,6 +138,13 @@ fn exported_policy_passes_check_and_its_cases_and_denies_flows_never_seen() {
         let cases = out.join("cases").join(format!("{stem}.yaml"));
         let text = std::fs::read_to_string(&cases).unwrap();
         assert!(text.contains("expect: deny"), "{text}");
+        if stem == "ns-shop-sa-api" {
+            // `{id}` is one segment: a path below it is a case, denied.
+            assert!(
+                text.contains("path: \"/v1/users/1/palisade-never-seen\""),
+                "{text}"
+            );
+        }
         palisadectl(&[
             "policy",
             "test",
@@ -245,6 +166,8 @@ fn exported_policy_passes_check_and_its_cases_and_denies_flows_never_seen() {
              - {{name: new route, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /admin, direction: ingress, expect: deny}}\n\
              - {{name: new method, from: {FRONTEND}, to: {API}, port: 8080, method: DELETE, path: /v1/orders, direction: ingress, expect: deny}}\n\
              - {{name: new network, from: {API}, to: 10.9.0.7, port: 443, direction: egress, expect: deny}}\n\
+             - {{name: below a template, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /v1/users/42/admin, direction: ingress, expect: deny}}\n\
+             - {{name: above a template, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /v1/users, direction: ingress, expect: deny}}\n\
              - {{name: learned, from: {FRONTEND}, to: {API}, port: 8080, method: GET, path: /v1/users/42, direction: ingress, expect: allow}}\n"
         ),
     )
@@ -265,7 +188,7 @@ fn export_without_output_prints_the_policy() {
     palisadectl(&shop.args("export", &["--identity", API]))
         .exits(0)
         .prints("kind: SegmentationPolicy")
-        .prints("/v1/users/*");
+        .prints("paths: [\"/v1/users/{id}\"]");
 }
 
 #[test]
@@ -559,4 +482,35 @@ fn a_closed_stdout_ends_the_output_quietly_and_keeps_the_exit_code() {
         assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
         assert!(run.stderr.is_empty(), "{args:?}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_policy_exported_from_a_sidecars_baseline_serves_its_templates_and_nothing_below() {
+    let state = tempfile::tempdir().unwrap();
+    let m = mesh("learn", state.path(), "");
+    learn_traffic(m.a_out);
+    eventually("the learned baseline file", Duration::from_secs(10), || {
+        snapshot(state.path()).filter(|s| s.entries.len() == 4)
+    });
+    let file = state.path().join("baseline.json");
+    #[rustfmt::skip]
+    let export = palisadectl(&["baseline", "export", "--file", file.to_str().unwrap(),
+        "--identity", SERVER_ID]).exits(0);
+    export.prints("\"/v1/users/{id}\"");
+    // In place of `/v1/*`, under which every request below was allowed.
+    m.set_policy(&export.stdout);
+
+    for path in ["/v1/users/5", "/v1/orders/cafebabe12", "/v1/api"] {
+        assert_eq!(http(m.a_out, "GET", path).0, 200, "learned {path}");
+    }
+    for path in [
+        "/v1/users/5/admin",
+        "/v1/users",
+        "/v1/orders/cafebabe12/x",
+        "/v1/secret",
+    ] {
+        assert_eq!(http(m.a_out, "GET", path).0, 403, "never seen {path}");
+    }
+    assert_eq!(http(m.a_out, "DELETE", "/v1/users/5").0, 403);
+    assert!(!m.app.seen().iter().any(|p| p.contains("admin")));
 }

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use palisade_tests::baseline::{
     baseline_dump, baseline_yaml, baseline_yaml_every, findings, flows, ingress, learn_traffic,
-    snapshot, wait_findings, OTHER_ID,
+    mesh, snapshot, wait_findings, OTHER_ID,
 };
 use palisade_tests::eventually;
 use palisade_tests::http::{runtime, Client, HttpApp, HttpMesh};
 use palisade_tests::policy::spec;
-use palisade_tests::proxy::{echo_roundtrip, http, Echo, Proxy, ProxySpec, CLIENT_ID};
+use palisade_tests::proxy::{echo_roundtrip, http, Echo, Proxy, ProxySpec, CLIENT_ID, SERVER_ID};
+use serde_json::Value;
 
 /// Requests on one kept-alive connection to `addr` for `how_long`; the
 /// statuses and `retry-after` values seen.
@@ -38,7 +39,7 @@ fn burst(addr: SocketAddr, path: &str, how_long: Duration) -> (Vec<u16>, Vec<Str
 /// A sidecar for `id` with one route to B's inbound listener.
 fn caller(m: &HttpMesh, name: &str, id: &str) -> (Proxy, SocketAddr) {
     let mut s: ProxySpec = spec(&m.cp, name, id);
-    let out = s.route(m.b_in, palisade_tests::proxy::SERVER_ID);
+    let out = s.route(m.b_in, SERVER_ID);
     (Proxy::start_ready(s), out)
 }
 
@@ -70,7 +71,7 @@ fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one
         snapshot(state.path()).filter(|s| s.entries.len() == want.len())
     });
     assert_eq!(flows(&snap), want);
-    assert_eq!(snap.identity.as_str(), palisade_tests::proxy::SERVER_ID);
+    assert_eq!(snap.identity.as_str(), SERVER_ID);
     let users = snap
         .entries
         .iter()
@@ -97,7 +98,7 @@ fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one
     // The client's sidecar learns the same requests as egress, and not the
     // ones B's policy denied either: they were allowed on its side.
     let b_port = m.b_in.port();
-    let server = palisade_tests::proxy::SERVER_ID;
+    let server = SERVER_ID;
     let egress = eventually("the client's baseline", Duration::from_secs(10), || {
         snapshot(client_state.path()).filter(|s| s.entries.len() >= 4)
     });
@@ -118,10 +119,7 @@ fn learn_records_exactly_the_allowed_flows_with_templates_and_never_a_denied_one
 #[test]
 fn status_stabilizes_then_auto_promotion_switches_learn_to_monitor() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  auto_promote: true\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "  auto_promote: true\n");
     learn_traffic(m.a_out);
     eventually("stabilizing", Duration::from_secs(10), || {
         (baseline_dump(&m.b)["status"] == "stabilizing").then_some(())
@@ -137,6 +135,77 @@ fn status_stabilizes_then_auto_promotion_switches_learn_to_monitor() {
     assert_eq!(http(m.a_out, "GET", "/v1/brand-new").0, 200);
     wait_findings(state.path(), "baseline.new_route", 1);
     assert_eq!(baseline_dump(&m.b)["entries"], 4);
+}
+
+/// A request through A to B, retried while A reconnects to a restarted B.
+fn status_after_restart(m: &HttpMesh, path: &str) -> u16 {
+    eventually("B answers again", Duration::from_secs(10), || {
+        Some(http(m.a_out, "GET", path).0).filter(|s| *s != 502 && *s != 503)
+    })
+}
+
+#[test]
+fn auto_promotion_survives_a_restart_until_an_explicit_mode_ends_it() {
+    let state = tempfile::tempdir().unwrap();
+    let mut m = mesh("learn", state.path(), "  auto_promote: true\n");
+    learn_traffic(m.a_out);
+    eventually("promotion to monitor", Duration::from_secs(10), || {
+        (baseline_dump(&m.b)["mode"] == "monitor").then_some(())
+    });
+    let at = baseline_dump(&m.b)["promoted_at"]
+        .as_u64()
+        .expect("promoted_at");
+    eventually("the promotion in the file", Duration::from_secs(10), || {
+        snapshot(state.path()).filter(|s| s.promoted_at == Some(at))
+    });
+
+    // Restarted with a `stable_after` the restored baseline is far from:
+    // only the file can make this workload `monitor`.
+    m.b.restart(m.cp.join_token(SERVER_ID), |b| {
+        b.extra_yaml = b
+            .extra_yaml
+            .replace("stable_after: 1500ms", "stable_after: 1h")
+    });
+    let d = eventually("the restored baseline", Duration::from_secs(10), || {
+        let d = baseline_dump(&m.b);
+        (d["entries"] == 4 && d["promoted_at"] != Value::Null).then_some(d)
+    });
+    assert_eq!(d["mode"], "monitor", "{d}");
+    assert_eq!(d["promoted_at"], at, "{d}");
+    assert_ne!(d["status"], "stable", "{d}");
+    assert_eq!(m.b.metric("baseline_mode", &[("mode", "monitor")]), 1.0);
+    assert_eq!(status_after_restart(&m, "/v1/never/seen"), 200);
+    let f = wait_findings(state.path(), "baseline.new_route", 1);
+    assert_eq!(f[0]["unmapped"]["palisade"]["mode"], "monitor");
+    assert_eq!(baseline_dump(&m.b)["entries"], 4, "monitor learns nothing");
+
+    // An explicit mode wins and ends the promotion, in the file too.
+    m.b.restart(m.cp.join_token(SERVER_ID), |b| {
+        b.extra_yaml = b.extra_yaml.replace("mode: learn", "mode: protect")
+    });
+    assert_eq!(status_after_restart(&m, "/v1/users/77"), 200, "learned");
+    assert_eq!(http(m.a_out, "GET", "/v1/admin/x").0, 403, "protect blocks");
+    eventually("the promotion dropped", Duration::from_secs(10), || {
+        (baseline_dump(&m.b)["promoted_at"] == Value::Null).then_some(())
+    });
+    assert_eq!(baseline_dump(&m.b)["mode"], "protect");
+    eventually(
+        "the promotion gone from the file",
+        Duration::from_secs(10),
+        || snapshot(state.path()).filter(|s| s.promoted_at.is_none()),
+    );
+
+    // `learn` set again learns again.
+    m.b.restart(m.cp.join_token(SERVER_ID), |b| {
+        b.extra_yaml = b.extra_yaml.replace("mode: protect", "mode: learn")
+    });
+    assert_eq!(status_after_restart(&m, "/v1/fresh"), 200);
+    let d = baseline_dump(&m.b);
+    assert_eq!(
+        (&d["mode"], &d["entries"]),
+        (&"learn".into(), &5.into()),
+        "{d}"
+    );
 }
 
 #[test]
@@ -158,7 +227,7 @@ fn monitor_raises_one_finding_per_deviation_and_traffic_still_flows() {
     );
     let (other, other_out) = caller(&m, "proxy-c", OTHER_ID);
     let mut a2 = spec(&m.cp, "proxy-a2", CLIENT_ID);
-    let echo_out = a2.route(echo_in.unwrap(), palisade_tests::proxy::SERVER_ID);
+    let echo_out = a2.route(echo_in.unwrap(), SERVER_ID);
     let a2 = Proxy::start_ready(a2);
 
     learn_traffic(m.a_out);
@@ -210,10 +279,7 @@ fn monitor_raises_one_finding_per_deviation_and_traffic_still_flows() {
 /// Learns in one mesh and keeps the file in `state`; the app's port stays
 /// the same for the next mesh.
 fn learned_baseline(state: &Path) -> u16 {
-    let yaml = baseline_yaml("learn", state, "");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state, "");
     learn_traffic(m.a_out);
     // Enough buckets for the flows' rates to warm up.
     std::thread::sleep(Duration::from_millis(500));
@@ -267,7 +333,7 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
     assert!(!m.app.seen().iter().any(|p| p.contains("admin")));
     // A new port: the connection is closed without reaching the echo.
     let mut a2 = spec(&m.cp, "proxy-a2", CLIENT_ID);
-    let echo_out = a2.route(echo_in.unwrap(), palisade_tests::proxy::SERVER_ID);
+    let echo_out = a2.route(echo_in.unwrap(), SERVER_ID);
     let _a2 = Proxy::start_ready(a2);
     let back = echo_roundtrip(echo_out, b"hello").unwrap_or_default();
     assert!(back.is_empty(), "a new port is closed in protect mode");
@@ -311,10 +377,7 @@ fn protect_after_a_restart_blocks_and_throttles_deviations_while_learned_flows_p
 #[test]
 fn flows_past_max_entries_are_counted_not_learned() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  max_entries: 2\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "  max_entries: 2\n");
     learn_traffic(m.a_out);
     assert_eq!(baseline_dump(&m.b)["entries"], 2);
     assert_eq!(m.b.metric("baseline_entries", &[]), 2.0);
@@ -349,10 +412,7 @@ fn a_corrupt_baseline_file_is_kept_aside_counted_and_learning_starts_afresh() {
         "{\"version\": 1, \"entr",
     )
     .unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "");
     eventually(
         "the failed restore counted",
         Duration::from_secs(10),

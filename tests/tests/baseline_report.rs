@@ -7,12 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use palisade_policy::baseline::{
-    Baseline, BaselineMode, BaselineSettings, FlowRef, Protocol, Snapshot,
-};
-use palisade_policy::{Direction, HttpInfo, Peer, SpiffeId};
+use palisade_policy::baseline::Snapshot;
 use palisade_tests::baseline::{
-    baseline_dump, baseline_yaml, findings, flows, ingress, learn_traffic, wait_findings, OTHER_ID,
+    baseline_dump, baseline_yaml, findings, flows, ingress, learn_traffic, mesh, record,
+    wait_findings, Seen, OTHER_ID,
 };
 use palisade_tests::cp::ControlPlane;
 use palisade_tests::eventually;
@@ -64,10 +62,7 @@ fn users_count(s: &Snapshot) -> u64 {
 fn learned_flows_reach_the_control_plane_every_report_interval() {
     let state = tempfile::tempdir().unwrap();
     let extra = "  report_interval: 200ms\n  instance: b-0\n";
-    let yaml = baseline_yaml("learn", state.path(), extra);
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), extra);
     learn_traffic(m.a_out);
     let want = learned_flows(m.app.addr.port());
     let snap = eventually("the reported baseline", Duration::from_secs(10), || {
@@ -91,10 +86,7 @@ fn learned_flows_reach_the_control_plane_every_report_interval() {
 #[test]
 fn the_report_on_drain_carries_what_was_learned_since_the_last_one() {
     let state = tempfile::tempdir().unwrap();
-    let yaml = baseline_yaml("learn", state.path(), "  report_interval: 1h\n");
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), "  report_interval: 1h\n");
     learn_traffic(m.a_out);
     assert!(reported(&m.cp).is_none(), "no report before the interval");
     assert_eq!(m.b.post("/shutdown").0, 200);
@@ -118,10 +110,7 @@ fn a_refused_report_is_counted_logged_once_and_traffic_goes_on() {
     let state = tempfile::tempdir().unwrap();
     // The control plane refuses an instance name that is no pod name.
     let extra = "  report_interval: 100ms\n  instance: not/a/pod\n";
-    let yaml = baseline_yaml("learn", state.path(), extra);
-    let app = HttpApp::start();
-    let ports = ingress(app.addr.port(), 1);
-    let m = HttpMesh::with_app(app, &ports, |_| {}, |b| b.extra_yaml += &yaml);
+    let m = mesh("learn", state.path(), extra);
     learn_traffic(m.a_out);
     eventually("three refused reports", Duration::from_secs(10), || {
         (m.b.metric("baseline_report_failures_total", &[]) >= 3.0).then_some(())
@@ -137,8 +126,9 @@ fn a_refused_report_is_counted_logged_once_and_traffic_goes_on() {
     assert!(reported(&m.cp).is_none());
 }
 
-/// A baseline file `identity`'s sidecar could have written in another pod:
-/// `CLIENT_ID`'s HTTP connection on `port` and a `GET` of each path.
+/// A baseline file `identity`'s sidecar could have written in another pod,
+/// up to now: `CLIENT_ID`'s HTTP connection on `port` and a `GET` of each
+/// path.
 fn recorded_elsewhere(
     dir: &Path,
     file: &str,
@@ -146,34 +136,13 @@ fn recorded_elsewhere(
     port: u16,
     paths: &[&str],
 ) -> PathBuf {
-    let b = Baseline::new(
-        SpiffeId::parse(identity).unwrap(),
-        BaselineSettings::default(),
-    );
-    let client = SpiffeId::parse(CLIENT_ID).unwrap();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let conn = FlowRef {
-        direction: Direction::Ingress,
-        peer: Peer::Identity(&client),
-        port,
-        protocol: Protocol::Http,
-        http: None,
-    };
-    b.observe(&conn, BaselineMode::Learn, now);
-    for path in paths {
-        let http = Some(HttpInfo {
-            method: "GET",
-            path,
-            host: None,
-        });
-        b.observe(&FlowRef { http, ..conn }, BaselineMode::Learn, now);
-    }
-    let path = dir.join(file);
-    std::fs::write(&path, b.snapshot(now).to_json()).unwrap();
-    path
+    let mut seen = vec![Seen::HttpConn(CLIENT_ID, port)];
+    seen.extend(paths.iter().map(|p| Seen::Http(CLIENT_ID, port, "GET", p)));
+    record(dir, file, identity, &seen, now - 3_600_000)
 }
 
 #[test]

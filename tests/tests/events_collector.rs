@@ -200,6 +200,7 @@ async fn the_proxys_control_plane_sink_delivers_its_events_to_the_collector() {
         flow,
         matched: &matched,
         http_status: None,
+        revoked: false,
     });
     emitter.finding(&Finding {
         kind: FindingKind::NewPort,

@@ -2,49 +2,8 @@
 //! against real files, the way a network team's CI runs it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use palisade_tests::bin;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts the exit code, showing the output when it differs.
-    fn exits(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "{}{}", self.stdout, self.stderr);
-        self
-    }
-
-    /// Asserts that stdout contains `needle`.
-    fn prints(&self, needle: &str) -> &Run {
-        assert!(
-            self.stdout.contains(needle),
-            "expected {needle:?} in:\n{}",
-            self.stdout
-        );
-        self
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
-
-fn palisadectl(args: &[&str]) -> Run {
-    let out = Command::new(bin("palisadectl"))
-        .args(args)
-        .output()
-        .expect("run palisadectl");
-    Run {
-        code: out.status.code().expect("palisadectl exited normally"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use palisade_tests::ctl::{palisadectl, Run};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples")

@@ -2,14 +2,13 @@
 //! every learned flow and nothing else, commented with what was seen, and a
 //! matching cases file for `palisadectl policy test`.
 //!
-//! Rules are one per peer and port. HTTP flows become `http` entries: a
-//! template without `{id}` is an exact path; one with `{id}` becomes the
-//! prefix before its first `{id}` (`/v1/users/{id}/orders` becomes
-//! `/v1/users/*`), since the language's only wildcard is a final `/*` (a
-//! template cut with `{rest}` likewise). So
-//! the policy allows a little more than was seen below such a prefix; the
-//! comments list the templates each entry stands for. A port also seen
-//! carrying opaque bytes, or HTTP without a request, gets no `http`.
+//! Rules are one per peer and port. HTTP flows become `http` entries whose
+//! path is the template itself: the language's `{id}` matches exactly one
+//! segment, so `/v1/users/{id}` allows `/v1/users/7` and not
+//! `/v1/users/7/admin`. Only a template cut with `{rest}` becomes a prefix
+//! there (`/*`). The comments list the templates each entry stands for. A
+//! port also seen carrying opaque bytes, or HTTP without a request, gets no
+//! `http`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -18,7 +17,8 @@ use super::key::{FlowPeer, Protocol};
 use super::snapshot::{Entry, Snapshot};
 use super::template::{example, ID, REST};
 use super::time::rfc3339;
-use crate::model::{Direction, API_VERSION, KIND};
+use crate::http::path_matches;
+use crate::model::{is_placeholder, Direction, PathMatch, API_VERSION, KIND};
 use crate::spiffe::SpiffeId;
 
 /// The exported policy and cases, as YAML text.
@@ -27,6 +27,10 @@ pub struct Export {
     pub policy: String,
     pub cases: String,
 }
+
+/// A group's `http` entries: path (None = any) to methods (None = any),
+/// with the entries behind each.
+type HttpEntries<'a> = BTreeMap<Option<String>, (Option<BTreeSet<&'a str>>, Vec<&'a Entry>)>;
 
 /// The flows of one peer on one port.
 #[derive(Default)]
@@ -38,15 +42,12 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    /// The `http` entries: path (None = any) to methods (None = any),
-    /// with the entries behind each. `None` when the rule needs no `http`.
-    #[allow(clippy::type_complexity)]
-    fn http(&self) -> Option<BTreeMap<Option<String>, (Option<BTreeSet<&str>>, Vec<&Entry>)>> {
+    /// The `http` entries; `None` when the rule needs no `http`.
+    fn http(&self) -> Option<HttpEntries<'_>> {
         if self.opaque || self.routes.is_empty() {
             return None;
         }
-        let mut out: BTreeMap<Option<String>, (Option<BTreeSet<&str>>, Vec<&Entry>)> =
-            BTreeMap::new();
+        let mut out = HttpEntries::new();
         for e in &self.routes {
             let route = e.flow.route.as_ref().expect("routes have a route");
             let slot = out
@@ -68,20 +69,31 @@ impl Group<'_> {
     }
 }
 
-/// The policy path for a template: exact, or the prefix before the first
-/// `{id}` (or a segment the language cannot write); `None` for `*`.
+/// The policy path for a template: the template, whose `{id}` segments
+/// match one segment each; a final `{rest}` (a cut template) becomes `/*`,
+/// and a segment the language cannot write as it is (with `*`, `{` or `}`)
+/// becomes `{id}`. `None` for `*`.
 fn path_match(template: &str) -> Option<String> {
     if !template.starts_with('/') {
         return None;
     }
-    let segs: Vec<&str> = template.split('/').skip(1).collect();
-    match segs
-        .iter()
-        .position(|s| *s == ID || *s == REST || s.contains('*'))
-    {
-        None => Some(template.to_owned()),
-        Some(i) => Some(format!("/{}/*", segs[..i].join("/")).replace("//*", "/*")),
+    let mut segs: Vec<&str> = template
+        .split('/')
+        .skip(1)
+        .map(|s| match s {
+            s if is_placeholder(s) || !s.contains(['*', '{', '}']) => s,
+            _ => ID,
+        })
+        .collect();
+    let cut = segs.last() == Some(&REST);
+    if cut {
+        segs.pop();
     }
+    let mut out: String = segs.iter().flat_map(|s| ["/", s]).collect();
+    if cut {
+        out.push_str("/*");
+    }
+    Some(out)
 }
 
 /// The policy language takes uppercase letters only.
@@ -296,7 +308,7 @@ pub fn export(snap: &Snapshot) -> Export {
                     }
                 }
             }
-            write_cases(&mut cases, id, direction, peer, *port, g, http.is_some());
+            write_cases(&mut cases, id, direction, peer, *port, g, http.as_ref());
         }
     }
     write_never_seen(&mut cases, snap, &groups);
@@ -346,12 +358,12 @@ fn write_cases(
     peer: &FlowPeer,
     port: u16,
     g: &Group,
-    restricted: bool,
+    http: Option<&HttpEntries>,
 ) {
     let (from, to) = ends(local, direction, &endpoint(peer));
     // Behind an `http` restriction, opaque bytes are denied: the requests
     // are the cases.
-    if !restricted {
+    if http.is_none() {
         for e in &g.connections {
             let name = format!("learned: {}", e.flow);
             write_case(out, &name, (&from, &to), port, None, direction, "allow");
@@ -369,6 +381,58 @@ fn write_cases(
             Some((&r.method, &path)),
             direction,
             "allow",
+        );
+    }
+    if let Some(http) = http {
+        write_below_templates(out, (&from, &to), direction, port, g, http);
+    }
+}
+
+/// A path no learned route is expected to have.
+const NEVER_SEEN_PATH: &str = "/palisade-never-seen";
+
+/// The paths of `http`, as the policy reads them; `None` if an entry takes
+/// any path.
+fn exported_paths(http: &HttpEntries) -> Option<Vec<PathMatch>> {
+    http.keys()
+        .map(|p| crate::values::path(p.as_deref()?).ok())
+        .collect()
+}
+
+/// For each route exported with `{id}`: a request one segment below it,
+/// which `{id}` does not reach (unless another exported path does).
+fn write_below_templates(
+    out: &mut String,
+    ends: (&str, &str),
+    direction: Direction,
+    port: u16,
+    g: &Group,
+    http: &HttpEntries,
+) {
+    let Some(exported) = exported_paths(http) else {
+        return;
+    };
+    for e in &g.routes {
+        let r = e.flow.route.as_ref().expect("routes have a route");
+        let Some(path) = path_match(&r.template) else {
+            continue;
+        };
+        if path.ends_with("/*") || !path.split('/').any(is_placeholder) {
+            continue;
+        }
+        let below = format!("{}{NEVER_SEEN_PATH}", example(&r.template));
+        if exported.iter().any(|p| path_matches(p, &below)) {
+            continue;
+        }
+        let name = format!("never seen: {} {below}, below {path}", r.method);
+        write_case(
+            out,
+            &name,
+            ends,
+            port,
+            Some((&r.method, &below)),
+            direction,
+            "deny",
         );
     }
 }
@@ -413,21 +477,19 @@ fn write_never_seen(
     }
     // A route never seen, on a port whose requests are restricted.
     let restricted = groups.iter().find_map(|(k, g)| {
-        let http = g.http()?;
-        http.keys()
-            .all(|p| p.as_deref().is_some_and(|p| p != "/*"))
-            .then_some(k)
+        let exported = exported_paths(&g.http()?)?;
+        (!exported.iter().any(|p| path_matches(p, NEVER_SEEN_PATH))).then_some(k)
     });
     if let Some((direction, peer, port)) = restricted {
         let (from, to) = ends(id, *direction, &endpoint(peer));
         let name =
-            format!("never seen: route DELETE /palisade-never-seen {direction} {peer} port {port}");
+            format!("never seen: route DELETE {NEVER_SEEN_PATH} {direction} {peer} port {port}");
         write_case(
             out,
             &name,
             (&from, &to),
             *port,
-            Some(("DELETE", "/palisade-never-seen")),
+            Some(("DELETE", NEVER_SEEN_PATH)),
             *direction,
             "deny",
         );
@@ -439,16 +501,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates_become_exact_paths_or_the_prefix_before_the_first_id() {
-        assert_eq!(path_match("/v1/users").as_deref(), Some("/v1/users"));
-        assert_eq!(path_match("/v1/users/{id}").as_deref(), Some("/v1/users/*"));
-        assert_eq!(
-            path_match("/v1/users/{id}/orders/{id}").as_deref(),
-            Some("/v1/users/*")
-        );
-        assert_eq!(path_match("/{id}").as_deref(), Some("/*"));
-        assert_eq!(path_match("/a*b/c").as_deref(), Some("/*"));
-        assert_eq!(path_match("/"), Some("/".into()));
+    fn templates_are_written_as_they_are_and_only_a_cut_becomes_a_prefix() {
+        for t in [
+            "/v1/users",
+            "/v1/users/{id}",
+            "/v1/users/{id}/orders/{id}",
+            "/{id}",
+            "/",
+        ] {
+            assert_eq!(path_match(t).as_deref(), Some(t));
+        }
+        assert_eq!(path_match("/a*b/c").as_deref(), Some("/{id}/c"));
+        assert_eq!(path_match("/a/x{y").as_deref(), Some("/a/{id}"));
+        assert_eq!(path_match("/v1/{id}/{rest}").as_deref(), Some("/v1/{id}/*"));
+        assert_eq!(path_match("/{rest}").as_deref(), Some("/*"));
         assert_eq!(path_match("*"), None);
     }
 

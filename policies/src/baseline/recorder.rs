@@ -424,6 +424,7 @@ impl Baseline {
             bucket_ms: self.settings.bucket_ms(),
             last_new_flow: (!self.is_empty()).then(|| self.last_new_flow.load(Ordering::Relaxed)),
             overflow: self.overflow_total(),
+            promoted_at: None,
             entries,
         }
     }

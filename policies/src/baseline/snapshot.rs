@@ -34,6 +34,11 @@ pub struct Snapshot {
     pub last_new_flow: Option<u64>,
     /// New flows not learned because the cap was reached.
     pub overflow: u64,
+    /// When `auto_promote` moved the workload from `learn` to `monitor`
+    /// (unix ms): kept in the proxy's own file so a restart does not undo
+    /// it; never in a report or a merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<u64>,
     /// Sorted by flow.
     pub entries: Vec<Entry>,
 }
@@ -99,6 +104,7 @@ impl Snapshot {
             bucket_ms,
             last_new_flow: None,
             overflow: 0,
+            promoted_at: None,
             entries: Vec::new(),
         }
     }
@@ -171,7 +177,8 @@ impl Snapshot {
     /// last seen the later, and rate profiles pool (see
     /// `RateProfile`'s docs: a typical pod's rate, not the sum). Flows new
     /// here are added while fewer than `max_entries`; the rest count as
-    /// overflow, and their number is returned.
+    /// overflow, and their number is returned. The result carries no
+    /// promotion.
     pub fn merge(&mut self, other: &Snapshot, max_entries: usize) -> Result<u64, SnapshotError> {
         if other.identity != self.identity {
             return Err(SnapshotError::OtherIdentity {
@@ -186,6 +193,8 @@ impl Snapshot {
             });
         }
         self.taken_at = self.taken_at.max(other.taken_at);
+        // A promotion is one pod's; the merge of several is no pod's.
+        self.promoted_at = None;
         self.last_new_flow = self.last_new_flow.max(other.last_new_flow);
         self.overflow = self.overflow.saturating_add(other.overflow);
         let dropped = self.add_all(other.entries.iter().cloned(), max_entries);

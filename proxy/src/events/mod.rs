@@ -68,6 +68,9 @@ pub struct Denial<'a> {
     pub matched: &'a Matched,
     /// The status answered to an HTTP request (403), if any.
     pub http_status: Option<u16>,
+    /// An open connection closed because a reloaded policy denies it, not
+    /// a connection or request refused as it came.
+    pub revoked: bool,
 }
 
 /// What kind of deviation from the learned baseline.
@@ -331,9 +334,10 @@ impl Emitter {
     /// is actually emitted.
     pub fn denied(&self, d: &Denial<'_>) {
         if let Some(inner) = &self.inner {
-            inner.emit(Kind::Denied, &d.flow, |uid, time| {
-                ocsf::denial(d, uid, time)
-            });
+            // A reload closing open connections is not a duplicate of the
+            // same flow refused as it came.
+            let key = inner.flow_hash(Kind::Denied, d.revoked, &d.flow);
+            inner.emit(Kind::Denied, key, |uid, time| ocsf::denial(d, uid, time));
         }
     }
 
@@ -341,9 +345,9 @@ impl Emitter {
     /// event is actually emitted.
     pub fn finding(&self, f: &Finding<'_>) {
         if let Some(inner) = &self.inner {
-            inner.emit(Kind::Finding(f.kind), &f.flow, |uid, time| {
-                ocsf::finding(f, uid, time)
-            });
+            let kind = Kind::Finding(f.kind);
+            let key = inner.flow_hash(kind, false, &f.flow);
+            inner.emit(kind, key, |uid, time| ocsf::finding(f, uid, time));
         }
     }
 
@@ -362,8 +366,9 @@ impl Emitter {
 }
 
 impl Inner {
-    fn emit(&self, kind: Kind, flow: &Flow<'_>, build: impl FnOnce(&str, i64) -> String) {
-        if let Err(why) = self.limiter.admit(self.flow_hash(kind, flow)) {
+    /// Emits unless the limiter holds back `key` (the flow's hash).
+    fn emit(&self, kind: Kind, key: u64, build: impl FnOnce(&str, i64) -> String) {
+        if let Err(why) = self.limiter.admit(key) {
             self.counters.suppressed[kind.index()][why as usize].inc();
             return;
         }
@@ -388,10 +393,12 @@ impl Inner {
 
     /// A flow is its direction, both sides' identities (or addresses when
     /// unauthenticated), the destination port and the HTTP method and path;
-    /// never the ephemeral source port.
-    fn flow_hash(&self, kind: Kind, flow: &Flow<'_>) -> u64 {
+    /// never the ephemeral source port. `revoked` tells a reload's closing
+    /// from a refusal.
+    fn flow_hash(&self, kind: Kind, revoked: bool, flow: &Flow<'_>) -> u64 {
         let mut h = self.hasher.build_hasher();
         kind.hash(&mut h);
+        revoked.hash(&mut h);
         (flow.direction as u8).hash(&mut h);
         for e in [&flow.src, &flow.dst] {
             match e.id {

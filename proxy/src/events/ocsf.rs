@@ -126,6 +126,10 @@ struct DenialExtra {
     decision: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     http_status: Option<u16>,
+    /// `policy_reload`: an open connection closed because a reloaded
+    /// policy denies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -238,14 +242,21 @@ pub fn denial(d: &Denial<'_>, uid: &str, time: i64) -> String {
             let (id, name) = http_activity(h.method);
             (HTTP_ACTIVITY, "HTTP Activity", id, name)
         }
+        None if d.revoked => (NETWORK_ACTIVITY, "Network Activity", 2, "Close"),
         None => (NETWORK_ACTIVITY, "Network Activity", 5, "Refuse"),
     };
     let what = match flow.http {
         Some(h) => format!("{} {} on port {}", h.method, h.path, flow.dst.addr.port()),
+        None if d.revoked => format!("open connection to port {}", flow.dst.addr.port()),
         None => format!("connection to port {}", flow.dst.addr.port()),
     };
+    let outcome = if d.revoked {
+        "closed: the reloaded policy denies it"
+    } else {
+        "denied"
+    };
     let message = format!(
-        "{} {what} from {} denied: {}",
+        "{} {what} from {} {outcome}: {}",
         flow.direction.as_str(),
         peer_name(&flow.src),
         d.matched
@@ -285,6 +296,7 @@ pub fn denial(d: &Denial<'_>, uid: &str, time: i64) -> String {
                 direction: flow.direction.as_str(),
                 decision: d.matched.label(),
                 http_status: d.http_status,
+                reason: d.revoked.then_some("policy_reload"),
             },
         },
     };

@@ -29,6 +29,7 @@ fn a_tcp_denial_is_network_activity_refuse_with_the_deciding_rule() {
         flow: flow(None),
         matched: &matched,
         http_status: None,
+        revoked: false,
     };
     let v: Value = serde_json::from_str(&ocsf::denial(&d, "u1", 1_700_000_000_000)).unwrap();
     assert_eq!(v["class_uid"], 4001);
@@ -48,6 +49,39 @@ fn a_tcp_denial_is_network_activity_refuse_with_the_deciding_rule() {
     assert_eq!(v["dst_endpoint"]["port"], 5432);
     assert_eq!(v["connection_info"]["direction_id"], 1);
     assert!(v.get("http_request").is_none());
+    assert!(v["unmapped"]["palisade"].get("reason").is_none());
+}
+
+#[test]
+fn a_connection_closed_by_a_reload_is_network_activity_close_with_the_reason() {
+    let matched = Matched::Rule {
+        policy: Arc::from("shop/db"),
+        rule: Arc::from("lockdown"),
+    };
+    let d = Denial {
+        flow: flow(None),
+        matched: &matched,
+        http_status: None,
+        revoked: true,
+    };
+    let v: Value = serde_json::from_str(&ocsf::denial(&d, "u5", 1)).unwrap();
+    assert_eq!(v["class_uid"], 4001);
+    assert_eq!(
+        (v["activity_id"].as_u64(), v["activity_name"].as_str()),
+        (Some(2), Some("Close"))
+    );
+    assert_eq!(v["type_uid"], 400102);
+    assert_eq!(
+        (v["action_id"].as_u64(), v["disposition_id"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(v["firewall_rule"]["uid"], "shop/db/lockdown");
+    assert_eq!(v["unmapped"]["palisade"]["reason"], "policy_reload");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("closed: the reloaded policy denies it"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -63,6 +97,7 @@ fn an_http_denial_is_http_activity_by_method_with_the_path() {
         })),
         matched: &matched,
         http_status: Some(403),
+        revoked: false,
     };
     let v: Value = serde_json::from_str(&ocsf::denial(&d, "u2", 1)).unwrap();
     assert_eq!(v["class_uid"], 4002);

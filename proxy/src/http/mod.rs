@@ -236,7 +236,7 @@ impl Conn {
                 self.peer.as_ref(),
                 peer_addr,
                 local_addr,
-                Some((flow, status)),
+                authz::Denied::Request(flow, status),
             );
         }
         d

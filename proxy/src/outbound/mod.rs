@@ -161,7 +161,7 @@ async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, clien
         let ended = tokio::select! {
             ended = forward(app, tcp, &open.0, t.idle) => ended,
             d = authz::revoked(&mut policy, || authz::outbound(&rt, &check)) => {
-                return authz::terminated(&rt, DIR, &d, UNAUTHENTICATED, client);
+                return authz::terminated(&rt, DIR, &d, None, dst, client);
             }
         };
         return log_end(client, UNAUTHENTICATED, ended);
@@ -175,7 +175,7 @@ async fn handle(rt: Arc<Runtime>, upstream: Arc<Upstream>, app: TcpStream, clien
     let ended = tokio::select! {
         ended = forward(app, stream, &open.0, t.idle) => ended,
         d = authz::revoked(&mut policy, || authz::outbound(&rt, &check)) => {
-            return authz::terminated(&rt, DIR, &d, peer, client);
+            return authz::terminated(&rt, DIR, &d, Some(expected), dst, client);
         }
     };
     log_end(client, peer, ended);
