@@ -42,6 +42,11 @@ impl ControlPlane {
         ControlPlane { cp, dir }
     }
 
+    /// Whether `GET /readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        self.cp.ready()
+    }
+
     /// Workload API address (HTTPS).
     pub fn addr(&self) -> SocketAddr {
         self.cp.addr()
@@ -53,6 +58,11 @@ impl ControlPlane {
 
     pub fn state_dir(&self) -> PathBuf {
         self.cp.state_dir()
+    }
+
+    /// Plain-HTTP `/metrics` and `/readyz` address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.cp.metrics_addr()
     }
 
     /// `<state-dir>/bundle.pem`: the bootstrap trust bundle.
@@ -124,6 +134,11 @@ impl ControlPlane {
     /// SIGTERM, then wait for exit. The state dir stays.
     pub fn stop(&mut self) {
         self.cp.stop();
+    }
+
+    /// SIGKILL: no chance to finish what it was doing. The state dir stays.
+    pub fn kill(&mut self) {
+        self.cp.kill();
     }
 
     /// Starts it again on the same ports with the same state dir.

@@ -7,6 +7,7 @@
 pub mod badcerts;
 pub mod baseline;
 pub mod cp;
+pub mod etcd;
 pub mod http;
 pub mod lenient;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! Client of the admin API (HTTP/1.1 over the control plane's Unix socket),
-//! used by `palisadectl token create`, `ca rotate` and `baseline`.
+//! used by `palisadectl token create`, `ca rotate`, `policy apply` and
+//! `baseline`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +14,10 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use super::ClientError;
-use crate::api::{ApiError, JoinTokenRequest, JoinTokenResponse, RotateResponse};
+use crate::api::{
+    ApiError, JoinTokenRequest, JoinTokenResponse, PolicyApplyRequest, PolicyApplyResponse,
+    PolicyFileText, RotateResponse,
+};
 
 pub struct AdminClient {
     socket: PathBuf,
@@ -37,6 +41,16 @@ impl AdminClient {
             ttl_seconds: ttl.as_secs(),
         };
         self.post("/v1/join-tokens", Some(&req)).await
+    }
+
+    /// Replaces every policy the control plane serves with `files`.
+    pub async fn apply_policies(
+        &self,
+        files: Vec<PolicyFileText>,
+        allow_empty: bool,
+    ) -> Result<PolicyApplyResponse, ClientError> {
+        let req = PolicyApplyRequest { files, allow_empty };
+        self.send(Method::PUT, "/v1/policies", Some(&req)).await
     }
 
     /// Rotates the signing CA now.
