@@ -399,4 +399,46 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
         store.reload().await.unwrap();
         assert!(changed.has_changed().unwrap(), "new text wakes the polls");
     }
+
+    #[tokio::test]
+    async fn apply_validates_then_replaces_the_directorys_files() {
+        let Shop { dir, file, store } = shop().await;
+        std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+        let text = |t: &str| PolicyText {
+            name: "new.yaml".into(),
+            text: t.into(),
+        };
+        let bad = store
+            .apply(vec![text(&TWO.replace("ingress: []", "ingres: []"))], false)
+            .await
+            .unwrap_err();
+        assert!(bad.to_string().contains("new.yaml:7:3"), "{bad}");
+        assert!(file.exists(), "a rejected apply writes nothing");
+        let named = PolicyText {
+            name: "../escape.yaml".into(),
+            text: TWO.into(),
+        };
+        assert_eq!(
+            store.apply(vec![named], false).await.unwrap_err().reason(),
+            "bad_name"
+        );
+        assert_eq!(
+            store.apply(Vec::new(), false).await.unwrap_err().reason(),
+            "emptied"
+        );
+
+        let one = TWO.split("---").next().unwrap().to_owned();
+        assert_eq!(store.apply(vec![text(&one)], false).await.unwrap(), 1);
+        assert!(!file.exists(), "files not in the applied set are removed");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("new.yaml")).unwrap(),
+            one
+        );
+        assert!(dir.path().join(".palisade-allow-empty").exists());
+        assert!(store
+            .for_workload(&id("spiffe://td/ns/shop/sa/db"))
+            .documents
+            .is_empty());
+        assert_eq!(store.reload().await.unwrap(), 1, "what a reload reads back");
+    }
 }

@@ -5,7 +5,8 @@
 //! ready and refuse issuance with a clear error until it is back (with
 //! nothing lost), a replica with an empty disk comes back from the store,
 //! and a replica killed in the middle of a CA rotation leaves a consistent
-//! bundle that another replica finishes rotating.
+//! bundle that another replica finishes rotating. Replicas also reach etcd
+//! over TLS with client certificates.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -419,4 +420,19 @@ fn killing_the_rotating_replica_mid_rotation_leaves_a_consistent_bundle_and_anot
     // A replica starting now reads the same finished state.
     let c = replica_with(&etcd, spec());
     assert_eq!(serials(&c.bundle_pem()), serials(&other.bundle_pem()));
+}
+
+#[test]
+fn replicas_reach_etcd_over_tls_with_their_client_certificate() {
+    let etcd = EtcdCluster::start_tls(1);
+    let a = replica(&etcd);
+    let b = replica(&etcd);
+    assert_eq!(a.bundle_pem(), b.bundle_pem(), "one CA, through TLS");
+    let token = a.join_token("spiffe://cluster.local/ns/demo/sa/tls");
+    let rt = rt();
+    let issued = rt
+        .block_on(b.client(None).issue(&request(&token)))
+        .expect("a token made on A redeems on B");
+    assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/demo/sa/tls");
+    assert!(a.ready() && b.ready());
 }
