@@ -52,7 +52,7 @@ impl Default for Metrics {
             bundle_cas: registered(&mut r, "bundle_cas", "CA certificates in the trust bundle"),
             bundle_sequence: registered(&mut r, "bundle_sequence", "SPIFFE bundle sequence number"),
             api_connections_open: registered(&mut r, "api_connections_open", "Open connections on the workload API port"),
-            policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of --policy-dir after a change to it, accepted or not"),
+            policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of the stored policies (--policy-dir, or etcd) after a change to them, accepted or not"),
             policy_reload_errors: registered(&mut r, "policy_reload_errors", "Changes to --policy-dir rejected (the last good set is still served), by reason"),
             store_up: registered(&mut r, "store_up", "Whether the state store answered its last health check (0: not ready, issuance refused)"),
             store_errors: registered(&mut r, "store_errors", "Failed state store health checks and operations, by reason"),

@@ -378,3 +378,75 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> 
     f.sync_all().map_err(io(path))?;
     fs::rename(&tmp, path).map_err(io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::Authority;
+    use palisade_policy::TrustDomain;
+
+    async fn authority(root: &Path, kek: Option<Kek>) -> Result<Authority, crate::ca::CaError> {
+        let store = DirStore::open(root, None, None, kek)?;
+        Authority::open_in(
+            TrustDomain::new("cluster.local").unwrap(),
+            Arc::new(store),
+            root.join("bundle.pem"),
+            Duration::from_secs(86_400),
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+    }
+
+    fn kek(dir: &Path, byte: u8) -> Kek {
+        let path = dir.join(format!("kek-{byte}"));
+        fs::write(&path, [byte; 32]).unwrap();
+        Kek::load(&path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_a_kek_the_ca_key_is_sealed_on_disk_and_needs_that_kek_to_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let serial = authority(&root, Some(kek(tmp.path(), 1)))
+            .await
+            .unwrap()
+            .snapshot()
+            .active()
+            .serial_hex
+            .clone();
+        assert!(!root.join("ca/1.key.pem").exists(), "no plaintext key");
+        let sealed = fs::read_to_string(root.join("ca/1.key.sealed")).unwrap();
+        assert!(!sealed.contains("PRIVATE KEY"), "{sealed}");
+
+        let again = authority(&root, Some(kek(tmp.path(), 1))).await.unwrap();
+        assert_eq!(again.snapshot().active().serial_hex, serial);
+        let wrong = authority(&root, Some(kek(tmp.path(), 2)))
+            .await
+            .err()
+            .expect("another KEK cannot open the key");
+        assert!(wrong.to_string().contains("wrong --kek-file"), "{wrong}");
+        let none = authority(&root, None)
+            .await
+            .err()
+            .expect("no KEK cannot open the key");
+        assert!(none.to_string().contains("--kek-file"), "{none}");
+    }
+
+    #[tokio::test]
+    async fn a_kek_given_later_seals_the_plaintext_keys_at_the_next_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        drop(authority(&root, None).await.unwrap());
+        assert!(
+            root.join("ca/1.key.pem").exists(),
+            "today's layout without a KEK"
+        );
+        let ca = authority(&root, Some(kek(tmp.path(), 3))).await.unwrap();
+        ca.rotate().await.unwrap();
+        for seq in [1, 2] {
+            assert!(!root.join(format!("ca/{seq}.key.pem")).exists());
+            assert!(root.join(format!("ca/{seq}.key.sealed")).exists());
+        }
+    }
+}
