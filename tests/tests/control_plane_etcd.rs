@@ -6,7 +6,8 @@
 //! nothing lost), a replica with an empty disk comes back from the store,
 //! and a replica killed in the middle of a CA rotation leaves a consistent
 //! bundle that another replica finishes rotating. Replicas also reach etcd
-//! over TLS with client certificates.
+//! over TLS with client certificates, and read the events and baselines
+//! posted to each other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -435,4 +436,49 @@ fn replicas_reach_etcd_over_tls_with_their_client_certificate() {
         .expect("a token made on A redeems on B");
     assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/demo/sa/tls");
     assert!(a.ready() && b.ready());
+}
+
+#[test]
+fn events_and_baselines_posted_to_one_replica_are_read_on_another() {
+    let etcd = EtcdCluster::start(3);
+    let a = replica(&etcd);
+    let b = replica(&etcd);
+    let id = "spiffe://cluster.local/ns/demo/sa/reporter";
+    let rt = rt();
+    rt.block_on(async {
+        let (key, svid) = a.issue_svid(id).await;
+        let mut conn = a
+            .client(Some(palisade_tests::pki::identity(&svid, &key)))
+            .connect()
+            .await
+            .unwrap();
+        let events = serde_json::json!([{"class_uid": 2004, "n": 1}, {"class_uid": 2004, "n": 2}]);
+        let accepted = conn
+            .post_events(serde_json::to_vec(&events).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(accepted.accepted, 2);
+        let snap = palisade_policy::baseline::Snapshot::empty(
+            palisade_policy::SpiffeId::parse(id).unwrap(),
+            10_000,
+            1,
+        );
+        conn.post_baseline("pod-0", snap.to_json().into_bytes())
+            .await
+            .unwrap();
+    });
+
+    let (status, body) = b.admin_get("/v1/events");
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let got = page["events"].as_array().unwrap();
+    assert_eq!(got.len(), 2, "{body}");
+    assert_eq!(got[0]["reporter"], id);
+    assert_eq!(got[1]["event"]["n"], 2);
+    let (_, again) = b.admin_get(&format!("/v1/events?since={}", page["next"]));
+    assert!(again.contains("\"events\":[]"), "paged past them: {again}");
+
+    let (status, body) = b.admin_get(&format!("/v1/baselines?identity={id}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(id), "{body}");
 }
