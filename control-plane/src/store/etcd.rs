@@ -4,6 +4,7 @@
 //! Each replica watches the keys others write, and CA rotation is elected
 //! through a lock held on this replica's lease.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,10 @@ pub struct EtcdStore {
     kek: Kek,
     /// This replica's lease while etcd keeps it alive.
     session: Arc<Mutex<Option<i64>>>,
+    /// Leases shared by the join tokens that end in the same minute, by
+    /// the minute's end (Unix seconds): one lease grant a minute, not one
+    /// per token.
+    token_leases: Mutex<BTreeMap<i64, i64>>,
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -121,6 +126,7 @@ impl EtcdStore {
             prefix: config.etcd_prefix.clone(),
             kek,
             session: Arc::default(),
+            token_leases: Mutex::default(),
         };
         tokio::spawn(keep_session(store.client.clone(), store.session.clone()));
         Ok(store)
@@ -147,6 +153,26 @@ impl EtcdStore {
 
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// The lease a token ending at `expires_at` goes under: it ends at the
+    /// end of the minute after the token's grace period.
+    async fn token_lease(&self, expires_at: i64) -> Result<i64, StoreError> {
+        let end = (expires_at + TOKEN_GRACE + 59) / 60 * 60;
+        if let Some(id) = self.token_leases.lock().expect("leases lock").get(&end) {
+            return Ok(*id);
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let ttl = (end - now).max(1);
+        let id = self
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await?
+            .id();
+        let mut leases = self.token_leases.lock().expect("leases lock");
+        leases.retain(|e, _| *e > now);
+        // A concurrent grant for the same minute may have won: use that one
+        // (this one just expires unused).
+        Ok(*leases.entry(end).or_insert(id))
     }
 
     fn token_key(&self, digest: &[u8; 32]) -> String {
@@ -275,23 +301,33 @@ impl Store for EtcdStore {
     }
 
     async fn create_token(&self, digest: &[u8; 32], token: &StoredToken) -> Result<(), StoreError> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let ttl = (token.expires_at - now).max(1) + TOKEN_GRACE;
-        let lease = self
-            .call(|mut c| async move { c.lease_grant(ttl, None).await })
-            .await?
-            .id();
         let json = serde_json::to_vec(token).expect("token serializes");
         let key = self.token_key(digest);
-        self.call(|mut c| {
-            let (key, json) = (key.clone(), json.clone());
-            async move {
-                c.put(key, json, Some(PutOptions::new().with_lease(lease)))
-                    .await
+        let mut tries = 0;
+        loop {
+            let lease = self.token_lease(token.expires_at).await?;
+            let put = self
+                .call(|mut c| {
+                    let (key, json) = (key.clone(), json.clone());
+                    async move {
+                        c.put(key, json, Some(PutOptions::new().with_lease(lease)))
+                            .await
+                    }
+                })
+                .await;
+            match put {
+                // A shared lease etcd no longer knows (restored from a
+                // backup, say): forget it and grant another.
+                Err(StoreError::Unavailable(m)) if m.contains("lease not found") && tries == 0 => {
+                    tries += 1;
+                    self.token_leases
+                        .lock()
+                        .expect("leases lock")
+                        .retain(|_, id| *id != lease);
+                }
+                other => return other.map(drop),
             }
-        })
-        .await?;
-        Ok(())
+        }
     }
 
     async fn redeem_token(&self, digest: &[u8; 32]) -> Result<Redeemed, StoreError> {
