@@ -207,7 +207,7 @@ impl Traffic {
 fn killing_one_etcd_member_under_traffic_fails_no_proxy_request() {
     let mut etcd = EtcdCluster::start(3);
     let spec = ControlPlaneSpec {
-        svid_ttl: "4s".into(),
+        svid_ttl: "6s".into(),
         ..Default::default()
     };
     let m = Mesh::start(replica_with(&etcd, spec), |_| {});
@@ -215,7 +215,7 @@ fn killing_one_etcd_member_under_traffic_fails_no_proxy_request() {
     std::thread::sleep(Duration::from_millis(500));
     for member in [0, 1] {
         etcd.kill(member);
-        // Renewals (4 s SVIDs) and new tokens keep being served meanwhile.
+        // Renewals (6 s SVIDs) and new tokens keep being served meanwhile.
         std::thread::sleep(Duration::from_secs(3));
         let rt = rt();
         rt.block_on(m.cp.issue_svid("spiffe://cluster.local/ns/demo/sa/late"));
