@@ -12,6 +12,15 @@ fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
     TrustDomain::new(s).map_err(|e| e.to_string())
 }
 
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Files under --state-dir: one replica.
+    Directory,
+    /// An etcd v3 cluster shared by several replicas.
+    Etcd,
+}
+
 /// Settings of the control-plane server.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -20,10 +29,35 @@ fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
     about = "Palisade's SPIFFE CA and workload identity API"
 )]
 pub struct Config {
-    /// Directory holding the CA keys, certificates and the bootstrap bundle
+    /// Directory holding the bootstrap bundle and the admin socket, and with
+    /// the directory store also the CA keys, certificates and baselines
     /// (created mode 0700; files mode 0600).
     #[arg(long, env = "PALISADE_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// Where the state lives: `directory` (one replica) or `etcd` (replicas
+    /// sharing one etcd v3 cluster).
+    #[arg(long, value_enum, default_value_t = StoreKind::Directory)]
+    pub store: StoreKind,
+    /// etcd client URLs or `host:port`s, comma-separated.
+    #[arg(long, value_delimiter = ',', required_if_eq("store", "etcd"))]
+    pub etcd_endpoints: Vec<String>,
+    /// CA certificate (PEM) that signed the etcd servers' certificates.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to etcd.
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Prefix of every key the control plane keeps in etcd.
+    #[arg(long, default_value = "/palisade/")]
+    pub etcd_prefix: String,
+    /// Key-encryption key (32 bytes, or 64 hex digits) sealing the CA private
+    /// keys at rest. Required with `--store etcd`; with the directory store
+    /// the keys are sealed too when it is given.
+    #[arg(long, required_if_eq("store", "etcd"))]
+    pub kek_file: Option<PathBuf>,
     /// SPIFFE trust domain this control plane issues identities in.
     #[arg(long, default_value = "cluster.local", value_parser = parse_trust_domain)]
     pub trust_domain: TrustDomain,

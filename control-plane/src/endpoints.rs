@@ -1,6 +1,7 @@
 //! The endpoint map served at GET /v1/endpoints: which SPIFFE ID each meshed
-//! destination must present. Loaded from a YAML file and reloaded when it
-//! changes; a bad file keeps the last good map.
+//! destination must present. Written as a YAML file (`--endpoints`), kept in
+//! the state store and reloaded when it changes there; a bad file keeps the
+//! last good map.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use palisade_policy::watch::{PathWatch, WatchError};
 use palisade_policy::SpiffeId;
 
 use palisade_identity::api::{Endpoint, EndpointsResponse};
+
+use crate::store::{Store, StoreError, Topic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointsError {
@@ -82,42 +85,71 @@ impl EndpointMap {
         self.current.load_full()
     }
 
-    /// Reloads from `path`; on error the previous map stays in force.
-    pub fn reload(&self, path: &Path) -> Result<u64, EndpointsError> {
-        let endpoints = load(path)?;
+    /// Serves `endpoints`; the version moves only when they changed.
+    pub fn install(&self, endpoints: Vec<Endpoint>) -> u64 {
         let old = self.current.load();
         if old.version > 0 && old.endpoints == endpoints {
-            return Ok(old.version);
+            return old.version;
         }
         let version = old.version + 1;
         self.current
             .store(Arc::new(EndpointsResponse { version, endpoints }));
-        Ok(version)
+        version
     }
 
-    /// Loads `path` now and reloads it after each burst of changes, once it
-    /// has been quiet for `DEBOUNCE`, so a file rewritten in place is read
-    /// once it is complete rather than while truncated. The returned watch
-    /// must be kept alive.
-    pub fn watch(self: &Arc<Self>, path: PathBuf) -> Result<PathWatch, EndpointsError> {
-        self.reload(&path)?;
+    /// Reads the map from `store` now and again each time it changes there
+    /// (the `--endpoints` file, or etcd); a bad map keeps the last good one.
+    pub async fn watch(self: &Arc<Self>, store: Arc<dyn Store>) -> Result<(), StoreError> {
+        let mut rx = store.watch(Topic::Endpoints).await?;
         let map = Arc::clone(self);
-        let file = path.clone();
-        let w = palisade_policy::watch::watch(
-            &path,
-            DEBOUNCE,
-            "endpoints-watch",
-            move || match map.reload(&file) {
-                Ok(v) => {
-                    tracing::info!(endpoints.version = v, file = %file.display(), "endpoints loaded")
+        let reload = move |store: Arc<dyn Store>, map: Arc<EndpointMap>| async move {
+            match store.load_endpoints().await {
+                Ok(Some(list)) => {
+                    let v = map.install(list);
+                    tracing::info!(endpoints.version = v, "endpoints loaded");
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "endpoints reload failed; keeping the last good map")
                 }
-            },
-        )?;
-        Ok(w)
+            }
+        };
+        reload(store.clone(), map.clone()).await;
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                reload(store.clone(), map.clone()).await;
+            }
+        });
+        Ok(())
     }
+}
+
+/// With a shared store: publishes the `--endpoints` file to it now and
+/// after each change, so every replica serves it. The returned watch must
+/// be kept alive.
+pub fn publish(path: PathBuf, store: Arc<dyn Store>) -> Result<PathWatch, EndpointsError> {
+    let rt = tokio::runtime::Handle::current();
+    let push = move |path: &Path| match load(path) {
+        Ok(list) => {
+            let store = store.clone();
+            rt.spawn(async move {
+                if let Err(e) = store.put_endpoints(&list).await {
+                    tracing::warn!(error = %e, "cannot publish the endpoint map to the store");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "endpoints file rejected; the store keeps the last good map")
+        }
+    };
+    push(&path);
+    let file = path.clone();
+    Ok(palisade_policy::watch::watch(
+        &path,
+        DEBOUNCE,
+        "endpoints-publish",
+        move || push(&file),
+    )?)
 }
 
 /// Quiet time after the last file event before the file is read again.

@@ -9,3 +9,4 @@ pub mod endpoints;
 pub mod metrics;
 pub mod policy_source;
 pub mod server;
+pub mod store;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub api_connections_open: Gauge,
     pub policy_dir_reads: Counter,
     pub policy_reload_errors: Family<ReasonLabel, Counter>,
+    pub store_up: Gauge,
+    pub store_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -50,8 +52,10 @@ impl Default for Metrics {
             bundle_cas: registered(&mut r, "bundle_cas", "CA certificates in the trust bundle"),
             bundle_sequence: registered(&mut r, "bundle_sequence", "SPIFFE bundle sequence number"),
             api_connections_open: registered(&mut r, "api_connections_open", "Open connections on the workload API port"),
-            policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of --policy-dir after a change to it, accepted or not"),
+            policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of the stored policies (--policy-dir, or etcd) after a change to them, accepted or not"),
             policy_reload_errors: registered(&mut r, "policy_reload_errors", "Changes to --policy-dir rejected (the last good set is still served), by reason"),
+            store_up: registered(&mut r, "store_up", "Whether the state store answered its last health check (0: not ready, issuance refused)"),
+            store_errors: registered(&mut r, "store_errors", "Failed state store health checks and operations, by reason"),
             registry: r,
         }
     }
@@ -60,6 +64,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn rejected(&self, reason: &'static str) {
         self.svid_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn store_error(&self, reason: &'static str) {
+        self.store_errors
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

@@ -1,16 +1,15 @@
-//! The policies served at `GET /v1/policies`: a directory of segmentation
-//! policies, validated by compiling them with palisade-policy, reloaded when
-//! it changes (a bad change, or one that removes every policy without
-//! `.palisade-allow-empty`, keeps the last good set), and served to each
-//! proxy as the documents that select it, with a long poll on their version.
+//! The policies served at `GET /v1/policies`: the policy files in the state
+//! store (`--policy-dir`, or etcd), validated by compiling them with
+//! palisade-policy, reloaded when the store says they changed (a bad change,
+//! or one that removes every policy without `.palisade-allow-empty`, keeps
+//! the last good set), and served to each proxy as the documents that select
+//! it, with a long poll on their version.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use palisade_policy::fs::{empty_allowed, read_files, ALLOW_EMPTY_MARKER};
-use palisade_policy::watch::{PathWatch, WatchError};
+use palisade_policy::fs::ALLOW_EMPTY_MARKER;
 use palisade_policy::{compile, parse_documents, DefaultPolicy, Defaults, PolicyDoc, SpiffeId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,23 +17,27 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::metrics::ReasonLabel;
+use crate::store::{PolicyText, Store, StoreError, Topic};
 use palisade_identity::api::{PoliciesResponse, PolicyDocument};
 
 /// The longest a client may ask a poll to be held.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Quiet time after the last file event before the directory is read again.
-const DEBOUNCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicySourceError {
     /// Located diagnostics, one per line (`file:line:col: error: ...`).
     #[error("{0}")]
     Invalid(String),
-    /// The directory went from some policies to none without the marker.
-    #[error("{0} no longer holds any policy: refused, as it would drop every policy in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in it")]
-    Emptied(String),
+    /// The source went from some policies to none without the marker.
+    #[error("the policy source no longer holds any policy: refused, as it would drop every policy in force; to remove every policy on purpose, create {ALLOW_EMPTY_MARKER} in the policy directory")]
+    Emptied,
+    /// An apply of no policy at all, not marked deliberate.
+    #[error("applying no policy would drop every policy in force; to remove every policy on purpose, apply with --allow-empty")]
+    EmptyApply,
+    #[error("policy file name {0:?} must be a plain `*.yaml` or `*.yml` file name")]
+    BadName(String),
     #[error(transparent)]
-    Watch(#[from] WatchError),
+    Store(#[from] StoreError),
 }
 
 impl PolicySourceError {
@@ -42,8 +45,9 @@ impl PolicySourceError {
     pub fn reason(&self) -> &'static str {
         match self {
             PolicySourceError::Invalid(_) => "invalid",
-            PolicySourceError::Emptied(_) => "emptied",
-            PolicySourceError::Watch(..) => "watch",
+            PolicySourceError::Emptied | PolicySourceError::EmptyApply => "emptied",
+            PolicySourceError::BadName(_) => "bad_name",
+            PolicySourceError::Store(_) => "store",
         }
     }
 }
@@ -57,28 +61,34 @@ struct Chunk {
 
 /// The live, validated policy set.
 pub struct PolicyStore {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
     chunks: ArcSwap<Vec<Chunk>>,
     changed: watch::Sender<u64>,
 }
 
 impl PolicyStore {
-    /// Loads `dir`; an invalid set at start is an error.
-    pub fn open(dir: PathBuf) -> Result<Arc<PolicyStore>, PolicySourceError> {
-        let chunks = load(&dir)?;
+    /// Loads the policies in `store`; an invalid set at start is an error.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Arc<PolicyStore>, PolicySourceError> {
+        let chunks = load(&store.load_policies().await?.files)?;
         Ok(Arc::new(PolicyStore {
-            dir,
+            store,
             chunks: ArcSwap::from_pointee(chunks),
             changed: watch::channel(0).0,
         }))
     }
 
-    /// Re-reads the directory; on error the last good set stays.
-    pub fn reload(&self) -> Result<usize, PolicySourceError> {
-        let chunks = load(&self.dir)?;
-        if chunks.is_empty() && !self.chunks.load().is_empty() && !empty_allowed(&self.dir) {
-            return Err(PolicySourceError::Emptied(self.dir.display().to_string()));
+    /// Reads the store again; on error the last good set stays.
+    pub async fn reload(&self) -> Result<usize, PolicySourceError> {
+        let set = self.store.load_policies().await?;
+        let chunks = load(&set.files)?;
+        if chunks.is_empty() && !self.chunks.load().is_empty() && !set.allow_empty {
+            return Err(PolicySourceError::Emptied);
         }
+        Ok(self.install(chunks))
+    }
+
+    /// Swaps `chunks` in and wakes the polls, unless nothing changed.
+    fn install(&self, chunks: Vec<Chunk>) -> usize {
         let n = chunks.len();
         let old = self.chunks.load_full();
         if old
@@ -87,12 +97,31 @@ impl PolicyStore {
             .eq(chunks.iter().map(|c| &c.served))
         {
             // A touch or a rewrite with the same text: no poll is woken.
-            return Ok(n);
+            return n;
         }
         drop(old);
         self.chunks.store(Arc::new(chunks));
         self.changed.send_modify(|g| *g += 1);
-        Ok(n)
+        n
+    }
+
+    /// `palisadectl policy apply`: validates `files` exactly as a reload
+    /// does, writes them to the store in place of every policy there, and
+    /// serves them. Other replicas pick them up through their watch.
+    pub async fn apply(
+        &self,
+        files: Vec<PolicyText>,
+        allow_empty: bool,
+    ) -> Result<usize, PolicySourceError> {
+        if let Some(bad) = files.iter().find(|f| !valid_name(&f.name)) {
+            return Err(PolicySourceError::BadName(bad.name.clone()));
+        }
+        let chunks = load(&files)?;
+        if chunks.is_empty() && !allow_empty {
+            return Err(PolicySourceError::EmptyApply);
+        }
+        self.store.apply_policies(&files).await?;
+        Ok(self.install(chunks))
     }
 
     /// The documents that select `workload`, and their version.
@@ -138,38 +167,46 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads after each burst of changes to the directory, once it has
-    /// been quiet for `DEBOUNCE`; each read counts in `reads`, a rejected
-    /// one in `errors` by reason. The returned watch must be kept alive.
-    pub fn watch(
+    /// Reloads each time the store says the policies changed (a burst of
+    /// file events counts once); each read counts in `reads`, a rejected one
+    /// in `errors` by reason.
+    pub async fn watch(
         self: &Arc<Self>,
         reads: Counter,
         errors: Family<ReasonLabel, Counter>,
-    ) -> Result<PathWatch, PolicySourceError> {
+    ) -> Result<(), PolicySourceError> {
+        let mut rx = self.store.watch(Topic::Policies).await?;
         let store = Arc::clone(self);
-        let w = palisade_policy::watch::watch(&self.dir, DEBOUNCE, "policy-watch", move || {
-            reads.inc();
-            match store.reload() {
-                Ok(n) => {
-                    tracing::info!(dir = %store.dir.display(), documents = n, "policies loaded")
-                }
-                Err(e) => {
-                    errors
-                        .get_or_create(&ReasonLabel { reason: e.reason() })
-                        .inc();
-                    tracing::error!(dir = %store.dir.display(), reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                reads.inc();
+                match store.reload().await {
+                    Ok(n) => tracing::info!(documents = n, "policies loaded"),
+                    Err(e) => {
+                        errors
+                            .get_or_create(&ReasonLabel { reason: e.reason() })
+                            .inc();
+                        tracing::error!(reason = e.reason(), error = %e, "policies rejected; the last good set is still served");
+                    }
                 }
             }
-        })?;
-        tracing::info!(dir = %self.dir.display(), "watching the policies");
-        Ok(w)
+        });
+        tracing::info!(store = self.store.kind(), "watching the policies");
+        Ok(())
     }
 }
 
-/// Reads, validates (by compiling) and splits the directory's policies.
-fn load(dir: &Path) -> Result<Vec<Chunk>, PolicySourceError> {
+/// A policy file name as applied: `name.yaml`, no directory, not hidden.
+fn valid_name(name: &str) -> bool {
+    (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && !name.contains(['/', '\\', '\0'])
+}
+
+/// Validates (by compiling) and splits policy files.
+fn load(files: &[PolicyText]) -> Result<Vec<Chunk>, PolicySourceError> {
     let invalid = |e: String| PolicySourceError::Invalid(e);
-    let files = read_files(&[dir]).map_err(|e| invalid(e.to_string()))?;
     let mut chunks = Vec::new();
     let mut errors = Vec::new();
     for file in files {
@@ -246,6 +283,7 @@ fn whole_file(name: &str, text: &str, docs: Vec<PolicyDoc>) -> Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_policy::fs::ALLOW_EMPTY_MARKER;
 
     const TWO: &str = "# shop policies\n\
 apiVersion: palisade.dev/v1alpha1\nkind: SegmentationPolicy\nmetadata: {name: api, namespace: shop}\n\
@@ -257,15 +295,19 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
     /// A directory holding `shop.yaml` (= `TWO`), and its store.
     struct Shop {
         dir: tempfile::TempDir,
-        file: PathBuf,
+        file: std::path::PathBuf,
         store: Arc<PolicyStore>,
     }
 
-    fn shop() -> Shop {
+    async fn shop() -> Shop {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shop.yaml");
         std::fs::write(&file, TWO).unwrap();
-        let store = PolicyStore::open(dir.path().to_owned()).unwrap();
+        let state = dir.path().join(".state");
+        let backing =
+            crate::store::dir::DirStore::open(&state, Some(dir.path().to_owned()), None, None)
+                .unwrap();
+        let store = PolicyStore::open(Arc::new(backing)).await.unwrap();
         Shop { dir, file, store }
     }
 
@@ -275,11 +317,11 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
 
     const API: &str = "spiffe://td/ns/shop/sa/api";
 
-    #[test]
-    fn each_workload_gets_only_the_documents_that_select_it() {
+    #[tokio::test]
+    async fn each_workload_gets_only_the_documents_that_select_it() {
         let Shop {
             dir: _dir, store, ..
-        } = shop();
+        } = shop().await;
         let api = store.for_workload(&id(API));
         assert_eq!(api.documents.len(), 1);
         assert_eq!(api.documents[0].name, "shop/api");
@@ -291,31 +333,31 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
         assert!(none.documents.is_empty());
     }
 
-    #[test]
-    fn a_bad_change_is_rejected_with_its_location_and_the_last_good_set_stays() {
+    #[tokio::test]
+    async fn a_bad_change_is_rejected_with_its_location_and_the_last_good_set_stays() {
         let Shop {
             dir: _dir,
             file,
             store,
-        } = shop();
+        } = shop().await;
         let before = store.for_workload(&id(API));
         std::fs::write(&file, TWO.replace("ingress: []", "ingres: []")).unwrap();
-        let err = store.reload().unwrap_err().to_string();
+        let err = store.reload().await.unwrap_err().to_string();
         assert!(err.contains("shop.yaml:7:3"), "{err}");
         assert_eq!(store.for_workload(&id(API)), before);
     }
 
-    #[test]
-    fn removing_the_last_policy_is_refused_unless_the_marker_is_there() {
-        let Shop { dir, file, store } = shop();
+    #[tokio::test]
+    async fn removing_the_last_policy_is_refused_unless_the_marker_is_there() {
+        let Shop { dir, file, store } = shop().await;
         let before = store.for_workload(&id(API));
         std::fs::remove_file(&file).unwrap();
-        let err = store.reload().unwrap_err();
+        let err = store.reload().await.unwrap_err();
         assert_eq!(err.reason(), "emptied");
         assert!(err.to_string().contains(ALLOW_EMPTY_MARKER), "{err}");
         assert_eq!(store.for_workload(&id(API)), before);
         std::fs::write(dir.path().join(ALLOW_EMPTY_MARKER), "").unwrap();
-        assert_eq!(store.reload().unwrap(), 0);
+        assert_eq!(store.reload().await.unwrap(), 0);
         assert!(store.for_workload(&id(API)).documents.is_empty());
     }
 
@@ -325,7 +367,7 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
             dir: _dir,
             file,
             store,
-        } = shop();
+        } = shop().await;
         let v = store.for_workload(&id(API)).version;
         let s = store.clone();
         let waiting =
@@ -336,25 +378,67 @@ spec:\n  targets: [{identity: spiffe://td/ns/shop/sa/db}]\n  ingress: []\n";
             TWO.replace("ingress: []\n---", "ingress: []\n  egress: []\n---"),
         )
         .unwrap();
-        store.reload().unwrap();
+        store.reload().await.unwrap();
         let got = waiting.await.unwrap();
         assert_ne!(got.version, v);
         assert!(got.documents[0].yaml.contains("egress: []"));
     }
 
-    #[test]
-    fn a_reload_that_changes_nothing_wakes_no_poll() {
+    #[tokio::test]
+    async fn a_reload_that_changes_nothing_wakes_no_poll() {
         let Shop {
             dir: _dir,
             file,
             store,
-        } = shop();
+        } = shop().await;
         let changed = store.changed.subscribe();
         std::fs::write(&file, TWO).unwrap();
-        assert_eq!(store.reload().unwrap(), 2);
+        assert_eq!(store.reload().await.unwrap(), 2);
         assert!(!changed.has_changed().unwrap(), "same text, no wake");
         std::fs::write(&file, TWO.replace("ingress: []", "egress: []")).unwrap();
-        store.reload().unwrap();
+        store.reload().await.unwrap();
         assert!(changed.has_changed().unwrap(), "new text wakes the polls");
+    }
+
+    #[tokio::test]
+    async fn apply_validates_then_replaces_the_directorys_files() {
+        let Shop { dir, file, store } = shop().await;
+        std::fs::write(dir.path().join(".palisade-allow-empty"), "").unwrap();
+        let text = |t: &str| PolicyText {
+            name: "new.yaml".into(),
+            text: t.into(),
+        };
+        let bad = store
+            .apply(vec![text(&TWO.replace("ingress: []", "ingres: []"))], false)
+            .await
+            .unwrap_err();
+        assert!(bad.to_string().contains("new.yaml:7:3"), "{bad}");
+        assert!(file.exists(), "a rejected apply writes nothing");
+        let named = PolicyText {
+            name: "../escape.yaml".into(),
+            text: TWO.into(),
+        };
+        assert_eq!(
+            store.apply(vec![named], false).await.unwrap_err().reason(),
+            "bad_name"
+        );
+        assert_eq!(
+            store.apply(Vec::new(), false).await.unwrap_err().reason(),
+            "emptied"
+        );
+
+        let one = TWO.split("---").next().unwrap().to_owned();
+        assert_eq!(store.apply(vec![text(&one)], false).await.unwrap(), 1);
+        assert!(!file.exists(), "files not in the applied set are removed");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("new.yaml")).unwrap(),
+            one
+        );
+        assert!(dir.path().join(".palisade-allow-empty").exists());
+        assert!(store
+            .for_workload(&id("spiffe://td/ns/shop/sa/db"))
+            .documents
+            .is_empty());
+        assert_eq!(store.reload().await.unwrap(), 1, "what a reload reads back");
     }
 }

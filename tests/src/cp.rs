@@ -58,6 +58,11 @@ impl ControlPlane {
         ControlPlane { cp, dir }
     }
 
+    /// Whether `GET /readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        self.cp.ready()
+    }
+
     /// Workload API address (HTTPS).
     pub fn addr(&self) -> SocketAddr {
         self.cp.addr()
@@ -69,6 +74,11 @@ impl ControlPlane {
 
     pub fn state_dir(&self) -> PathBuf {
         self.cp.state_dir()
+    }
+
+    /// Plain-HTTP `/metrics` and `/readyz` address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.cp.metrics_addr()
     }
 
     /// `<state-dir>/bundle.pem`: the bootstrap trust bundle.
@@ -142,20 +152,14 @@ impl ControlPlane {
         self.cp.stop();
     }
 
+    /// SIGKILL: no chance to finish what it was doing. The state dir stays.
+    pub fn kill(&mut self) {
+        self.cp.kill();
+    }
+
     /// Starts it again on the same ports with the same state dir.
     pub fn start_again(&mut self) {
         self.cp.start_again().unwrap_or_else(|e| panic!("{e:#}"));
-    }
-
-    /// SIGKILL, as in a crash, and reap it. The state dir stays.
-    pub fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        self.stop();
     }
 
     pub fn restart(&mut self) {

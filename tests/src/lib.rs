@@ -8,6 +8,7 @@ pub mod badcerts;
 pub mod baseline;
 pub mod cp;
 pub mod ctl;
+pub mod etcd;
 pub mod http;
 pub mod lenient;
 pub mod netns;

@@ -26,7 +26,7 @@ enum Cmd {
     /// Inspect X.509-SVIDs.
     #[command(subcommand)]
     Cert(cli::cert::CertCmd),
-    /// Check, explain, test and diff segmentation policies.
+    /// Check, apply, explain, test and diff segmentation policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
     /// Show, export, diff and draw learned traffic baselines.
@@ -51,7 +51,7 @@ async fn main() {
         Cmd::Token(c) => cli::token::run(c).await.map(|()| 0),
         Cmd::Ca(c) => cli::ca::run(c).await.map(|()| 0),
         Cmd::Cert(c) => cli::cert::run(c).await,
-        Cmd::Policy(c) => cli::policy::run(c),
+        Cmd::Policy(c) => cli::policy::run(c).await,
         Cmd::Baseline(c) => cli::baseline::run(c).await,
         Cmd::Up(a) => cli::up::run(a).await.map(|()| 0),
         Cmd::Inject(a) => cli::inject::run(a),

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use palisade_identity::api::PolicyFileText;
+use palisade_identity::client::AdminClient;
 use palisade_policy::cases::{parse_cases, run_cases, Outcome};
 use palisade_policy::flow::{decide_flow_with, Check, Endpoint, Flow, FlowDecision, HttpRequest};
 use palisade_policy::fs::{load_paths, LoadError};
@@ -27,6 +29,10 @@ pub enum PolicyCmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Validate a directory of policies exactly as `check` does, then make
+    /// them the control plane's policies (through its admin socket, into its
+    /// state store): every replica serves them to its proxies.
+    Apply(ApplyArgs),
     /// Explain the decision for one flow: the verdict and the rule or default
     /// that made it. Without --direction, both sidecars' checks are shown.
     Explain(ExplainArgs),
@@ -57,6 +63,19 @@ pub enum PolicyCmd {
     },
     /// Print the JSON Schema of the policy language (for editors and linters).
     Schema,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Directory of *.yaml/*.yml policy files (the whole set: policies not
+    /// in it are removed).
+    pub dir: PathBuf,
+    /// The control plane's admin socket (default <state-dir>/admin.sock).
+    #[arg(long, env = "PALISADE_ADMIN_SOCKET")]
+    pub admin_socket: PathBuf,
+    /// Apply even if the directory holds no policy, removing every policy.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,9 +156,10 @@ fn parse_direction(s: &str) -> Result<Direction, String> {
 }
 
 /// Runs a policy subcommand; returns the process exit code.
-pub fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
+pub async fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
     match cmd {
         PolicyCmd::Check { paths } => Ok(check(&paths)),
+        PolicyCmd::Apply(args) => apply(args).await,
         PolicyCmd::Explain(args) => explain(&args),
         PolicyCmd::Test {
             policies,
@@ -251,6 +271,34 @@ fn check(paths: &[PathBuf]) -> i32 {
             1
         }
     }
+}
+
+/// `policy apply`: the `check` validation, then the files go to the
+/// control plane, which validates them again before storing them.
+async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
+    let code = check(std::slice::from_ref(&args.dir));
+    if code != 0 {
+        return Ok(code);
+    }
+    let files = palisade_policy::fs::read_files(&[&args.dir])?
+        .into_iter()
+        .map(|f| {
+            let name = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(f.name);
+            PolicyFileText { name, yaml: f.text }
+        })
+        .collect();
+    let applied = AdminClient::new(&args.admin_socket)
+        .apply_policies(files, args.allow_empty)
+        .await?;
+    println!(
+        "applied: the control plane now serves {} document(s)",
+        applied.documents
+    );
+    Ok(0)
 }
 
 /// What a running proxy or control plane does with a source that holds no

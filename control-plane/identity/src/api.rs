@@ -10,6 +10,9 @@ pub const CONTROL_PLANE_PATH: &str = "/palisade/control-plane";
 pub const SERVER_NAME: &str = "palisade-control-plane";
 /// Largest request body the APIs accept.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest policy set `PUT /v1/policies` accepts (etcd's default request
+/// limit is 1.5 MiB).
+pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,6 +133,31 @@ pub struct PolicyDocument {
     pub source: String,
     /// The document's YAML text, as written.
     pub yaml: String,
+}
+
+/// `PUT /v1/policies` on the admin socket: the policy files that replace
+/// every policy the control plane serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyApplyRequest {
+    pub files: Vec<PolicyFileText>,
+    /// Applying no policy at all is refused unless this is set.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFileText {
+    /// A plain file name, `*.yaml` or `*.yml`.
+    pub name: String,
+    pub yaml: String,
+}
+
+/// `PUT /v1/policies`'s answer: the documents now served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyApplyResponse {
+    pub documents: usize,
 }
 
 /// `POST /v1/baselines`'s answer: the entries of the snapshot kept.

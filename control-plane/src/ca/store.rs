@@ -1,14 +1,13 @@
-//! The CA's state directory: key and certificate files written atomically with
-//! mode 0600 inside a 0700 directory, and the index of signing CAs.
+//! The CA's persistent state as the stores keep it: the index of signing
+//! CAs and each one's certificate and private key. Keys are sealed under the
+//! key-encryption key whenever there is one.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::CaError;
+use crate::store::kek::{Kek, Sealed};
+use crate::store::StoreError;
 
 /// Where a signing CA stands in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +28,7 @@ pub struct CaRecord {
     pub status: CaStatus,
 }
 
-/// `ca/index.json`: the signing CAs on disk and the bundle's sequence number.
+/// The signing CAs and the bundle's sequence number.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CaIndex {
     /// SPIFFE bundle `spiffe_sequence`: bumped on every bundle change.
@@ -41,94 +40,100 @@ pub struct CaIndex {
     pub cas: Vec<CaRecord>,
 }
 
-/// The state directory layout.
-#[derive(Debug, Clone)]
-pub struct StateDir {
-    root: PathBuf,
+/// One signing CA's certificate and private key, PEM (the key in the
+/// clear: this is the in-memory form).
+#[derive(Clone)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-impl StateDir {
-    /// Creates the directory (mode 0700) if needed and tightens its mode if an
-    /// operator created it looser.
-    pub fn open(root: &Path) -> Result<StateDir, CaError> {
-        let io = |e| CaError::Io(root.display().to_string(), e);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(io)?;
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io)?;
-        let ca = root.join("ca");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&ca)
-            .map_err(|e| CaError::Io(ca.display().to_string(), e))?;
-        Ok(StateDir {
-            root: root.to_owned(),
-        })
-    }
+/// Everything the CA persists, written and read as one value.
+#[derive(Clone, Default)]
+pub struct CaState {
+    pub index: CaIndex,
+    pub material: BTreeMap<u64, CaMaterial>,
+}
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
+/// A private key as stored: sealed under the KEK, or PEM when the
+/// directory store runs without one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredKey {
+    Pem(String),
+    Sealed(Sealed),
+}
 
-    pub fn cert_path(&self, seq: u64) -> PathBuf {
-        self.root.join("ca").join(format!("{seq}.crt.pem"))
-    }
+/// What a signing CA's key is bound to when sealed.
+fn label(seq: u64) -> String {
+    format!("palisade/ca/{seq}")
+}
 
-    pub fn key_path(&self, seq: u64) -> PathBuf {
-        self.root.join("ca").join(format!("{seq}.key.pem"))
-    }
-
-    pub fn bundle_path(&self) -> PathBuf {
-        self.root.join("bundle.pem")
-    }
-
-    fn index_path(&self) -> PathBuf {
-        self.root.join("ca").join("index.json")
-    }
-
-    pub fn load_index(&self) -> Result<Option<CaIndex>, CaError> {
-        let path = self.index_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CaError::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CaError::Io(path.display().to_string(), e)),
+impl StoredKey {
+    pub fn seal(kek: Option<&Kek>, seq: u64, pem: &str) -> StoredKey {
+        match kek {
+            Some(k) => StoredKey::Sealed(k.seal(&label(seq), pem.as_bytes())),
+            None => StoredKey::Pem(pem.to_owned()),
         }
     }
 
-    pub fn save_index(&self, index: &CaIndex) -> Result<(), CaError> {
-        let json = serde_json::to_vec_pretty(index).expect("index serializes");
-        write_private(&self.index_path(), &json)
-    }
-
-    pub fn read(&self, path: &Path) -> Result<String, CaError> {
-        fs::read_to_string(path).map_err(|e| CaError::Io(path.display().to_string(), e))
-    }
-
-    pub fn remove_ca(&self, seq: u64) {
-        // Best effort: a leftover file of a dropped CA is harmless.
-        let _ = fs::remove_file(self.cert_path(seq));
-        let _ = fs::remove_file(self.key_path(seq));
+    pub fn open(&self, kek: Option<&Kek>, seq: u64) -> Result<String, StoreError> {
+        match (self, kek) {
+            (StoredKey::Pem(p), _) => Ok(p.clone()),
+            (StoredKey::Sealed(s), Some(k)) => String::from_utf8(k.open(&label(seq), s)?)
+                .map_err(|_| StoreError::Corrupt(format!("signing CA #{seq}: key is not PEM"))),
+            (StoredKey::Sealed(_), None) => Err(StoreError::Kek(format!(
+                "signing CA #{seq} is sealed: start with the --kek-file it was sealed under"
+            ))),
+        }
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename), mode 0600, so a
-/// crash never leaves a half-written key or index behind.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
-    let io = |e| CaError::Io(path.display().to_string(), e);
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+/// The CA state as one document (the etcd value).
+#[derive(Serialize, Deserialize)]
+pub struct StoredCa {
+    pub index: CaIndex,
+    pub cas: Vec<StoredMaterial>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct StoredMaterial {
+    pub seq: u64,
+    pub cert_pem: String,
+    pub key: StoredKey,
+}
+
+impl CaState {
+    pub fn to_stored(&self, kek: Option<&Kek>) -> StoredCa {
+        StoredCa {
+            index: self.index.clone(),
+            cas: self
+                .material
+                .iter()
+                .map(|(seq, m)| StoredMaterial {
+                    seq: *seq,
+                    cert_pem: m.cert_pem.clone(),
+                    key: StoredKey::seal(kek, *seq, &m.key_pem),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_stored(stored: StoredCa, kek: Option<&Kek>) -> Result<CaState, StoreError> {
+        let mut material = BTreeMap::new();
+        for m in stored.cas {
+            let key_pem = m.key.open(kek, m.seq)?;
+            material.insert(
+                m.seq,
+                CaMaterial {
+                    cert_pem: m.cert_pem,
+                    key_pem,
+                },
+            );
+        }
+        Ok(CaState {
+            index: stored.index,
+            material,
+        })
+    }
 }

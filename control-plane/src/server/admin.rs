@@ -1,6 +1,6 @@
 //! Admin API over a Unix socket (mode 0600 in a 0700 directory: filesystem
-//! permissions are the operator credential): join tokens, CA rotation and
-//! the collected security events.
+//! permissions are the operator credential): join tokens, CA rotation,
+//! policy apply, the collected security events and baselines.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,9 +16,14 @@ use tokio::net::UnixListener;
 
 use super::http::{json, parse_json, read_body, read_body_max, Failure, Resp};
 use super::State;
+use crate::attest::join_token::CreateError;
+use crate::metrics::ReasonLabel;
+use crate::policy_source::PolicySourceError;
+use crate::store::{PolicyText, StoreError};
 use palisade_identity::api::{
     JoinTokenBatchRequest, JoinTokenBatchResponse, JoinTokenRequest, JoinTokenResponse,
-    RotateResponse, MAX_JOIN_TOKEN_BATCH, MAX_JOIN_TOKEN_BATCH_BYTES,
+    PolicyApplyRequest, PolicyApplyResponse, RotateResponse, MAX_JOIN_TOKEN_BATCH,
+    MAX_JOIN_TOKEN_BATCH_BYTES, MAX_POLICY_BYTES,
 };
 
 pub async fn serve(listener: UnixListener, state: Arc<State>) {
@@ -52,9 +57,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let result = match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/join-tokens") => create_token(state, req).await,
         (&Method::POST, "/v1/join-tokens/batch") => create_tokens(state, req).await,
-        (&Method::POST, "/v1/ca/rotate") => rotate(state),
-        (&Method::GET, "/v1/events") => super::events::get(state, req.uri().query()),
-        (&Method::GET, "/v1/baselines") => super::baselines::get(state, req.uri().query()),
+        (&Method::POST, "/v1/ca/rotate") => rotate(state).await,
+        (&Method::PUT, "/v1/policies") => apply_policies(state, req).await,
+        (&Method::GET, "/v1/events") => super::events::get(state, req.uri().query()).await,
+        (&Method::GET, "/v1/baselines") => super::baselines::get(state, req.uri().query()).await,
         _ => Err(Failure::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -71,7 +77,7 @@ async fn create_token(state: &State, req: Request<Incoming>) -> Result<Resp, Fai
     let body = read_body(req, Duration::from_secs(10)).await?;
     let r: JoinTokenRequest = parse_json(&body)?;
     let id = workload_id(state, &r.spiffe_id)?;
-    let token = mint(state, id.clone(), r.ttl_seconds)?;
+    let token = mint(state, id.clone(), r.ttl_seconds).await?;
     state.metrics.join_tokens_created.inc();
     tracing::info!(spiffe_id = %id, expires_at = token.expires_at, "join token created");
     Ok(json(StatusCode::OK, &token))
@@ -104,7 +110,7 @@ async fn create_tokens(state: &State, req: Request<Incoming>) -> Result<Resp, Fa
     let mut tokens = Vec::with_capacity(total as usize);
     for (id, e) in ids.iter().zip(&r.identities) {
         for _ in 0..e.count {
-            tokens.push(mint(state, id.clone(), r.ttl_seconds)?);
+            tokens.push(mint(state, id.clone(), r.ttl_seconds).await?);
             state.metrics.join_tokens_created.inc();
         }
     }
@@ -136,12 +142,20 @@ fn workload_id(state: &State, text: &str) -> Result<SpiffeId, Failure> {
     Ok(id)
 }
 
-fn mint(state: &State, id: SpiffeId, ttl_seconds: u64) -> Result<JoinTokenResponse, Failure> {
+async fn mint(state: &State, id: SpiffeId, ttl_seconds: u64) -> Result<JoinTokenResponse, Failure> {
     let spiffe_id = id.to_string();
     let (token, expires_at) = state
         .tokens
         .create(id, Duration::from_secs(ttl_seconds))
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_token_request", e.to_string()))?;
+        .await
+        .map_err(|e| match e {
+            CreateError::Store(StoreError::Unavailable(m)) => Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the state store is unavailable: {m}"),
+            ),
+            e => Failure::new(StatusCode::BAD_REQUEST, "bad_token_request", e.to_string()),
+        })?;
     Ok(JoinTokenResponse {
         token,
         spiffe_id,
@@ -149,8 +163,8 @@ fn mint(state: &State, id: SpiffeId, ttl_seconds: u64) -> Result<JoinTokenRespon
     })
 }
 
-fn rotate(state: &State) -> Result<Resp, Failure> {
-    let set = state.authority.rotate().map_err(|e| {
+async fn rotate(state: &State) -> Result<Resp, Failure> {
+    let set = state.authority.rotate().await.map_err(|e| {
         tracing::error!(error = %e, "CA rotation failed");
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -170,4 +184,41 @@ fn rotate(state: &State) -> Result<Resp, Failure> {
             bundle_size: set.bundle().len(),
         },
     ))
+}
+
+/// PUT /v1/policies: `palisadectl policy apply`. The files replace every
+/// policy in the store once they validate; every replica then serves them.
+async fn apply_policies(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
+    let body = read_body_max(req, Duration::from_secs(10), MAX_POLICY_BYTES).await?;
+    let r: PolicyApplyRequest = parse_json(&body)?;
+    let Some(policies) = &state.policies else {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "no_policy_source",
+            "this control plane serves no policies: start it with --policy-dir, or with --store etcd",
+        ));
+    };
+    let files = r
+        .files
+        .into_iter()
+        .map(|f| PolicyText {
+            name: f.name,
+            text: f.yaml,
+        })
+        .collect();
+    let documents = policies.apply(files, r.allow_empty).await.map_err(|e| {
+        let status = match &e {
+            PolicySourceError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            PolicySourceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        state
+            .metrics
+            .policy_reload_errors
+            .get_or_create(&ReasonLabel { reason: e.reason() })
+            .inc();
+        Failure::new(status, "policies_rejected", e.to_string())
+    })?;
+    tracing::info!(documents, "policies applied");
+    Ok(json(StatusCode::OK, &PolicyApplyResponse { documents }))
 }

@@ -1,10 +1,9 @@
 //! Learned baselines from the sidecars: each proxy POSTs its cumulative
-//! snapshot; the latest per (identity, instance) is kept and persisted, and
-//! reads merge an identity's instances.
+//! snapshot; the latest per (identity, instance) is kept and persisted in
+//! the state store, and reads merge an identity's instances.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -15,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::http::{json, query_pairs, read_body_max, Failure, Resp};
 use super::State;
-use crate::ca::store::write_private;
+use crate::store::{Store, StoreError};
 
 /// A POSTed snapshot's body at most: room for a full report at about
 /// 800 bytes an entry.
@@ -27,30 +26,34 @@ pub const MAX_INSTANCES: usize = 256;
 /// Longest instance name.
 const MAX_INSTANCE_LEN: usize = 128;
 
-/// Latest snapshot per identity and instance, mirrored under
-/// `<state-dir>/baselines/`.
+/// Latest snapshot per identity and instance, mirrored in the store.
 pub struct Baselines {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
     by_identity: Mutex<HashMap<SpiffeId, BTreeMap<String, Snapshot>>>,
 }
 
 impl Baselines {
-    /// Restores what an earlier run persisted. A file that no longer reads
-    /// is skipped with a warning: one bad file must not stop the control
+    /// Restores what the store holds. A snapshot that no longer reads is
+    /// skipped with a warning: one bad entry must not stop the control
     /// plane.
-    pub fn open(state_dir: &Path) -> std::io::Result<Baselines> {
-        let dir = state_dir.join("baselines");
-        std::fs::create_dir_all(&dir)?;
+    pub async fn open(store: Arc<dyn Store>) -> Result<Baselines, StoreError> {
+        let b = Baselines {
+            store,
+            by_identity: Mutex::default(),
+        };
+        b.refresh().await?;
+        Ok(b)
+    }
+
+    /// Reads every snapshot from the store again (other replicas write
+    /// there too).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
         let mut by_identity: HashMap<SpiffeId, BTreeMap<String, Snapshot>> = HashMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let Some(instance) = instance_of_file(&path) else {
+        for (name, bytes) in self.store.load_baselines().await? {
+            let Some(instance) = instance_of_name(&name) else {
                 continue;
             };
-            let read = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Snapshot::from_json(&b, MAX_ENTRIES).map_err(|e| e.to_string()));
-            match read {
+            match Snapshot::from_json(&bytes, MAX_ENTRIES) {
                 Ok(snap) => {
                     by_identity
                         .entry(snap.identity.clone())
@@ -58,44 +61,52 @@ impl Baselines {
                         .insert(instance, snap);
                 }
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable baseline")
+                    tracing::warn!(name, error = %e, "skipping an unreadable baseline")
                 }
             }
         }
-        Ok(Baselines {
-            dir,
-            by_identity: Mutex::new(by_identity),
-        })
+        *self.by_identity.lock().unwrap_or_else(|p| p.into_inner()) = by_identity;
+        Ok(())
     }
 
     /// Keeps `snap` as `instance`'s latest, replacing what it sent before,
     /// and persists it.
-    fn put(&self, instance: &str, snap: Snapshot) -> Result<usize, Failure> {
-        let mut map = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
-        let known = map
-            .get(&snap.identity)
-            .is_some_and(|m| m.contains_key(instance));
-        let count = map.get(&snap.identity).map_or(0, BTreeMap::len);
-        if !known && count >= MAX_INSTANCES {
-            return Err(Failure::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_instances",
-                format!(
-                    "{} already has baselines from {MAX_INSTANCES} instances",
-                    snap.identity
-                ),
-            ));
+    async fn put(&self, instance: &str, snap: Snapshot) -> Result<usize, Failure> {
+        {
+            let map = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
+            let known = map
+                .get(&snap.identity)
+                .is_some_and(|m| m.contains_key(instance));
+            let count = map.get(&snap.identity).map_or(0, BTreeMap::len);
+            if !known && count >= MAX_INSTANCES {
+                return Err(Failure::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_instances",
+                    format!(
+                        "{} already has baselines from {MAX_INSTANCES} instances",
+                        snap.identity
+                    ),
+                ));
+            }
         }
-        let path = self.file(&snap.identity, instance);
-        write_private(&path, snap.to_json().as_bytes()).map_err(|e| {
-            Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "baseline_not_saved",
-                e.to_string(),
+        self.store
+            .put_baseline(
+                &name_of(&snap.identity, instance),
+                snap.to_json().as_bytes(),
             )
-        })?;
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "baseline_not_saved",
+                    e.to_string(),
+                )
+            })?;
         let entries = snap.entries.len();
-        map.entry(snap.identity.clone())
+        self.by_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(snap.identity.clone())
             .or_default()
             .insert(instance.to_owned(), snap);
         Ok(entries)
@@ -114,17 +125,17 @@ impl Baselines {
         out.sort_by(|a, b| a.identity.as_str().cmp(b.identity.as_str()));
         out
     }
+}
 
-    fn file(&self, identity: &SpiffeId, instance: &str) -> PathBuf {
-        let digest = Sha256::digest(identity.as_str().as_bytes());
-        self.dir
-            .join(format!("{}.{instance}.json", hex::encode(&digest[..16])))
-    }
+/// `<digest>.<instance>.json`: the stored name of an instance's snapshot.
+fn name_of(identity: &SpiffeId, instance: &str) -> String {
+    let digest = Sha256::digest(identity.as_str().as_bytes());
+    format!("{}.{instance}.json", hex::encode(&digest[..16]))
 }
 
 /// `<digest>.<instance>.json` → the instance.
-fn instance_of_file(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?.strip_suffix(".json")?;
+fn instance_of_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix(".json")?;
     let (_, instance) = name.split_once('.')?;
     valid_instance(instance).then(|| instance.to_owned())
 }
@@ -186,13 +197,22 @@ pub async fn post(
             ),
         ));
     }
-    let entries = state.baselines.put(&instance, snap)?;
+    let entries = state.baselines.put(&instance, snap).await?;
     tracing::debug!(identity = %caller, instance, entries, "baseline received");
     Ok(json(StatusCode::OK, &BaselineAccepted { entries }))
 }
 
 /// GET /v1/baselines[?identity=ID] on the admin socket.
-pub fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
+pub async fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
+    if state.store.shared() {
+        state.baselines.refresh().await.map_err(|e| {
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
+    }
     let Some(raw) = query_param(query, "identity") else {
         return Ok(json(StatusCode::OK, &state.baselines.all()));
     };
@@ -236,40 +256,47 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    async fn open(dir: &std::path::Path) -> Baselines {
+        let store = crate::store::dir::DirStore::open(dir, None, None, None).unwrap();
+        Baselines::open(Arc::new(store)).await.unwrap()
+    }
+
     fn snap(id: &str) -> Snapshot {
         Snapshot::empty(SpiffeId::parse(id).unwrap(), 10_000, 1)
     }
 
-    #[test]
-    fn instances_past_the_cap_are_refused_and_known_ones_still_replace() {
+    #[tokio::test]
+    async fn instances_past_the_cap_are_refused_and_known_ones_still_replace() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Baselines::open(dir.path()).unwrap();
+        let b = open(dir.path()).await;
         let id = "spiffe://td/ns/a/sa/api";
         for i in 0..MAX_INSTANCES {
-            b.put(&format!("pod-{i}"), snap(id)).unwrap();
+            b.put(&format!("pod-{i}"), snap(id)).await.unwrap();
         }
-        let f = b.put("pod-new", snap(id)).unwrap_err();
+        let f = b.put("pod-new", snap(id)).await.unwrap_err();
         assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(f.code, "too_many_instances");
-        b.put("pod-0", snap(id)).unwrap();
+        b.put("pod-0", snap(id)).await.unwrap();
         // Another identity has its own allowance.
-        b.put("pod-new", snap("spiffe://td/ns/a/sa/db")).unwrap();
+        b.put("pod-new", snap("spiffe://td/ns/a/sa/db"))
+            .await
+            .unwrap();
     }
 
-    #[test]
-    fn a_restart_restores_readable_files_and_skips_a_corrupt_one() {
+    #[tokio::test]
+    async fn a_restart_restores_readable_files_and_skips_a_corrupt_one() {
         let dir = tempfile::tempdir().unwrap();
         let id = SpiffeId::parse("spiffe://td/ns/a/sa/api").unwrap();
         {
-            let b = Baselines::open(dir.path()).unwrap();
-            b.put("pod-0", snap(id.as_str())).unwrap();
+            let b = open(dir.path()).await;
+            b.put("pod-0", snap(id.as_str())).await.unwrap();
         }
         std::fs::write(
             dir.path().join("baselines/0000.pod-1.json"),
             b"{\"version\":1,",
         )
         .unwrap();
-        let b = Baselines::open(dir.path()).unwrap();
+        let b = open(dir.path()).await;
         assert_eq!(b.merged(&id).unwrap().identity, id);
         assert_eq!(b.all().len(), 1);
     }

@@ -1,6 +1,7 @@
 //! The security-events collector: workloads POST their OCSF events (a JSON
-//! array or NDJSON) over mTLS; the latest are kept in a bounded ring and
-//! served on the admin socket.
+//! array or NDJSON) over mTLS; the latest are kept in a bounded ring (or,
+//! with a shared store, in the store for an hour, so every replica serves
+//! them all) and served on the admin socket.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -59,11 +60,15 @@ pub struct EventLog {
     ring: Mutex<Ring>,
 }
 
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl EventLog {
     fn push(&self, reporter: &SpiffeId, events: Vec<Value>) {
-        let received_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let received_at = now_millis();
         let reporter = reporter.to_string();
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         for event in events {
@@ -174,13 +179,27 @@ pub async fn post(
     let events = parse_batch(&body, ndjson)
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_events", e.to_string()))?;
     let accepted = events.len();
-    state.events.push(&reporter, events);
+    if state.store.shared() {
+        let stored: Vec<Value> = events
+            .into_iter()
+            .map(|event| serde_json::json!({"reporter": reporter.as_str(), "received_at": now_millis(), "event": event}))
+            .collect();
+        state.store.append_events(&stored).await.map_err(|e| {
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+            )
+        })?;
+    } else {
+        state.events.push(&reporter, events);
+    }
     tracing::debug!(reporter = %reporter, accepted, "security events collected");
     Ok(json(StatusCode::OK, &EventsAccepted { accepted }))
 }
 
 /// GET /v1/events?since=SEQ&limit=N on the admin socket.
-pub fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
+pub async fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
     let mut since = 0;
     let mut limit = MAX_PAGE;
     for (k, v) in query_pairs(query) {
@@ -190,7 +209,29 @@ pub fn get(state: &State, query: Option<&str>) -> Result<Resp, Failure> {
             _ => {}
         }
     }
-    Ok(json(StatusCode::OK, &state.events.page(since, limit)))
+    if !state.store.shared() {
+        return Ok(json(StatusCode::OK, &state.events.page(since, limit)));
+    }
+    let stored = state.store.recent_events(since, limit).await.map_err(|e| {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let events: Vec<StoredEvent> = stored
+        .into_iter()
+        .filter_map(|(seq, v)| {
+            Some(StoredEvent {
+                seq,
+                reporter: v.get("reporter")?.as_str()?.to_owned(),
+                received_at: v.get("received_at")?.as_i64()?,
+                event: v.get("event")?.clone(),
+            })
+        })
+        .collect();
+    let next = events.last().map_or(since, |e| e.seq + 1);
+    Ok(json(StatusCode::OK, &EventsPage { events, next }))
 }
 
 #[cfg(test)]

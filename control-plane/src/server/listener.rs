@@ -188,7 +188,8 @@ async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePe
     }
 }
 
-/// Plain-HTTP /metrics for scrapers that do not speak the API's TLS.
+/// Plain-HTTP /metrics for scrapers that do not speak the API's TLS, and
+/// /readyz for orchestrators' probes.
 pub async fn serve_metrics(listener: TcpListener, state: Arc<State>) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -197,15 +198,17 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<State>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |_req| {
-                let body = state.metrics.encode();
-                async move {
-                    Ok::<_, Infallible>(super::http::text(
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let resp = if req.uri().path() == "/readyz" {
+                    workload::readyz(&state)
+                } else {
+                    super::http::text(
                         http::StatusCode::OK,
                         workload::METRICS_CONTENT_TYPE,
-                        body,
-                    ))
-                }
+                        state.metrics.encode(),
+                    )
+                };
+                async move { Ok::<_, Infallible>(resp) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -1,6 +1,7 @@
-//! The control-plane server: builds the shared state (CA, attestors, metrics,
-//! endpoint map, serving TLS), binds the workload API, the admin socket and
-//! the optional metrics port, and keeps the CA and serving SVID fresh.
+//! The control-plane server: opens the state store, builds the shared state
+//! (CA, attestors, metrics, endpoint map, serving TLS), binds the workload
+//! API, the admin socket and the optional metrics port, keeps the CA and
+//! serving SVID fresh, and follows what other replicas write to the store.
 
 pub mod admin;
 pub mod baselines;
@@ -11,6 +12,7 @@ pub mod tls;
 pub mod workload;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use crate::config::Config;
 use crate::endpoints::{EndpointMap, EndpointsError};
 use crate::metrics::Metrics;
 use crate::policy_source::{PolicySourceError, PolicyStore};
+use crate::store::{Store, StoreError, Topic};
 use tls::{ServingTls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,64 +40,82 @@ pub enum ServerError {
     Jwks(#[from] JwksError),
     #[error(transparent)]
     Endpoints(#[from] EndpointsError),
-    #[error("--policy-dir: {0}")]
+    #[error("policies: {0}")]
     Policies(#[from] PolicySourceError),
-    #[error("baselines under the state directory: {0}")]
-    Baselines(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
 }
 
+/// How often the store's health is checked (and how soon a replica notices
+/// a lost or regained etcd quorum).
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Everything request handlers share.
 pub struct State {
     pub config: Config,
+    pub store: Arc<dyn Store>,
+    /// Whether the store answered its last health check: readiness, and
+    /// whether SVIDs are issued.
+    store_ready: AtomicBool,
     pub authority: Authority,
     pub tokens: JoinTokens,
     pub k8s: Option<K8sVerifier>,
     pub metrics: Metrics,
     pub endpoints: Arc<EndpointMap>,
-    /// `--policy-dir`, served at GET /v1/policies.
+    /// The stored policies (`--policy-dir` or etcd), served at GET /v1/policies.
     pub policies: Option<Arc<PolicyStore>>,
     pub tls: ArcSwap<ServingTls>,
     pub control_plane_id: SpiffeId,
     /// The latest security events workloads POSTed.
     pub events: events::EventLog,
-    /// The learned baselines sidecars reported, persisted under the state dir.
+    /// The learned baselines sidecars reported, persisted in the store.
     pub baselines: baselines::Baselines,
 }
 
 impl State {
-    pub fn new(config: Config) -> Result<State, ServerError> {
+    pub async fn new(config: Config) -> Result<State, ServerError> {
         let upstream = match (&config.upstream_cert, &config.upstream_key) {
             (Some(c), Some(k)) => Some(Upstream::load(c, k)?),
             _ => None,
         };
-        let authority = Authority::open(
+        let store = crate::store::open(&config).await?;
+        // A replica starting while the store is down waits for it: it has
+        // nothing to serve without its CA.
+        while let Err(e) = store.check().await {
+            tracing::warn!(store = store.kind(), error = %e, "waiting for the state store");
+            tokio::time::sleep(STORE_CHECK_EVERY).await;
+        }
+        let authority = Authority::open_in(
             config.trust_domain.clone(),
-            &config.state_dir,
+            store.clone(),
+            config.bundle_path(),
             config.ca_ttl,
             config.svid_ttl,
             upstream,
-        )?;
+        )
+        .await?;
         let k8s = match (&config.jwks, &config.k8s_issuer) {
             (Some(jwks), Some(iss)) => {
                 Some(K8sVerifier::load(jwks, iss, config.trust_domain.clone())?)
             }
             _ => None,
         };
-        let policies = config
-            .policy_dir
-            .clone()
-            .map(PolicyStore::open)
-            .transpose()?;
+        let policies = if config.policy_dir.is_some() || store.shared() {
+            Some(PolicyStore::open(store.clone()).await?)
+        } else {
+            None
+        };
         let serving = tls::build(&authority)?;
         let control_plane_id = tls::control_plane_id(&authority);
-        let baselines =
-            baselines::Baselines::open(&config.state_dir).map_err(ServerError::Baselines)?;
+        let baselines = baselines::Baselines::open(store.clone()).await?;
         let state = State {
             config,
+            tokens: JoinTokens::new(store.clone()),
+            store,
+            store_ready: AtomicBool::new(true),
             authority,
-            tokens: JoinTokens::default(),
             k8s,
             metrics: Metrics::default(),
             endpoints: Arc::new(EndpointMap::default()),
@@ -105,7 +126,65 @@ impl State {
             baselines,
         };
         state.record_bundle();
+        state.metrics.store_up.set(1);
         Ok(state)
+    }
+
+    /// Whether the store is reachable: the replica is ready and issues SVIDs.
+    pub fn store_ready(&self) -> bool {
+        self.store_ready.load(Ordering::Relaxed)
+    }
+
+    /// Checks the store's health every `STORE_CHECK_EVERY`; a change is
+    /// logged once, and shows in `store_up` and `/readyz`.
+    async fn watch_store(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(STORE_CHECK_EVERY);
+        loop {
+            tick.tick().await;
+            let checked = tokio::time::timeout(STORE_CHECK_EVERY * 2, self.store.check())
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("health check timed out".into())));
+            let up = checked.is_ok();
+            if up != self.store_ready.swap(up, Ordering::Relaxed) {
+                match &checked {
+                    Ok(()) => tracing::info!(
+                        store = self.store.kind(),
+                        "state store is back; ready and issuing again"
+                    ),
+                    Err(e) => {
+                        tracing::error!(store = self.store.kind(), error = %e, "state store unavailable; not ready, and SVID issuance is refused until it is back")
+                    }
+                }
+            }
+            if let Err(e) = &checked {
+                self.metrics.store_error(e.reason());
+            }
+            self.metrics.store_up.set(i64::from(up));
+        }
+    }
+
+    /// Serves the CA state other replicas write, as soon as they do.
+    async fn follow_ca(self: Arc<Self>) {
+        let mut rx = match self.store.watch(Topic::Ca).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the CA state");
+                return;
+            }
+        };
+        while rx.changed().await.is_ok() {
+            match self.authority.reload().await {
+                Ok(true) => {
+                    tracing::info!(
+                        bundle_sequence = self.authority.snapshot().bundle_sequence,
+                        "CA state changed in the store"
+                    );
+                    self.refresh_tls(false);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the CA state from the store"),
+            }
+        }
     }
 
     fn record_bundle(&self) {
@@ -140,7 +219,7 @@ impl State {
             tick.tick().await;
             n += 1;
             let active_before = self.authority.snapshot().active().seq;
-            if let Err(e) = self.authority.maintain() {
+            if let Err(e) = self.authority.maintain().await {
                 tracing::error!(error = %e, "CA upkeep failed");
             }
             if self.authority.snapshot().active().seq != active_before {
@@ -148,7 +227,9 @@ impl State {
             }
             self.refresh_tls(false);
             if n.is_multiple_of(60) {
-                self.tokens.prune();
+                if let Err(e) = self.tokens.prune().await {
+                    tracing::warn!(error = %e, "cannot prune join tokens");
+                }
             }
         }
     }
@@ -157,19 +238,24 @@ impl State {
 /// Runs the control plane until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let admin_path = config.admin_socket_path();
-    let state = Arc::new(State::new(config)?);
-    let _watcher = match state.config.endpoints.clone() {
-        Some(path) => Some(state.endpoints.watch(path)?),
-        None => None,
+    let state = Arc::new(State::new(config).await?);
+    state.endpoints.watch(state.store.clone()).await?;
+    let _publisher = match (&state.config.endpoints, state.store.shared()) {
+        (Some(path), true) => Some(crate::endpoints::publish(
+            path.clone(),
+            state.store.clone(),
+        )?),
+        _ => None,
     };
-    let _policy_watcher = state
-        .policies
-        .as_ref()
-        .map(|p| {
-            let m = &state.metrics;
-            p.watch(m.policy_dir_reads.clone(), m.policy_reload_errors.clone())
-        })
-        .transpose()?;
+    if let Some(p) = &state.policies {
+        let m = &state.metrics;
+        p.watch(m.policy_dir_reads.clone(), m.policy_reload_errors.clone())
+            .await?;
+    }
+    if state.store.shared() {
+        tokio::spawn(state.clone().follow_ca());
+    }
+    tokio::spawn(state.clone().watch_store());
 
     let listen = state.config.listen;
     let api = TcpListener::bind(listen)
@@ -191,6 +277,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         listen = %listen,
         admin_socket = %admin_path.display(),
         trust_domain = %state.authority.trust_domain(),
+        store = state.store.kind(),
         active_ca = %set.active().serial_hex,
         bundle = %state.config.bundle_path().display(),
         "palisade-control-plane ready"

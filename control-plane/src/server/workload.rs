@@ -1,5 +1,6 @@
 //! Workload API routes: SVID issuance (join token or Kubernetes token),
-//! renewal over mTLS, the SPIFFE bundle, the endpoint map and metrics.
+//! renewal over mTLS, the SPIFFE bundle, the endpoint map, readiness and
+//! metrics.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -8,8 +9,10 @@ use rustls::pki_types::CertificateDer;
 
 use super::http::{json, parse_json, query_number, query_pairs, read_body, text, Failure, Resp};
 use super::State;
+use crate::attest::join_token::RedeemError;
 use crate::attest::AttestError;
 use crate::ca::csr::{verify_csr_pem, VerifiedCsr};
+use crate::store::StoreError;
 use palisade_identity::api::{Attestation, RenewRequest, SvidRequest, SvidResponse};
 use palisade_identity::bundle::spiffe_bundle;
 use palisade_identity::svid::spiffe_id_of;
@@ -37,6 +40,7 @@ pub async fn handle(
             Ok(id) => super::baselines::post(state, id, req).await,
             Err(f) => Err(f),
         },
+        (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
@@ -45,7 +49,7 @@ pub async fn handle(
         (
             _,
             "/v1/svid" | "/v1/svid/renew" | "/v1/bundle" | "/v1/endpoints" | "/v1/policies"
-            | "/v1/events" | "/v1/baselines" | "/metrics",
+            | "/v1/events" | "/v1/baselines" | "/readyz" | "/metrics",
         ) => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -88,8 +92,13 @@ async fn issue(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
     // The CSR is checked before the token is spent, so a malformed request
     // does not burn a single-use token.
     let csr = csr(&r.csr)?;
+    ensure_store(state)?;
     let (id, method) = match &r.attestation {
-        Attestation::JoinToken(t) => (state.tokens.redeem(t), "join_token"),
+        Attestation::JoinToken(t) => match state.tokens.redeem(t).await {
+            Ok(id) => (Ok(id), "join_token"),
+            Err(RedeemError::Attest(e)) => (Err(e), "join_token"),
+            Err(RedeemError::Store(e)) => return Err(store_failure(state, &e)),
+        },
         Attestation::K8sSaToken(t) => match &state.k8s {
             Some(v) => (v.verify(t), "k8s_sa_token"),
             None => (Err(AttestError::K8sDisabled), "k8s_sa_token"),
@@ -130,12 +139,59 @@ fn peer_id(state: &State, peer: Option<&CertificateDer<'static>>) -> Result<Spif
     Ok(id)
 }
 
+/// The answer while the state store is down: no SVID is issued, so no
+/// replica signs under a CA state it cannot see.
+pub const STORE_UNAVAILABLE: &str = "the control plane's state store is unavailable (etcd has no quorum, or cannot be reached); SVIDs are not issued until it is back: keep serving on the current SVID and retry";
+
+fn ensure_store(state: &State) -> Result<(), Failure> {
+    if state.store_ready() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            STORE_UNAVAILABLE,
+        ))
+    }
+}
+
+fn store_failure(state: &State, e: &StoreError) -> Failure {
+    state.metrics.store_error(e.reason());
+    tracing::warn!(error = %e, "state store operation failed");
+    match e {
+        StoreError::Unavailable(_) => Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            STORE_UNAVAILABLE,
+        ),
+        _ => Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            e.to_string(),
+        ),
+    }
+}
+
+/// GET /readyz: 200 while the state store answers, 503 with why not.
+pub(crate) fn readyz(state: &State) -> Resp {
+    if state.store_ready() {
+        text(StatusCode::OK, "text/plain", "ready\n".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: {STORE_UNAVAILABLE}\n"),
+        )
+    }
+}
+
 fn sign(
     state: &State,
     csr: &VerifiedCsr,
     id: &SpiffeId,
     method: &'static str,
 ) -> Result<Resp, Failure> {
+    ensure_store(state)?;
     let issued = state
         .authority
         .issue(&csr.public_key, id, &[])

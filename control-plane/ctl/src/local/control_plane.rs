@@ -22,6 +22,8 @@ pub struct ControlPlaneSpec {
     pub ca_ttl: String,
     /// Further flags, e.g. `["--policy-dir", path]`.
     pub extra_args: Vec<String>,
+    /// Keep the state in etcd rather than the state directory.
+    pub etcd: Option<EtcdStoreSpec>,
     /// `RUST_LOG`.
     pub log_filter: String,
 }
@@ -33,8 +35,42 @@ impl Default for ControlPlaneSpec {
             svid_ttl: "1h".into(),
             ca_ttl: "7d".into(),
             extra_args: Vec::new(),
+            etcd: None,
             log_filter: "info".into(),
         }
+    }
+}
+
+/// `--store etcd`: the cluster's client URLs and the key-encryption key.
+#[derive(Debug, Clone)]
+pub struct EtcdStoreSpec {
+    pub endpoints: Vec<String>,
+    pub kek_file: PathBuf,
+    /// Client TLS: the etcd CA, and this replica's certificate and key.
+    pub tls: Option<[PathBuf; 3]>,
+}
+
+impl EtcdStoreSpec {
+    fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--store".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            self.endpoints.join(",").into(),
+            "--kek-file".into(),
+            self.kek_file.clone().into(),
+        ];
+        if let Some([ca, cert, key]) = &self.tls {
+            for (flag, path) in [
+                ("--etcd-ca", ca),
+                ("--etcd-cert", cert),
+                ("--etcd-key", key),
+            ] {
+                args.push(flag.into());
+                args.push(path.into());
+            }
+        }
+        args
     }
 }
 
@@ -91,6 +127,9 @@ impl ControlPlane {
             args.push(flag.into());
             args.push(value.into());
         }
+        if let Some(etcd) = &self.spec.etcd {
+            args.extend(etcd.args());
+        }
         args.extend(self.spec.extra_args.iter().map(OsString::from));
         args
     }
@@ -130,12 +169,22 @@ impl ControlPlane {
         }
     }
 
+    /// SIGKILL, mid-whatever it was doing. The state stays.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
     /// Fails with its log if it has died.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         match &mut self.process {
             Some(p) => p.ensure_running(),
             None => bail!("the control plane is stopped"),
         }
+    }
+
+    /// Whether `GET /readyz` answers 200 (the state store is reachable).
+    pub fn ready(&self) -> bool {
+        super::http_request(self.metrics_addr, "GET", "/readyz").is_ok_and(|(s, _)| s == 200)
     }
 
     /// Workload API address (HTTPS).

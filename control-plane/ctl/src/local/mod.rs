@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-pub use control_plane::{ControlPlane, ControlPlaneSpec};
+pub use control_plane::{ControlPlane, ControlPlaneSpec, EtcdStoreSpec};
 pub use palisade_proxy::config::Protocol;
 pub use process::Process;
 pub use sidecar::{Interception, Sidecar, SidecarSpec};

@@ -1,5 +1,6 @@
 //! Client of the admin API (HTTP/1.1 over the control plane's Unix socket),
-//! used by `palisadectl token create`, `ca rotate` and `baseline`.
+//! used by `palisadectl token create`, `ca rotate`, `policy apply` and
+//! `baseline`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,8 @@ use tokio::net::UnixStream;
 use super::ClientError;
 use crate::api::{
     ApiError, JoinTokenBatchEntry, JoinTokenBatchRequest, JoinTokenBatchResponse, JoinTokenRequest,
-    JoinTokenResponse, RotateResponse, MAX_JOIN_TOKEN_BATCH, MAX_JOIN_TOKEN_BATCH_BYTES,
+    JoinTokenResponse, PolicyApplyRequest, PolicyApplyResponse, PolicyFileText, RotateResponse,
+    MAX_JOIN_TOKEN_BATCH, MAX_JOIN_TOKEN_BATCH_BYTES,
 };
 
 pub struct AdminClient {
@@ -62,6 +64,16 @@ impl AdminClient {
             out.extend(resp.tokens);
         }
         Ok(out)
+    }
+
+    /// Replaces every policy the control plane serves with `files`.
+    pub async fn apply_policies(
+        &self,
+        files: Vec<PolicyFileText>,
+        allow_empty: bool,
+    ) -> Result<PolicyApplyResponse, ClientError> {
+        let req = PolicyApplyRequest { files, allow_empty };
+        self.send(Method::PUT, "/v1/policies", Some(&req)).await
     }
 
     /// Rotates the signing CA now.
