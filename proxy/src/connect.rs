@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::io::{tls_transport, TlsTransport};
 use crate::{tls, Runtime};
 
 /// Why a connection could not be opened.
@@ -80,7 +81,7 @@ pub async fn mtls(
     dst: SocketAddr,
     id: &SpiffeId,
     alpn: Option<&'static [u8]>,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<TlsStream<TlsTransport>, ConnectError> {
     let t = &rt.timeouts;
     let config = {
         let creds = rt.creds.load_full().ok_or(ConnectError::NoIdentity)?;
@@ -99,7 +100,7 @@ pub async fn mtls(
     let name = ServerName::IpAddress(dst.ip().into());
     let stream = match tokio::time::timeout(
         t.handshake,
-        TlsConnector::from(config).connect(name, tcp),
+        TlsConnector::from(config).connect(name, tls_transport(tcp)),
     )
     .await
     {

@@ -16,6 +16,7 @@ use crate::config::{ForwardTo, Protocol};
 use crate::forward::{forward, log_end};
 use crate::http;
 use crate::http::detect::{self, detect, Detected};
+use crate::io::tls_transport;
 use crate::metrics::OpenConn;
 use crate::{accept_loop, baseline, connect, tls, transparent, Runtime};
 use palisade_policy::baseline::Protocol as Carried;
@@ -142,7 +143,8 @@ async fn handle(rt: Arc<Runtime>, local: Arc<LocalApp>, tcp: TcpStream, client: 
         return refuse(&rt, client, "no_identity", &"no SVID yet");
     };
     let acceptor = TlsAcceptor::from(creds.server.clone());
-    let stream = match tokio::time::timeout(t.handshake, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(t.handshake, acceptor.accept(tls_transport(tcp))).await
+    {
         Err(_) => return refuse(&rt, client, "timeout", &"TLS handshake timed out"),
         Ok(Err(e)) => return refuse(&rt, client, tls::failure_reason(&e), &e),
         Ok(Ok(s)) => s,

@@ -50,12 +50,23 @@ fn main() -> anyhow::Result<()> {
         sub.init();
     }
     let cfg = Config::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-    // Two worker threads: a sidecar shares its pod's CPU with the app.
+    let workers = worker_threads();
+    tracing::info!(workers, "starting");
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?
         .block_on(run(cfg))
+}
+
+/// A sidecar shares its pod's CPU with the app: two workers at most, and no
+/// more than the CPUs it may use. `available_parallelism` counts the CPU
+/// affinity and the cgroup (v1 or v2) CPU quota, rounded down: under a 500m
+/// limit two busy workers would spend the quota in half the period and then
+/// both wait out the rest, throttled.
+fn worker_threads() -> usize {
+    const MAX_WORKERS: usize = 2;
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
 }
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
