@@ -8,6 +8,7 @@ pub mod badcerts;
 pub mod baseline;
 pub mod cp;
 pub mod http;
+pub mod kube;
 pub mod lenient;
 pub mod netns;
 pub mod pki;
