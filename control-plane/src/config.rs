@@ -146,6 +146,23 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_injects_with_inject_defaults_and_this_trust_domain() {
+        let c = Config::try_parse_from([
+            "palisade-control-plane",
+            "--state-dir=/s",
+            "--trust-domain=prod.example",
+            "--webhook-listen=0.0.0.0:8444",
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.webhook_dns, palisade_inject::DEFAULT_WEBHOOK_DNS);
+        let s = c.inject_settings();
+        assert_eq!(s.trust_domain, "prod.example");
+        assert_eq!(s.proxy_image, palisade_inject::DEFAULT_PROXY_IMAGE);
+        assert_eq!(s.control_plane, palisade_inject::DEFAULT_CONTROL_PLANE);
+        assert!(!s.legacy_sidecar);
+    }
+
+    #[test]
     fn a_bad_duration_flag_is_named() {
         let err =
             Config::try_parse_from(["palisade-control-plane", "--state-dir=/s", "--ca-ttl=1h30"])

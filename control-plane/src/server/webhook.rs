@@ -8,7 +8,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use palisade_inject::admission::{self, PATH};
 
-use super::http::{json, read_body_max, text, Failure, Resp};
+use super::http::{json, read_body_max, Failure, Resp};
 use super::tls::{self, ServingTls, TlsError};
 use super::State;
 use crate::ca::Authority;
@@ -44,11 +44,6 @@ impl Webhook {
 pub async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let result = match (req.method(), req.uri().path()) {
         (&Method::POST, PATH) => review(state, req).await,
-        (&Method::GET, "/metrics") => Ok(text(
-            StatusCode::OK,
-            super::workload::METRICS_CONTENT_TYPE,
-            state.metrics.encode(),
-        )),
         (_, PATH) => Err(Failure::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
