@@ -124,17 +124,16 @@ fn decide(
         .kind
         .as_ref()
         .is_some_and(|k| k.group.is_empty() && k.kind == "Pod");
-    if !pod
-        || request
-            .sub_resource
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-    {
+    if !pod {
         let what = request
             .kind
             .as_ref()
             .map_or("an object", |k| k.kind.as_str());
         let warning = format!("palisade: only Pods are injected; {what} admitted unchanged");
+        return ("not_a_pod", none(), Some(warning));
+    }
+    if let Some(sub) = request.sub_resource.as_deref().filter(|s| !s.is_empty()) {
+        let warning = format!("palisade: only Pods are injected, not pods/{sub}");
         return ("not_a_pod", none(), Some(warning));
     }
     if request.operation.as_deref() != Some("CREATE") {
