@@ -86,7 +86,9 @@ pub struct Answer {
 
 /// Answers one `AdmissionReview` body.
 pub fn review(body: &[u8], settings: &Settings) -> Result<Answer, ReviewError> {
-    let review: Review = serde_json::from_slice(body)?;
+    // Read whole first, so bytes that are not JSON anywhere (also in the
+    // fields this webhook ignores) are refused, not half-read.
+    let review: Review = serde_json::from_value(serde_json::from_slice(body)?)?;
     if review.api_version != API_VERSION {
         return Err(ReviewError::Version(review.api_version));
     }
@@ -266,6 +268,9 @@ mod tests {
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "no `request`"),
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""}}"#, "uid"),
         ];
+        // Invalid UTF-8 in a field the webhook does not read is still not JSON.
+        let bad_utf8 = b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":\"u\",\"extra\":\"\xe1\"}}";
+        assert!(matches!(review(bad_utf8, &s), Err(ReviewError::Json(_))));
         for (body, message) in cases {
             let e = review(body, &s).unwrap_err().to_string();
             assert!(e.contains(message), "{e}");
