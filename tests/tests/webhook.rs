@@ -22,20 +22,23 @@ struct Webhook {
 
 impl Webhook {
     fn start() -> Webhook {
+        Self::start_with(ControlPlaneSpec::default())
+    }
+
+    fn start_with(spec: ControlPlaneSpec) -> Webhook {
         let addr = palisadectl::local::free_addr().unwrap();
-        let cp = ControlPlane::start_with(ControlPlaneSpec {
-            extra_args: vec!["--webhook-listen".into(), addr.to_string()],
-            ..ControlPlaneSpec::default()
-        });
+        let mut extra_args = spec.extra_args.clone();
+        extra_args.extend(["--webhook-listen".into(), addr.to_string()]);
+        let cp = ControlPlane::start_with(ControlPlaneSpec { extra_args, ..spec });
         eventually("the webhook port", Duration::from_secs(10), || {
             std::net::TcpStream::connect(addr).ok()
         });
         Webhook { cp, addr }
     }
 
-    /// POSTs `body` to /inject over TLS, verifying the server as the API
-    /// server does: the bundle as `caBundle`, the Service's DNS name.
-    fn post(&self, body: &[u8]) -> Answer {
+    /// A TLS connection verified as the API server verifies the webhook:
+    /// the bundle as `caBundle`, the Service's DNS name.
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in self.cp.bundle() {
             roots.add(ca).unwrap();
@@ -50,15 +53,26 @@ impl Webhook {
         let name = rustls::pki_types::ServerName::try_from(palisade_inject::DEFAULT_WEBHOOK_DNS)
             .unwrap()
             .to_owned();
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS to the webhook, verified for the Service's name")
+    }
+
+    /// The serving certificate the webhook presents now.
+    fn serving_cert(&self) -> Vec<u8> {
+        palisade_tests::http::runtime().block_on(async {
+            let tls = self.connect().await;
+            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        })
+    }
+
+    /// POSTs `body` to /inject over a verified TLS connection.
+    fn post(&self, body: &[u8]) -> Answer {
         let body = body.to_vec();
-        let addr = self.addr;
         palisade_tests::http::runtime().block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .expect("TLS to the webhook, verified for the Service's name");
-            let mut client = Client::http1_on(tls).await;
+            let mut client = Client::http1_on(self.connect().await).await;
             client
                 .send(
                     "POST",
@@ -318,4 +332,20 @@ fn webhook_config_with_the_real_bundle_validates() {
         .unwrap();
     assert_eq!(String::from_utf8(pem).unwrap(), w.cp.bundle_pem());
     validate_objects(&[config]).passes();
+}
+
+#[test]
+fn webhook_certificate_is_renewed_before_it_expires() {
+    let w = Webhook::start_with(ControlPlaneSpec {
+        svid_ttl: "4s".into(),
+        ..ControlPlaneSpec::default()
+    });
+    let first = w.serving_cert();
+    // Past the first certificate's notAfter: a new one, still verified for
+    // the Service's name, and still answering reviews.
+    std::thread::sleep(Duration::from_secs(5));
+    let second = w.serving_cert();
+    assert_ne!(first, second);
+    let r = w.review(&bare_pod(json!({})));
+    assert_eq!(r["patchType"], "JSONPatch");
 }
