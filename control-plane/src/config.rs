@@ -106,6 +106,33 @@ pub struct Config {
     /// headers (so also the longest idle keep-alive) and to send a body.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     pub handshake_timeout: Duration,
+    #[command(flatten)]
+    pub webhook: WebhookConfig,
+}
+
+/// The sidecar-injecting admission webhook and what it gives pods (the same
+/// settings as `palisadectl inject`'s flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookConfig {
+    /// Address of the HTTPS mutating admission webhook (off when unset).
+    #[arg(long)]
+    pub webhook_listen: Option<SocketAddr>,
+    /// DNS name of the webhook's serving certificate, issued by this control
+    /// plane's CA: the name the API server calls, the Service's.
+    #[arg(long, default_value = palisade_inject::DEFAULT_WEBHOOK_DNS)]
+    pub webhook_dns: String,
+    /// Image of palisade-proxy in injected pods.
+    #[arg(long, default_value = palisade_inject::DEFAULT_PROXY_IMAGE)]
+    pub inject_proxy_image: String,
+    /// Image of the init program in injected pods.
+    #[arg(long, default_value = palisade_inject::DEFAULT_INIT_IMAGE)]
+    pub inject_init_image: String,
+    /// This control plane's workload API, as injected pods reach it.
+    #[arg(long, default_value = palisade_inject::DEFAULT_CONTROL_PLANE)]
+    pub inject_control_plane: String,
+    /// Put the proxy in `containers` instead of as a native sidecar.
+    #[arg(long)]
+    pub inject_legacy_sidecar: bool,
 }
 
 impl Config {
@@ -117,6 +144,18 @@ impl Config {
 
     pub fn bundle_path(&self) -> PathBuf {
         self.state_dir.join("bundle.pem")
+    }
+
+    /// What the webhook injects; the trust domain is this control plane's.
+    pub fn inject_settings(&self) -> palisade_inject::Settings {
+        let w = &self.webhook;
+        palisade_inject::Settings {
+            proxy_image: w.inject_proxy_image.clone(),
+            init_image: w.inject_init_image.clone(),
+            control_plane: w.inject_control_plane.clone(),
+            trust_domain: self.trust_domain.to_string(),
+            legacy_sidecar: w.inject_legacy_sidecar,
+        }
     }
 }
 
@@ -139,6 +178,23 @@ mod tests {
         assert_eq!(c.svid_ttl, Duration::from_secs(5400));
         assert_eq!(c.ca_ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(c.handshake_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_webhook_injects_with_inject_defaults_and_this_trust_domain() {
+        let c = Config::try_parse_from([
+            "palisade-control-plane",
+            "--state-dir=/s",
+            "--trust-domain=prod.example",
+            "--webhook-listen=0.0.0.0:8444",
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.webhook_dns, palisade_inject::DEFAULT_WEBHOOK_DNS);
+        let s = c.inject_settings();
+        assert_eq!(s.trust_domain, "prod.example");
+        assert_eq!(s.proxy_image, palisade_inject::DEFAULT_PROXY_IMAGE);
+        assert_eq!(s.control_plane, palisade_inject::DEFAULT_CONTROL_PLANE);
+        assert!(!s.legacy_sidecar);
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
 }
@@ -36,6 +41,8 @@ pub struct Metrics {
     pub policy_reload_errors: Family<ReasonLabel, Counter>,
     pub store_up: Gauge,
     pub store_errors: Family<ReasonLabel, Counter>,
+    pub webhook_reviews: Family<OutcomeLabel, Counter>,
+    pub webhook_errors: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,11 +58,13 @@ impl Default for Metrics {
             ca_rotations: registered(&mut r, "ca_rotations", "Signing CA rotations"),
             bundle_cas: registered(&mut r, "bundle_cas", "CA certificates in the trust bundle"),
             bundle_sequence: registered(&mut r, "bundle_sequence", "SPIFFE bundle sequence number"),
-            api_connections_open: registered(&mut r, "api_connections_open", "Open connections on the workload API port"),
+            api_connections_open: registered(&mut r, "api_connections_open", "Open connections on the workload API and webhook ports"),
             policy_dir_reads: registered(&mut r, "policy_dir_reads", "Reads of the stored policies (--policy-dir, or etcd) after a change to them, accepted or not"),
             policy_reload_errors: registered(&mut r, "policy_reload_errors", "Changes to --policy-dir rejected (the last good set is still served), by reason"),
             store_up: registered(&mut r, "store_up", "Whether the state store answered its last health check (0: not ready, issuance refused)"),
             store_errors: registered(&mut r, "store_errors", "Failed state store health checks and operations, by reason"),
+            webhook_reviews: registered(&mut r, "webhook_reviews", "AdmissionReviews answered (every pod is admitted), by outcome: injected, already_injected, opted_out, host_network, not_create, not_a_pod, bad_object"),
+            webhook_errors: registered(&mut r, "webhook_errors", "Admission webhook connections and requests that failed, by kind"),
             registry: r,
         }
     }
@@ -76,6 +85,10 @@ impl Metrics {
 
     pub fn api_error(&self, kind: &'static str) {
         self.api_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn webhook_error(&self, kind: &'static str) {
+        self.webhook_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn issued(&self, method: &'static str) {

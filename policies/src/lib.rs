@@ -7,6 +7,7 @@
 pub mod baseline;
 pub mod cases;
 mod compile;
+pub mod crd;
 mod decide;
 mod decision;
 pub mod diag;

@@ -17,6 +17,28 @@ pub(crate) mod fields {
     pub const BASELINE: &[&str] = &["mode"];
     pub const TARGET: &[&str] = &["identity", "namespace"];
     pub const RULE: &[&str] = &["name", "action", "from", "to", "ports", "http"];
+    /// `kubectl get -o yaml` output: `kind: List` and its `items`.
+    pub const LIST: &[&str] = &["apiVersion", "kind", "metadata", "items"];
+    /// A policy as the API server prints it: the document plus `status`.
+    pub const SERVER_DOC: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+    /// Its metadata: the document's plus what the API server adds.
+    pub const SERVER_METADATA: &[&str] = &[
+        "name",
+        "namespace",
+        "labels",
+        "annotations",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "finalizers",
+        "ownerReferences",
+        "generateName",
+        "selfLink",
+    ];
 }
 use fields::{
     BASELINE as BASELINE_FIELDS, DOC as DOC_FIELDS, METADATA as METADATA_FIELDS,
@@ -39,6 +61,17 @@ pub fn parse_documents(source_name: &str, text: &str) -> Result<Vec<PolicyDoc>, 
         cx.diags.sort_by_key(|d| d.pos);
         Err(cx.diags)
     }
+}
+
+/// Whether a document is `kind: List`.
+fn is_list(node: &Node) -> bool {
+    let Kind::Map(entries) = &node.kind else {
+        return false;
+    };
+    entries.iter().any(|(k, v)| {
+        matches!(&k.kind, Kind::Str(k) if k == "kind")
+            && matches!(&v.kind, Kind::Str(v) if v == "List")
+    })
 }
 
 /// Parsing context: the source name and the diagnostics found so far.
@@ -128,8 +161,57 @@ impl Cx {
         }
     }
 
-    fn document(&mut self, node: &Node) -> Option<PolicyDoc> {
-        let f = self.fields(node, "a policy document", DOC_FIELDS)?;
+    /// A policy document, or a `List` of them as `kubectl get -o yaml`
+    /// prints (each with the API server's metadata and `status`).
+    fn document(&mut self, node: &Node) -> Vec<PolicyDoc> {
+        if is_list(node) {
+            return self.list_items(node);
+        }
+        self.policy(node, false).into_iter().collect()
+    }
+
+    fn list_items(&mut self, node: &Node) -> Vec<PolicyDoc> {
+        let Some(f) = self.fields(node, "a List", fields::LIST) else {
+            return Vec::new();
+        };
+        match f.get("apiVersion") {
+            Some(v) => {
+                if let Some(s) = self.string(v, "`apiVersion`") {
+                    if s != "v1" {
+                        self.error(
+                            v.pos,
+                            format!("unsupported apiVersion `{s}` for a List, expected `v1`"),
+                        );
+                    }
+                }
+            }
+            None => self.error(f.pos, "missing field `apiVersion` (`v1`)"),
+        }
+        let Some(items) = f.require(self, "items") else {
+            return Vec::new();
+        };
+        match &items.kind {
+            Kind::Seq(items) => items.iter().filter_map(|i| self.policy(i, true)).collect(),
+            // `items: null` is how an empty list can print.
+            Kind::Null => Vec::new(),
+            other => {
+                self.error(
+                    items.pos,
+                    format!("`items` must be a list, found {}", other.describe()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// One policy; `from_server` allows the fields the API server adds.
+    fn policy(&mut self, node: &Node, from_server: bool) -> Option<PolicyDoc> {
+        let (doc_fields, metadata_fields) = if from_server {
+            (fields::SERVER_DOC, fields::SERVER_METADATA)
+        } else {
+            (DOC_FIELDS, METADATA_FIELDS)
+        };
+        let f = self.fields(node, "a policy document", doc_fields)?;
         let before = self.diags.len();
         match f.get("apiVersion") {
             Some(v) => {
@@ -157,7 +239,7 @@ impl Cx {
             }
             None => self.error(f.pos, format!("missing field `kind` (`{KIND}`)")),
         }
-        let (namespace, name) = self.metadata(&f)?;
+        let (namespace, name) = self.metadata(&f, metadata_fields)?;
         let spec = f.require(self, "spec")?;
         let spec = self.fields(spec, "`spec`", SPEC_FIELDS)?;
         let targets = self.targets(&spec);
@@ -201,9 +283,9 @@ impl Cx {
         }
     }
 
-    fn metadata(&mut self, doc: &Fields) -> Option<(String, String)> {
+    fn metadata(&mut self, doc: &Fields, allowed: &[&str]) -> Option<(String, String)> {
         let meta = doc.require(self, "metadata")?;
-        let meta = self.fields(meta, "`metadata`", METADATA_FIELDS)?;
+        let meta = self.fields(meta, "`metadata`", allowed)?;
         let name = meta
             .require(self, "name")
             .and_then(|n| self.object_name(n, "`metadata.name`"));

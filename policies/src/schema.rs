@@ -182,11 +182,12 @@ pub fn json_schema_text() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::parse::fields as parser;
 
-    fn keys(v: &Value) -> Vec<String> {
+    /// The property names of a schema node, sorted.
+    pub(crate) fn keys(v: &Value) -> Vec<String> {
         let mut k: Vec<String> = v["properties"]
             .as_object()
             .unwrap()
@@ -197,7 +198,7 @@ mod tests {
         k
     }
 
-    fn sorted(list: &[&str]) -> Vec<String> {
+    pub(crate) fn sorted(list: &[&str]) -> Vec<String> {
         let mut k: Vec<String> = list.iter().map(|s| s.to_string()).collect();
         k.sort();
         k

@@ -321,3 +321,36 @@ fn shadows_are_found_among_thousands_of_unrelated_denies() {
     assert!(warnings[0].to_string().contains("deny rule `block-web`"));
     assert!(warnings[1].to_string().contains("deny rule `block-net`"));
 }
+
+/// `kubectl get -o yaml` prints a `List`; its items may carry what the API
+/// server adds, and nothing else.
+#[test]
+fn a_list_of_server_objects_parses_and_its_mistakes_are_located() {
+    let item = |extra: &str| {
+        format!(
+            "- apiVersion: palisade.dev/v1alpha1\n  kind: SegmentationPolicy\n  metadata: {{name: p, namespace: shop, uid: u, resourceVersion: \"1\", generation: 2{extra}}}\n  spec:\n    targets: [{{identity: spiffe://td/ns/shop/sa/api}}]\n  status: {{observedGeneration: 2}}\n"
+        )
+    };
+    let list = |items: &str| {
+        format!("apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitems:\n{items}")
+    };
+    let docs = parse_documents("live.yaml", &list(&(item("") + &item("")))).unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1].pos.line, 11);
+
+    assert_eq!(
+        single_error(&list(&item(", colour: red"))),
+        "shop.yaml:7:85: error: unknown field `colour`, expected one of `name`, `namespace`, `labels`, `annotations`, `uid`, `resourceVersion`, `generation`, `creationTimestamp`, `deletionTimestamp`, `deletionGracePeriodSeconds`, `managedFields`, `finalizers`, `ownerReferences`, `generateName`, `selfLink`"
+    );
+    assert_eq!(
+        single_error("apiVersion: v2\nkind: List\nitems: []\n"),
+        "shop.yaml:1:13: error: unsupported apiVersion `v2` for a List, expected `v1`"
+    );
+    assert_eq!(
+        single_error("apiVersion: v1\nkind: List\nitems: {a: 1}\n"),
+        "shop.yaml:3:8: error: `items` must be a list, found a mapping"
+    );
+    // Outside a List, a policy file takes only the document's own fields.
+    let plain = format!("{HEADER}spec:\n{TARGETS}status: {{}}\n");
+    assert!(single_error(&plain).contains("unknown field `status`"));
+}

@@ -10,6 +10,7 @@ pub mod cp;
 pub mod ctl;
 pub mod etcd;
 pub mod http;
+pub mod kube;
 pub mod lenient;
 pub mod netns;
 pub mod pki;

@@ -60,6 +60,97 @@ fn check_rejects_mistakes_with_file_line_col_and_exit_one() {
         .prints(&format!("{f}:10:7: error: unknown field `prots`, did you mean `ports`?"));
 }
 
+/// What `kubectl get segmentationpolicies -A -o yaml` prints: a `List`
+/// whose items carry the API server's metadata and the control plane's
+/// status. `{bad}` goes into the second item's spec.
+fn kubectl_list(bad: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+items:
+- apiVersion: palisade.dev/v1alpha1
+  kind: SegmentationPolicy
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {{"apiVersion":"palisade.dev/v1alpha1","kind":"SegmentationPolicy"}}
+    creationTimestamp: "2026-11-30T09:12:44Z"
+    generation: 3
+    managedFields:
+    - apiVersion: palisade.dev/v1alpha1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:spec:
+          f:targets: {{}}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: "2026-11-30T09:12:44Z"
+    name: api
+    namespace: shop
+    resourceVersion: "48211"
+    uid: 6b1c8f0e-2f4c-4b9e-9d55-0c2f4e1b7a10
+  spec:
+    mode: enforce
+    targets:
+    - identity: spiffe://cluster.local/ns/shop/sa/api
+    ingress:
+    - name: from-frontend
+      action: allow
+      from:
+      - identity: spiffe://cluster.local/ns/shop/sa/frontend
+      ports: [8080]
+  status:
+    observedGeneration: 3
+    conditions:
+    - type: Accepted
+      status: "True"
+      reason: Valid
+      message: ""
+      lastTransitionTime: "2026-11-30T09:12:45Z"
+- apiVersion: palisade.dev/v1alpha1
+  kind: SegmentationPolicy
+  metadata:
+    creationTimestamp: "2026-11-30T09:13:02Z"
+    generation: 1
+    name: db
+    namespace: shop
+    resourceVersion: "48230"
+    uid: 0a3e2d71-93b5-4a8f-8f7e-5d0b6f1c2e44
+  spec:
+    targets:
+    - identity: spiffe://cluster.local/ns/shop/sa/db
+    egress: []
+{bad}kind: List
+metadata:
+  resourceVersion: ""
+"#
+    )
+}
+
+#[test]
+fn check_accepts_what_kubectl_get_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.yaml");
+    std::fs::write(&file, kubectl_list("")).unwrap();
+    palisadectl(&["policy", "check", file.to_str().unwrap()])
+        .exits(0)
+        .prints("ok: 2 policies, 1 rules in 1 file(s)");
+}
+
+#[test]
+fn check_of_a_kubectl_list_names_the_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("live.yaml");
+    let bad = "    ingress:\n    - name: x\n      action: permit\n  spec2: {}\n";
+    std::fs::write(&file, kubectl_list(bad)).unwrap();
+    let f = file.display();
+    palisadectl(&["policy", "check", file.to_str().unwrap()])
+        .exits(1)
+        .prints(&format!(
+            "{f}:57:15: error: unknown action `permit`, expected one of `allow`, `deny`"
+        ))
+        .prints(&format!("{f}:58:3: error: unknown field `spec2`, did you mean `spec`? expected one of `apiVersion`, `kind`, `metadata`, `spec`, `status`"));
+}
+
 #[test]
 fn check_of_an_empty_directory_warns_that_a_proxy_refuses_it_without_the_marker() {
     let dir = tempfile::tempdir().unwrap();

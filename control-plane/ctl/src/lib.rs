@@ -10,6 +10,7 @@ pub mod local;
 pub mod policy;
 pub mod token;
 pub mod up;
+pub mod webhook;
 
 /// Whether `e` is stdout closed by its reader (`palisadectl … | head`): the
 /// rest of the output is not wanted, so the command ends quietly with 0.

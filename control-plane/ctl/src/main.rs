@@ -36,6 +36,9 @@ enum Cmd {
     Up(cli::up::UpArgs),
     /// Add the Palisade init container and sidecar to Kubernetes manifests.
     Inject(cli::inject::InjectArgs),
+    /// The Kubernetes admission webhook that injects sidecars.
+    #[command(subcommand)]
+    Webhook(cli::webhook::WebhookCmd),
 }
 
 #[tokio::main]
@@ -55,6 +58,7 @@ async fn main() {
         Cmd::Baseline(c) => cli::baseline::run(c).await,
         Cmd::Up(a) => cli::up::run(a).await.map(|()| 0),
         Cmd::Inject(a) => cli::inject::run(a),
+        Cmd::Webhook(c) => cli::webhook::run(c).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -25,7 +25,8 @@ pub(crate) const DEFAULT_POLICY: &str = "all-authenticated";
 pub enum PolicyCmd {
     /// Validate policy files or directories; exit 0 when valid, 1 when not.
     Check {
-        /// Policy files, multi-document files or directories of *.yaml/*.yml.
+        /// Policy files, multi-document files or directories of *.yaml/*.yml;
+        /// a file may be a `List`, as `kubectl get segmentationpolicies -o yaml` prints.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -63,6 +64,9 @@ pub enum PolicyCmd {
     },
     /// Print the JSON Schema of the policy language (for editors and linters).
     Schema,
+    /// Print the SegmentationPolicy CustomResourceDefinition (YAML), made
+    /// from the same schema.
+    Crd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +179,10 @@ pub async fn run(cmd: PolicyCmd) -> anyhow::Result<i32> {
         } => diff(&old, &new, default_policy, output, exit_code),
         PolicyCmd::Schema => {
             print!("{}", palisade_policy::schema::json_schema_text());
+            Ok(0)
+        }
+        PolicyCmd::Crd => {
+            print!("{}", palisade_policy::crd::crd_yaml());
             Ok(0)
         }
     }

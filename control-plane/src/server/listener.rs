@@ -15,13 +15,41 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::{workload, State};
+use super::{webhook, workload, State};
 
 /// Largest request head (request line plus headers) hyper buffers.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Serves the HTTPS workload API until the process exits.
-pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
+/// The HTTPS ports: each has its own TLS config, routes and error metric.
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    /// The workload API.
+    Api,
+    /// The admission webhook (only bound when configured).
+    Webhook,
+}
+
+impl Port {
+    fn error(self, state: &State, kind: &'static str) {
+        match self {
+            Port::Api => state.metrics.api_error(kind),
+            Port::Webhook => state.metrics.webhook_error(kind),
+        }
+    }
+
+    fn tls(self, state: &State) -> Arc<rustls::ServerConfig> {
+        match self {
+            Port::Api => state.tls.load().config.clone(),
+            Port::Webhook => {
+                let w = state.webhook.as_ref().expect("bound only when configured");
+                w.tls.load().config.clone()
+            }
+        }
+    }
+}
+
+/// Serves one HTTPS port until the process exits.
+pub async fn serve_tls(listener: TcpListener, state: Arc<State>, port: Port) {
     let max = state.config.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut refused = Refusals::default();
@@ -39,19 +67,19 @@ pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                state.metrics.api_error("accept");
+                port.error(&state, "accept");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            state.metrics.api_error("connection_limit");
+            port.error(&state, "connection_limit");
             refuse(tcp);
             refused.count += 1;
             refused.log_if_due(max);
             continue;
         };
-        tokio::spawn(serve_conn(state.clone(), tcp, permit));
+        tokio::spawn(serve_conn(state.clone(), tcp, permit, port));
     }
 }
 
@@ -138,21 +166,21 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePermit, port: Port) {
     state.metrics.api_connections_open.inc();
     let _open = OpenGuard(state.clone());
     let _ = tcp.set_nodelay(true);
     let deadline = state.config.handshake_timeout;
-    let acceptor = TlsAcceptor::from(state.tls.load().config.clone());
+    let acceptor = TlsAcceptor::from(port.tls(&state));
     let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
-            state.metrics.api_error("tls_handshake");
+            port.error(&state, "tls_handshake");
             return;
         }
         Err(_) => {
-            state.metrics.api_error("handshake_timeout");
+            port.error(&state, "handshake_timeout");
             return;
         }
     };
@@ -167,7 +195,13 @@ async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePe
     let svc = service_fn(move |req| {
         let state = svc_state.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(workload::handle(&state, peer.as_ref().as_ref(), req).await) }
+        async move {
+            let resp = match port {
+                Port::Api => workload::handle(&state, peer.as_ref().as_ref(), req).await,
+                Port::Webhook => webhook::handle(&state, req).await,
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -184,7 +218,7 @@ async fn serve_conn(state: Arc<State>, tcp: TcpStream, _permit: OwnedSemaphorePe
             "connection"
         };
         tracing::debug!(error = %e, kind, "connection ended with an error");
-        state.metrics.api_error(kind);
+        port.error(&state, kind);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod listener;
 pub mod tls;
+pub mod webhook;
 pub mod workload;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -67,6 +68,8 @@ pub struct State {
     /// The stored policies (`--policy-dir` or etcd), served at GET /v1/policies.
     pub policies: Option<Arc<PolicyStore>>,
     pub tls: ArcSwap<ServingTls>,
+    /// The admission webhook, with `--webhook-listen`.
+    pub webhook: Option<webhook::Webhook>,
     pub control_plane_id: SpiffeId,
     /// The latest security events workloads POSTed.
     pub events: events::EventLog,
@@ -108,6 +111,7 @@ impl State {
             None
         };
         let serving = tls::build(&authority)?;
+        let webhook = webhook::Webhook::new(&config, &authority)?;
         let control_plane_id = tls::control_plane_id(&authority);
         let baselines = baselines::Baselines::open(store.clone()).await?;
         let state = State {
@@ -121,6 +125,7 @@ impl State {
             endpoints: Arc::new(EndpointMap::default()),
             policies,
             tls: ArcSwap::from_pointee(serving),
+            webhook,
             control_plane_id,
             events: events::EventLog::default(),
             baselines,
@@ -193,20 +198,27 @@ impl State {
         self.metrics.bundle_sequence.set(set.bundle_sequence as i64);
     }
 
-    /// Rebuilds the serving TLS config if the bundle changed or the serving
-    /// SVID passed half-life (or always, with `force`).
+    /// Rebuilds the serving TLS configs (API and webhook) if the bundle
+    /// changed or the serving SVID passed half-life (or always, with `force`).
     pub fn refresh_tls(&self, force: bool) {
         let seq = self.authority.snapshot().bundle_sequence;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if !force && !self.tls.load().is_stale(seq, now) {
-            return;
-        }
-        match tls::build(&self.authority) {
-            Ok(t) => self.tls.store(Arc::new(t)),
-            // The current config stays in use; the next tick tries again.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot renew the control plane's serving certificate")
+        let renew = |current: &ArcSwap<ServingTls>,
+                     build: &dyn Fn() -> Result<ServingTls, TlsError>| {
+            if !force && !current.load().is_stale(seq, now) {
+                return;
             }
+            match build() {
+                Ok(t) => current.store(Arc::new(t)),
+                // The current config stays in use; the next tick tries again.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot renew the control plane's serving certificate")
+                }
+            }
+        };
+        renew(&self.tls, &|| tls::build(&self.authority));
+        if let Some(w) = &self.webhook {
+            renew(&w.tls, &|| tls::build_webhook(&self.authority, &w.dns));
         }
         self.record_bundle();
     }
@@ -268,13 +280,24 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             .map_err(|e| ServerError::Bind(addr.to_string(), e))?;
         tokio::spawn(listener::serve_metrics(l, state.clone()));
     }
-    tokio::spawn(listener::serve_api(api, state.clone()));
+    if let Some(addr) = state.config.webhook.webhook_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Bind(addr.to_string(), e))?;
+        tokio::spawn(listener::serve_tls(
+            l,
+            state.clone(),
+            listener::Port::Webhook,
+        ));
+    }
+    tokio::spawn(listener::serve_tls(api, state.clone(), listener::Port::Api));
     tokio::spawn(admin::serve(admin, state.clone()));
     tokio::spawn(state.clone().maintain());
 
     let set = state.authority.snapshot();
     tracing::info!(
         listen = %listen,
+        webhook = ?state.config.webhook.webhook_listen,
         admin_socket = %admin_path.display(),
         trust_domain = %state.authority.trust_domain(),
         store = state.store.kind(),
