@@ -1,0 +1,171 @@
+"""An app's view of the sidecar's SPIFFE Workload API, through py-spiffe
+(`pip install spiffe`) and raw grpcio calls, for tests/tests/workload_api.rs.
+It reports what it saw as one JSON object on stdout; the Rust test asserts.
+The socket comes from SPIFFE_ENDPOINT_SOCKET, as an app's would.
+
+  fetch SIDECAR_ADDR     one X509-SVID, checked against its bundle, and the
+                         certificate the sidecar itself presents on SIDECAR_ADDR
+  rotations COUNT SECS   stream until COUNT distinct SVIDs arrived (or SECS)
+  raw                    calls with and without the security header, and a JWT call
+  hold                   open a FetchX509SVID stream, print `ready` once the first
+                         message is in, and report how the stream ended
+"""
+
+import hashlib
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.verification import PolicyBuilder, Store
+from spiffe import WorkloadApiClient
+
+
+def spki(public_key):
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def uri_sans(cert):
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def describe(svid, bundle):
+    """What an app checks: the chain verifies against the bundle of its
+    trust domain, and the private key is the leaf's."""
+    leaf = svid.leaf
+    try:
+        verifier = PolicyBuilder().store(Store(list(bundle.x509_authorities))).build_client_verifier()
+        verifier.verify(leaf, svid.cert_chain[1:])
+        verifies = "ok"
+    except Exception as e:  # the reason goes into the report
+        verifies = f"{type(e).__name__}: {e}"
+    return {
+        "spiffe_id": str(svid.spiffe_id),
+        "leaf_uri_sans": uri_sans(leaf),
+        "chain_len": len(svid.cert_chain),
+        "serial": format(leaf.serial_number, "x"),
+        "leaf_spki_sha256": spki(leaf.public_key()),
+        "key_spki_sha256": spki(svid.private_key.public_key()),
+        "chain_verifies": verifies,
+    }
+
+
+def context_report(ctx):
+    svid = ctx.default_svid
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    return describe(svid, bundle)
+
+
+def sidecar_certificate(addr):
+    """The certificate the sidecar presents to peers (TLS 1.3: it arrives
+    before the sidecar asks for ours)."""
+    host, port = addr.rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return {"uri_sans": uri_sans(cert), "spki_sha256": spki(cert.public_key())}
+
+
+def fetch(sidecar_addr):
+    with WorkloadApiClient(default_timeout=20) as client:
+        report = context_report(client.fetch_x509_context())
+        bundles = client.fetch_x509_bundles()
+        report["bundle_trust_domains"] = sorted(str(b.trust_domain) for b in bundles.bundles)
+    report["sidecar"] = sidecar_certificate(sidecar_addr)
+    return report
+
+
+def rotations(count, seconds):
+    seen = {}
+    errors = []
+    done = threading.Event()
+
+    def on_success(ctx):
+        r = context_report(ctx)
+        seen.setdefault(r["serial"], r)
+        if len(seen) >= count:
+            done.set()
+
+    def on_error(e):
+        errors.append(str(e))
+        done.set()
+
+    client = WorkloadApiClient()
+    handle = client.stream_x509_contexts(on_success, on_error, retry_connect=False)
+    done.wait(seconds)
+    handle.cancel()
+    client.close()
+    return {"svids": list(seen.values()), "errors": errors}
+
+
+RAW = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
+HEADER = [("workload.spiffe.io", "true")]
+
+
+def raw_channel():
+    """A channel without py-spiffe, which always adds the header."""
+    return grpc.insecure_channel("unix:" + os.environ["SPIFFE_ENDPOINT_SOCKET"].removeprefix("unix://"))
+
+
+def raw():
+    out = {}
+    with raw_channel() as channel:
+        svid = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID", **RAW)
+        for name, metadata in [("no_header", None), ("header_false", [("workload.spiffe.io", "false")])]:
+            try:
+                next(iter(svid(b"", metadata=metadata, timeout=10)))
+                out[name] = {"code": "OK"}
+            except grpc.RpcError as e:
+                out[name] = {"code": e.code().name, "details": e.details()}
+        first = next(iter(svid(b"", metadata=HEADER, timeout=10)))
+        out["with_header_bytes"] = len(first)
+        jwt = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID", **RAW)
+        try:
+            jwt(b"", metadata=HEADER, timeout=10)
+            out["jwt"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            out["jwt"] = {"code": e.code().name, "details": e.details()}
+    return out
+
+
+def hold():
+    with raw_channel() as channel:
+        stream = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID", **RAW)(b"", metadata=HEADER, timeout=60)
+        next(stream)
+        print("ready", flush=True)
+        try:
+            for _ in stream:
+                pass
+            return {"ended": "OK"}
+        except grpc.RpcError as e:
+            return {"ended": e.code().name, "details": e.details()}
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "fetch":
+        report = fetch(args[0])
+    elif cmd == "rotations":
+        report = rotations(int(args[0]), float(args[1]))
+    elif cmd == "raw":
+        report = raw()
+    elif cmd == "hold":
+        report = hold()
+    else:
+        sys.exit(f"unknown command {cmd}")
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
