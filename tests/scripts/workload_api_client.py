@@ -7,6 +7,8 @@ The socket comes from SPIFFE_ENDPOINT_SOCKET, as an app's would.
                          certificate the sidecar itself presents on SIDECAR_ADDR
   rotations COUNT SECS   stream until COUNT distinct SVIDs arrived (or SECS)
   raw                    calls with and without the security header, and a JWT call
+  bundles COUNT SECS     stream FetchX509Bundles until COUNT messages (or SECS), printing
+                         `ready` once the first is in
   hold                   open a FetchX509SVID stream, print `ready` once the first
                          message is in, and report how the stream ended
 """
@@ -23,7 +25,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import PolicyBuilder, Store
-from spiffe import WorkloadApiClient
+from spiffe import TrustDomain, WorkloadApiClient, X509Bundle
+from spiffe._proto import workload_pb2
 
 
 def spki(public_key):
@@ -139,6 +142,29 @@ def raw():
     return out
 
 
+def bundles(count, seconds):
+    out = {"bundles": []}
+    with raw_channel() as channel:
+        stream = channel.unary_stream(
+            "/SpiffeWorkloadAPI/FetchX509Bundles",
+            request_serializer=lambda b: b,
+            response_deserializer=workload_pb2.X509BundlesResponse.FromString,
+        )(b"", metadata=HEADER, timeout=seconds)
+        try:
+            for msg in stream:
+                out["bundles"].append({
+                    td: len(X509Bundle.parse_raw(TrustDomain(td), der).x509_authorities)
+                    for td, der in msg.bundles.items()
+                })
+                if len(out["bundles"]) == 1:
+                    print("ready", flush=True)
+                if len(out["bundles"]) >= count:
+                    break
+        except grpc.RpcError as e:
+            out["error"] = e.code().name
+    return out
+
+
 def hold():
     with raw_channel() as channel:
         stream = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID", **RAW)(b"", metadata=HEADER, timeout=60)
@@ -160,6 +186,8 @@ def main():
         report = rotations(int(args[0]), float(args[1]))
     elif cmd == "raw":
         report = raw()
+    elif cmd == "bundles":
+        report = bundles(int(args[0]), float(args[1]))
     elif cmd == "hold":
         report = hold()
     else:

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
@@ -61,6 +61,25 @@ impl App {
                 format!("unix://{}", self.socket.display()),
             );
         c
+    }
+
+    /// Starts the client and waits until it prints `ready`.
+    fn start_client(&self, args: &[&str]) -> Child {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.trim() != "ready" {
+            let out = child.wait_with_output().unwrap();
+            panic!("{args:?}: {first}{}", String::from_utf8_lossy(&out.stderr));
+        }
+        child
     }
 
     /// Runs the client to the end; its JSON report.
@@ -141,11 +160,43 @@ fn an_open_stream_receives_a_new_svid_with_a_new_key_on_every_rotation() {
         app.proxy.metric("identity_cert_refresh_total", &[]) >= 3.0,
         "the sidecar rotated as often"
     );
+    eventually(
+        "the stream to close with the client",
+        Duration::from_secs(10),
+        || {
+            let open = app
+                .proxy
+                .metric("workload_api_streams", &[("method", "FetchX509SVID")]);
+            (open == 0.0).then_some(())
+        },
+    );
+}
+
+#[test]
+fn an_open_bundle_stream_stays_quiet_while_svids_rotate_under_the_same_ca() {
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
+        svid_ttl: "4s".into(),
+        ..Default::default()
+    });
+    let app = App::start(&cp);
+    let rotations = || app.proxy.metric("workload_api_svid_refresh_total", &[]);
+    let before = rotations();
+    // Waits 10 s for a second message.
+    let r = app.client(&["bundles", "2", "10"]);
+
     assert_eq!(
-        app.proxy
-            .metric("workload_api_streams", &[("method", "FetchX509SVID")]),
-        0.0,
-        "the stream closed with the client"
+        r["bundles"],
+        serde_json::json!([{"spiffe://cluster.local": 1}]),
+        "{r}"
+    );
+    assert_eq!(r["error"], "DEADLINE_EXCEEDED", "{r}");
+    assert!(
+        rotations() >= before + 3.0,
+        "the app's SVID rotated meanwhile"
+    );
+    assert_eq!(
+        app.proxy.metric("workload_api_bundles_served_total", &[]),
+        1.0
     );
 }
 
@@ -187,17 +238,7 @@ fn the_socket_is_world_connectable_only_the_sidecar_can_replace_it_and_drain_rem
 
     // A stream open across the drain ends cleanly instead of holding it up.
     let args = ["hold"];
-    let mut holder = app
-        .command(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut first = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert_eq!(first.trim(), "ready");
+    let holder = app.start_client(&args);
     assert_eq!(
         app.proxy
             .metric("workload_api_streams", &[("method", "FetchX509SVID")]),

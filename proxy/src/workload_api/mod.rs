@@ -4,6 +4,7 @@
 //! message on each change; the JWT methods answer UNIMPLEMENTED. Every call
 //! must carry the spec's security header.
 
+pub mod authority;
 mod socket;
 
 use std::collections::HashMap;
@@ -11,9 +12,11 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::net::UnixStream;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -70,12 +73,41 @@ pub async fn serve(api: WorkloadApi, listener: tokio::net::UnixListener, path: P
         stop.cancelled().await;
         socket::remove(&path);
     };
+    let incoming = UnixListenerStream::new(listener).map_ok(through_authority_fix);
     let served = tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(svc, UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(svc, incoming, shutdown)
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "the Workload API server stopped");
     }
+}
+
+/// The app's connection as the server reads it: its requests through
+/// [`authority::relay`], the answers copied back.
+fn through_authority_fix(app: UnixStream) -> DuplexStream {
+    let (server_side, ours) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let (app_read, mut app_write) = app.into_split();
+        let (mut ours_read, mut ours_write) = tokio::io::split(ours);
+        let up = async {
+            if let Err(e) = authority::relay(app_read, &mut ours_write).await {
+                tracing::debug!(error = %e, "Workload API connection ended");
+            }
+            let _ = ours_write.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut ours_read, &mut app_write).await;
+            let _ = app_write.shutdown().await;
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            // The app is done sending: keep delivering the answers.
+            _ = &mut up => down.await,
+            // The server is done: nothing more will be answered.
+            _ = &mut down => {}
+        }
+    });
+    server_side
 }
 
 #[tonic::async_trait]
