@@ -204,9 +204,11 @@ mod tests {
         out.to_vec()
     }
 
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// What the server sees: every header block decoded, every other frame
     /// kind with its payload.
-    fn server_view(bytes: &[u8]) -> Vec<(u8, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
+    fn server_view(bytes: &[u8]) -> Vec<(u8, Headers, Vec<u8>)> {
         assert_eq!(&bytes[..PREFACE_LEN], PREFACE);
         let mut rest = &bytes[PREFACE_LEN..];
         let mut decoder = Decoder::new();
@@ -256,7 +258,7 @@ mod tests {
         input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &again));
         let seen = server_view(&relayed(&input).await.unwrap());
 
-        let expected: Vec<(Vec<u8>, Vec<u8>)> = request
+        let expected: Headers = request
             .iter()
             .map(|(n, v)| {
                 let v: &[u8] = if *n == b":authority" { b"localhost" } else { v };
