@@ -121,6 +121,24 @@ def raw_channel():
     return grpc.insecure_channel("unix:" + os.environ["SPIFFE_ENDPOINT_SOCKET"].removeprefix("unix://"))
 
 
+def broken_framing():
+    """A CONTINUATION frame with no HEADERS before it: the sidecar should
+    close the connection."""
+    path = os.environ["SPIFFE_ENDPOINT_SOCKET"].removeprefix("unix://")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 1, 9, 4, 0, 0, 0, 1, 0x82]))
+        try:
+            while s.recv(4096):
+                pass
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            pass
+        return True
+
+
 def raw():
     out = {}
     with raw_channel() as channel:
@@ -132,6 +150,7 @@ def raw():
             except grpc.RpcError as e:
                 out[name] = {"code": e.code().name, "details": e.details()}
         first = next(iter(svid(b"", metadata=HEADER, timeout=10)))
+        out["broken_framing_closed"] = broken_framing()
         out["with_header_bytes"] = len(first)
         jwt = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID", **RAW)
         try:

@@ -223,6 +223,8 @@ fn a_call_without_the_security_header_is_refused_and_counted() {
     };
     assert_eq!(refusals("missing_security_header"), 2.0);
     assert_eq!(refusals("unimplemented"), 1.0);
+    assert_eq!(r["broken_framing_closed"], true, "{r}");
+    assert_eq!(refusals("malformed_http2"), 1.0);
 }
 
 #[test]

@@ -15,7 +15,8 @@ pub struct MethodLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// `missing_security_header` or `unimplemented` (the JWT methods).
+    /// `missing_security_header`, `unimplemented` (the JWT methods) or
+    /// `malformed_http2` (a connection whose framing the relay refused).
     pub reason: &'static str,
 }
 

@@ -58,6 +58,7 @@ pub struct WorkloadApi {
 pub async fn serve(api: WorkloadApi, listener: tokio::net::UnixListener, path: PathBuf) {
     let stop = api.stop.clone();
     let metrics = api.metrics.clone();
+    let api_metrics = api.metrics.clone();
     let svc = SpiffeWorkloadApiServer::with_interceptor(api, move |req: Request<()>| {
         match req.metadata().get(SECURITY_HEADER) {
             Some(v) if v == "true" => Ok(req),
@@ -73,7 +74,9 @@ pub async fn serve(api: WorkloadApi, listener: tokio::net::UnixListener, path: P
         stop.cancelled().await;
         socket::remove(&path);
     };
-    let incoming = UnixListenerStream::new(listener).map_ok(through_authority_fix);
+    let relay_metrics = api_metrics.clone();
+    let incoming = UnixListenerStream::new(listener)
+        .map_ok(move |app| through_authority_fix(app, relay_metrics.clone()));
     let served = tonic::transport::Server::builder()
         .serve_with_incoming_shutdown(svc, incoming, shutdown)
         .await;
@@ -83,15 +86,23 @@ pub async fn serve(api: WorkloadApi, listener: tokio::net::UnixListener, path: P
 }
 
 /// The app's connection as the server reads it: its requests through
-/// [`authority::relay`], the answers copied back.
-fn through_authority_fix(app: UnixStream) -> DuplexStream {
+/// [`authority::relay`], the answers copied back. Broken HTTP/2 framing
+/// ends the connection and is counted.
+fn through_authority_fix(app: UnixStream, metrics: Arc<Metrics>) -> DuplexStream {
     let (server_side, ours) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         let (app_read, mut app_write) = app.into_split();
         let (mut ours_read, mut ours_write) = tokio::io::split(ours);
         let up = async {
-            if let Err(e) = authority::relay(app_read, &mut ours_write).await {
-                tracing::debug!(error = %e, "Workload API connection ended");
+            match authority::relay(app_read, &mut ours_write).await {
+                Ok(()) => {}
+                Err(authority::FrameError::Io(e)) => {
+                    tracing::debug!(error = %e, "Workload API connection ended");
+                }
+                Err(e) => {
+                    metrics.workload_api.refused("malformed_http2");
+                    tracing::info!(error = %e, "Workload API connection refused");
+                }
             }
             let _ = ours_write.shutdown().await;
         };
