@@ -60,6 +60,7 @@ impl Admin {
             },
             "max_connections": cfg.max_connections,
             "drain_grace_period": duration::format(&cfg.drain_grace_period),
+            "workload_api_socket": cfg.workload_api.socket_path(),
         });
         Admin {
             rt,

@@ -20,6 +20,7 @@ pub mod outbound;
 pub mod policy;
 pub mod tls;
 pub mod transparent;
+pub mod workload_api;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,16 +10,18 @@ use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use palisade_proxy::config::{Config, Interception};
 use palisade_proxy::events::{ControlPlaneLink, Emitter};
 use palisade_proxy::http::Http;
+use palisade_proxy::identity::app::AppIdentity;
 use palisade_proxy::identity::{AttestationSource, ControlPlane, IdentityManager};
 use palisade_proxy::metrics::Metrics;
 use palisade_proxy::outbound::{endpoints, EndpointMap};
 use palisade_proxy::tls::Bundle;
+use palisade_proxy::workload_api::{self, WorkloadApi};
 use palisade_proxy::{admin, baseline, drain, inbound, outbound, policy, Runtime};
 
 /// Palisade's sidecar: SPIFFE mTLS between workloads. Settings and their
@@ -214,6 +216,31 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     for (name, addr) in &listeners {
         tracing::info!(listener = %name, address = %addr, "listening");
     }
+    let (renewed, renewed_rx) = watch::channel(0);
+    let mut workload_api_task = None;
+    if let Some(path) = cfg.workload_api.socket_path() {
+        let listener = workload_api::bind(path)?;
+        tracing::info!(listener = "workload_api", path = %path.display(), "listening");
+        let (publish, svids) = watch::channel(None);
+        let app = AppIdentity {
+            cp: cp.clone(),
+            sidecar: creds.clone(),
+            renewed: renewed_rx,
+            publish,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(app.run(background.clone()));
+        let api = WorkloadApi {
+            svids,
+            metrics: metrics.clone(),
+            stop: rt.drain.stop_accepting().clone(),
+        };
+        workload_api_task = Some(tokio::spawn(workload_api::serve(
+            api,
+            listener,
+            path.to_owned(),
+        )));
+    }
 
     let admin = Arc::new(admin::Admin::new(
         rt.clone(),
@@ -229,6 +256,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         accepted: cfg.identity.accepted_trust_domains.clone().into(),
         cell: creds,
         metrics,
+        renewed,
     };
     tokio::spawn(manager.run(background.clone()));
 
@@ -237,6 +265,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = rt.drain.requested() => {}
     }
     let left = rt.drain.run(cfg.drain_grace_period).await;
+    if let Some(task) = workload_api_task {
+        // Its streams end with the drain; the socket is gone once it returns.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     // Denials raised while draining still reach the sinks.
     rt.events
         .flush(cfg.drain_grace_period.min(Duration::from_secs(5)))

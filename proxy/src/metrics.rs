@@ -5,6 +5,7 @@
 pub mod baseline;
 pub mod http;
 pub mod policy;
+pub mod workload_api;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub http: http::HttpMetrics,
     /// Learned-baseline entries, deviations and status.
     pub baseline: baseline::BaselineMetrics,
+    /// The SPIFFE Workload API and the app's SVID.
+    pub workload_api: workload_api::WorkloadApiMetrics,
     /// Indexed by [`Self::slot`]: (direction, tls).
     cache: [ArcSwap<PeerMap>; 4],
 }
@@ -117,6 +120,7 @@ impl Metrics {
             policy: Default::default(),
             http: Default::default(),
             baseline: Default::default(),
+            workload_api: Default::default(),
             cache: Default::default(),
             registry: Registry::default(),
         };
@@ -176,6 +180,7 @@ impl Metrics {
         m.policy.register(&mut registry);
         m.http.register(&mut registry);
         m.baseline.register(&mut registry);
+        m.workload_api.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -177,6 +177,7 @@ async fn the_sidecar_reports_its_baseline_with_its_own_svid() {
         accepted: Arc::from([cp.trust_domain()]),
         cell: creds.clone(),
         metrics: Arc::new(Metrics::new()),
+        renewed: Default::default(),
     }
     .refresh()
     .await

@@ -163,6 +163,7 @@ async fn the_proxys_control_plane_sink_delivers_its_events_to_the_collector() {
         accepted: Arc::from([cp.trust_domain()]),
         cell: creds.clone(),
         metrics: Arc::new(Metrics::new()),
+        renewed: Default::default(),
     }
     .refresh()
     .await

@@ -231,6 +231,8 @@ mod tests {
             ),
             ("PALISADE_BASELINE_INSTANCE", "baseline.instance"),
             ("PALISADE_BASELINE_MERGE_FROM", "baseline.merge_from"),
+            ("PALISADE_WORKLOAD_API_ENABLED", "workload_api.enabled"),
+            ("PALISADE_WORKLOAD_API_SOCKET", "workload_api.socket"),
             (
                 "PALISADE_BASELINE_RATE_SPIKE_WARMUP",
                 "baseline.rate_spike.warmup",

@@ -18,6 +18,7 @@ mod env;
 pub mod http;
 mod interception;
 pub mod policy;
+pub mod workload_api;
 
 pub use self::baseline::BaselineConfig;
 pub use self::http::{AccessLogConfig, HttpConfig, Protocol};
@@ -26,6 +27,7 @@ pub use interception::{
     TransparentInbound, TransparentOutbound, Unmeshed,
 };
 pub use policy::{PolicyConfig, SourceKind};
+pub use workload_api::WorkloadApiConfig;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,8 @@ pub struct Config {
     /// Security events (OCSF JSON lines) and where they go.
     pub baseline: BaselineConfig,
     pub events: crate::events::EventsConfig,
+    /// The SPIFFE Workload API for the app (off unless enabled).
+    pub workload_api: WorkloadApiConfig,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             access_log: AccessLogConfig::default(),
             baseline: BaselineConfig::default(),
             events: Default::default(),
+            workload_api: WorkloadApiConfig::default(),
         }
     }
 }
@@ -218,6 +223,7 @@ impl Config {
         self.http.validate().map_err(ConfigError::Invalid)?;
         self.access_log.validate().map_err(ConfigError::Invalid)?;
         self.baseline.validate().map_err(ConfigError::Invalid)?;
+        self.workload_api.validate().map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
         }

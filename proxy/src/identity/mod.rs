@@ -18,9 +18,12 @@ use rcgen::KeyPair;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use palisade_identity::client::workload::{ControlPlane, CpError};
+
+pub mod app;
 
 use crate::metrics::Metrics;
 use crate::tls::{self, Bundle, Credentials, Svid};
@@ -97,6 +100,8 @@ pub struct IdentityManager {
     pub accepted: Arc<[TrustDomain]>,
     pub cell: CredentialsCell,
     pub metrics: Arc<Metrics>,
+    /// Counts the SVIDs published in `cell`; the app's SVID follows it.
+    pub renewed: watch::Sender<u64>,
 }
 
 impl IdentityManager {
@@ -152,59 +157,70 @@ impl IdentityManager {
         };
         let creds = Arc::new(self.validate(resp, key, usable.map(|c| &c.svid.id))?);
         self.cell.store(Some(creds.clone()));
+        self.renewed.send_modify(|n| *n += 1);
         self.metrics.cert_refresh.inc();
         self.metrics.cert_expiration.set(creds.svid.expires_at);
         Ok(creds)
     }
 
-    /// Refuse anything but a well-formed SVID for our key, chaining to the
-    /// bundle that came with it, for the identity we already had (if any).
+    /// The sidecar's credentials from a checked answer.
     fn validate(
         &self,
         resp: SvidResponse,
         key: KeyPair,
         previous: Option<&SpiffeId>,
     ) -> Result<Credentials, IdentityError> {
-        let bad = |m: String| IdentityError::BadSvid(m);
-        let id = SpiffeId::parse(&resp.spiffe_id).map_err(|e| bad(e.to_string()))?;
-        if let Some(prev) = previous {
-            if *prev != id {
-                return Err(bad(format!(
-                    "renewal changed the identity from {prev} to {id}"
-                )));
-            }
-        }
-        let chain =
-            tls::certs_from_pem(resp.svid_chain.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let bundle = Bundle::from_pem(&resp.bundle).map_err(|e| bad(format!("bundle: {e}")))?;
-        let leaf_id = tls::spiffe_id_of(&chain[0]).map_err(|e| bad(e.to_string()))?;
-        if leaf_id != id {
+        let (svid, bundle) = validate(resp, key, previous)?;
+        Credentials::new(svid, bundle, self.accepted.clone())
+            .map_err(|e| IdentityError::BadSvid(e.to_string()))
+    }
+}
+
+/// Refuse anything but a well-formed SVID for `key`, chaining to the bundle
+/// that came with it, for the identity `expected` (if any).
+fn validate(
+    resp: SvidResponse,
+    key: KeyPair,
+    expected: Option<&SpiffeId>,
+) -> Result<(Svid, Bundle), IdentityError> {
+    let bad = |m: String| IdentityError::BadSvid(m);
+    let id = SpiffeId::parse(&resp.spiffe_id).map_err(|e| bad(e.to_string()))?;
+    if let Some(prev) = expected {
+        if *prev != id {
             return Err(bad(format!(
-                "certificate names {leaf_id}, the answer says {id}"
+                "renewal changed the identity from {prev} to {id}"
             )));
         }
-        SpiffeServerVerifier::new(bundle.roots.clone(), id.clone(), tls::provider())
-            .verify_server_cert(
-                &chain[0],
-                &chain[1..],
-                &ServerName::try_from("svid.invalid").expect("static name"),
-                &[],
-                UnixTime::now(),
-            )
-            .map_err(|e| {
-                bad(format!(
-                    "certificate does not verify against its bundle: {e}"
-                ))
-            })?;
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let key = CertifiedKey::from_der(chain, key_der.clone_key(), &tls::provider())
-            .map_err(|e| bad(format!("certificate is not for the key we sent: {e}")))?;
-        let svid = Svid {
-            id,
-            key: Arc::new(key),
-            key_der: Arc::new(key_der),
-            expires_at: resp.expires_at,
-        };
-        Credentials::new(svid, bundle, self.accepted.clone()).map_err(|e| bad(e.to_string()))
     }
+    let chain = tls::certs_from_pem(resp.svid_chain.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let bundle = Bundle::from_pem(&resp.bundle).map_err(|e| bad(format!("bundle: {e}")))?;
+    let leaf_id = tls::spiffe_id_of(&chain[0]).map_err(|e| bad(e.to_string()))?;
+    if leaf_id != id {
+        return Err(bad(format!(
+            "certificate names {leaf_id}, the answer says {id}"
+        )));
+    }
+    SpiffeServerVerifier::new(bundle.roots.clone(), id.clone(), tls::provider())
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from("svid.invalid").expect("static name"),
+            &[],
+            UnixTime::now(),
+        )
+        .map_err(|e| {
+            bad(format!(
+                "certificate does not verify against its bundle: {e}"
+            ))
+        })?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let key = CertifiedKey::from_der(chain, key_der.clone_key(), &tls::provider())
+        .map_err(|e| bad(format!("certificate is not for the key we sent: {e}")))?;
+    let svid = Svid {
+        id,
+        key: Arc::new(key),
+        key_der: Arc::new(key_der),
+        expires_at: resp.expires_at,
+    };
+    Ok((svid, bundle))
 }
