@@ -7,7 +7,7 @@ mod client;
 mod closed_loop;
 mod hist;
 mod load;
-mod machine;
+pub(crate) mod machine;
 mod plot;
 pub(crate) mod procstat;
 mod report;
