@@ -20,6 +20,9 @@ enum Cmd {
     /// Latency (open loop or max throughput), bulk throughput, handshakes/s, RSS
     /// and CPU of each path: direct, palisade, envoy, haproxy.
     Latency(latency::LatencyArgs),
+    /// Each path at rising request rates (HTTP/1.1 and HTTP/2 clients): p50
+    /// and p99 against achieved rate, and the highest rate with p99 under a limit.
+    Sweep(latency::sweep::SweepArgs),
     /// SVID issuance throughput and latency of a real control plane.
     Issuance(issuance::IssuanceArgs),
     /// Parse and compile time of a large policy set of each shape, and the
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Cmd::Latency(args) => latency::run(args),
+        Cmd::Sweep(args) => latency::sweep::run(args),
         Cmd::Issuance(args) => issuance::run(args),
         Cmd::PolicyLoad(args) => policy_load::run(args),
         Cmd::Mesh(args) => mesh::run(args),

@@ -64,8 +64,9 @@ pub struct Config {
     /// proxy gets the documents that select it); reloaded when it changes.
     #[arg(long, env = "PALISADE_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
-    /// Most concurrent connections on the API port; further ones are closed.
-    #[arg(long, default_value_t = 1024)]
+    /// Most concurrent connections on the API port (a parked long poll is
+    /// one per sidecar); further ones are reset and logged once a second.
+    #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
     /// Time a client gets to finish the TLS handshake, to send each request's
     /// headers (so also the longest idle keep-alive) and to send a body.

@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::parse();
+    palisade_control_plane::server::listener::raise_open_file_limit(config.max_connections);
     palisade_control_plane::server::run(config).await?;
     Ok(())
 }

@@ -48,7 +48,7 @@ impl Admin {
         let fixed = json!({
             "mode": cfg.interception.mode(),
             "listeners": listeners,
-            "control_plane": {"address": cfg.identity.control_plane, "spiffe_id": cfg.control_plane_id()},
+            "control_plane": {"addresses": cfg.identity.control_plane, "spiffe_id": cfg.control_plane_id()},
             "accepted_trust_domains": cfg.identity.accepted_trust_domains,
             "unmeshed": outbound.unmeshed,
             "permissive_ports": inbound.permissive_ports,

@@ -88,13 +88,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         (_, _, Some(p)) => AttestationSource::K8sSaTokenFile(p.clone()),
         _ => AttestationSource::None,
     };
-    let cp = Arc::new(ControlPlane::new(
-        cfg.identity.control_plane.clone(),
-        cfg.identity.trust_domain.clone(),
-        bootstrap.certs,
-        cfg.timeouts.handshake.max(Duration::from_secs(10)),
-    ));
     let mut metrics = Metrics::new();
+    let cp = Arc::new(
+        ControlPlane::new(
+            cfg.identity.control_plane.clone(),
+            cfg.identity.trust_domain.clone(),
+            bootstrap.certs,
+            cfg.timeouts.handshake.max(Duration::from_secs(10)),
+        )
+        .on_switch(metrics.control_plane_switch()),
+    );
     let creds = Arc::new(ArcSwapOption::empty());
     let link = ControlPlaneLink {
         cp: cp.clone(),

@@ -7,10 +7,12 @@ pub mod http;
 pub mod policy;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use palisade_identity::client::failover::OnSwitch;
 use palisade_policy::Direction;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +45,11 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabels {
+    pub address: String,
+}
+
 /// The peer label for connections without an authenticated identity.
 pub const UNAUTHENTICATED: &str = "unauthenticated";
 
@@ -72,6 +79,9 @@ pub struct Metrics {
     pub cert_refresh: Counter,
     pub cert_refresh_failures: Counter,
     pub endpoints_refresh_failures: Counter,
+    /// 1 for the control-plane address answering now, 0 for those left.
+    control_plane_in_use: Family<AddressLabels, Gauge>,
+    control_plane_failovers: Counter,
     /// Policy decisions, terminations and reloads.
     pub policy: policy::PolicyMetrics,
     /// HTTP requests, responses, per-request decisions and limits.
@@ -102,6 +112,8 @@ impl Metrics {
             cert_refresh: Counter::default(),
             cert_refresh_failures: Counter::default(),
             endpoints_refresh_failures: Counter::default(),
+            control_plane_in_use: Family::default(),
+            control_plane_failovers: Counter::default(),
             policy: Default::default(),
             http: Default::default(),
             baseline: Default::default(),
@@ -151,6 +163,16 @@ impl Metrics {
             "Failed endpoint map fetches",
             m.endpoints_refresh_failures.clone(),
         );
+        registry.register(
+            "control_plane_in_use",
+            "1 for the control-plane address requests go to, 0 for those left",
+            m.control_plane_in_use.clone(),
+        );
+        registry.register(
+            "control_plane_failovers",
+            "Moves from one control-plane address to another after it failed",
+            m.control_plane_failovers.clone(),
+        );
         m.policy.register(&mut registry);
         m.http.register(&mut registry);
         m.baseline.register(&mut registry);
@@ -161,6 +183,26 @@ impl Metrics {
     /// start (before the `Metrics` are shared).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// Keeps `control_plane_*` current as the control-plane client moves
+    /// between addresses, and logs each move.
+    pub fn control_plane_switch(&self) -> OnSwitch {
+        let in_use = self.control_plane_in_use.clone();
+        let failovers = self.control_plane_failovers.clone();
+        Box::new(move |from, to| {
+            let label = |a: SocketAddr| AddressLabels {
+                address: a.to_string(),
+            };
+            if let Some(from) = from {
+                in_use.get_or_create(&label(from)).set(0);
+                failovers.inc();
+                tracing::warn!(from = %from, to = %to, "control plane failed over to another address");
+            } else {
+                tracing::info!(address = %to, "control plane answering");
+            }
+            in_use.get_or_create(&label(to)).set(1);
+        })
     }
 
     fn slot(direction: Direction, tls: bool) -> usize {

@@ -28,10 +28,26 @@ impl ControlPlane {
     }
 
     pub fn start_with(opts: ControlPlaneSpec) -> ControlPlane {
-        let dir = tempfile::Builder::new()
+        Self::start_in(Self::temp_dir(), opts)
+    }
+
+    /// Another replica: a control plane started from a copy of this one's
+    /// state directory, so it signs under the same CA and either one renews
+    /// the SVIDs the other issued.
+    pub fn replica(&self, opts: ControlPlaneSpec) -> ControlPlane {
+        let dir = Self::temp_dir();
+        copy_state(&self.state_dir(), &dir.path().join("control-plane"));
+        Self::start_in(dir, opts)
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
             .prefix("palisade-cp-")
             .tempdir()
-            .expect("tempdir");
+            .expect("tempdir")
+    }
+
+    fn start_in(dir: tempfile::TempDir, opts: ControlPlaneSpec) -> ControlPlane {
         let cp = palisadectl::local::ControlPlane::start(
             &bin("palisade-control-plane"),
             &bin("palisadectl"),
@@ -131,6 +147,17 @@ impl ControlPlane {
         self.cp.start_again().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// SIGKILL, as in a crash, and reap it. The state dir stays.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.stop();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();
@@ -198,6 +225,26 @@ impl ControlPlane {
         };
         let resp = self.client(None).issue(&req).await.expect("issue SVID");
         (key, resp)
+    }
+}
+
+/// Copies a state directory (modes kept, sockets left out).
+fn copy_state(from: &Path, to: &Path) {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(to)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).expect("read the state dir") {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_state(&entry.path(), &target);
+        } else if !kind.is_socket() {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copying {}: {e}", entry.path().display()));
+        }
     }
 }
 

@@ -105,6 +105,99 @@ fn join_token_for_a_foreign_or_reserved_identity_cannot_be_created() {
     }
 }
 
+/// `palisadectl token create` with `args`: its standard output, which must
+/// be a success.
+fn token_batch(cp: &ControlPlane, args: &[&str]) -> String {
+    let sock = cp.admin_socket();
+    let mut all = vec!["token", "create", "--admin-socket", sock.to_str().unwrap()];
+    all.extend(args);
+    let out = cp.palisadectl(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_join_tokens_is_distinct_and_each_redeems_exactly_once() {
+    let cp = ControlPlane::start();
+    // More than one request's worth, so the batch is split over the connection.
+    let count = palisade_identity::api::MAX_JOIN_TOKEN_BATCH as usize + 5;
+    let text = token_batch(&cp, &["--identity", API, "--count", &count.to_string()]);
+    let tokens: Vec<&str> = text.lines().collect();
+    assert_eq!(tokens.len(), count);
+    let distinct: std::collections::HashSet<&str> = tokens.iter().copied().collect();
+    assert_eq!(distinct.len(), count, "every token is its own");
+    assert_eq!(cp.metric("join_tokens_created_total"), count as f64);
+
+    // Redeem a spread of them (first, across the split, last): once each.
+    for &i in &[0, 1, count / 2, count - 6, count - 5, count - 1] {
+        let token = Attestation::JoinToken(tokens[i].to_owned());
+        assert_eq!(attempt(&cp, token.clone()).await.unwrap(), API, "token {i}");
+        assert_forbidden(&cp, token, "join_token_replayed").await;
+    }
+}
+
+#[tokio::test]
+async fn a_file_of_identities_gets_tokens_in_its_order_and_a_bad_line_mints_nothing() {
+    let cp = ControlPlane::start();
+    let ids = [
+        "spiffe://cluster.local/ns/shop/sa/api",
+        "spiffe://cluster.local/ns/shop/sa/db",
+        "spiffe://cluster.local/ns/pay/sa/ledger",
+    ];
+    let file = cp.work_dir().join("identities.txt");
+    std::fs::write(
+        &file,
+        format!("# the shop\n{}\n\n{}\n{}\n", ids[0], ids[1], ids[2]),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&token_batch(
+        &cp,
+        &["--from-file", path, "--count", "2", "--json"],
+    ))
+    .unwrap();
+    let answers = json.as_array().unwrap();
+    let named: Vec<&str> = answers
+        .iter()
+        .map(|t| t["spiffe_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, [ids[0], ids[0], ids[1], ids[1], ids[2], ids[2]]);
+    for t in answers {
+        let token = Attestation::JoinToken(t["token"].as_str().unwrap().to_owned());
+        assert_eq!(attempt(&cp, token.clone()).await.unwrap(), t["spiffe_id"]);
+        assert_forbidden(&cp, token, "join_token_replayed").await;
+    }
+
+    // One foreign identity refuses the whole batch, naming its place.
+    let created = cp.metric("join_tokens_created_total");
+    std::fs::write(
+        &file,
+        format!("{}\nspiffe://other.domain/ns/a/sa/b\n", ids[0]),
+    )
+    .unwrap();
+    let sock = cp.admin_socket();
+    let out = cp.palisadectl(&[
+        "token",
+        "create",
+        "--admin-socket",
+        sock.to_str().unwrap(),
+        "--from-file",
+        path,
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("identities[1]") && err.contains("bad_spiffe_id"),
+        "{err}"
+    );
+    assert_eq!(cp.metric("join_tokens_created_total"), created);
+}
+
 #[test]
 fn admin_socket_is_private_to_the_operator() {
     use std::os::unix::fs::PermissionsExt;

@@ -160,7 +160,7 @@ async fn a_bad_instance_or_snapshot_is_refused_with_a_reason() {
 async fn the_sidecar_reports_its_baseline_with_its_own_svid() {
     let cp = ControlPlane::start();
     let client = Arc::new(palisade_proxy::identity::ControlPlane::new(
-        cp.addr().to_string(),
+        cp.addr(),
         cp.trust_domain(),
         cp.bundle(),
         Duration::from_secs(10),

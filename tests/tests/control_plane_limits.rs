@@ -1,12 +1,15 @@
 //! The workload API port under abuse: garbage, half-open connections,
 //! oversized bodies and connection floods get errors and counters, never a
-//! crash or unbounded memory, and the server keeps serving.
+//! crash or unbounded memory, and the server keeps serving. Connections over
+//! the cap are reset and logged once a second; a refused sidecar backs off
+//! and gets in when a slot frees.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use palisade_tests::cp::{ControlPlane, ControlPlaneSpec};
+use palisade_tests::proxy::{Echo, Proxy, ProxySpec};
 use palisade_tests::rss_kib;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -136,14 +139,52 @@ async fn oversized_bodies_get_413_without_growing_memory() {
     assert_eq!(cp.issue_svid(API).await.1.spiffe_id, API);
 }
 
+/// The refusals the control plane's rate-limited log lines report, one
+/// count per line.
+fn refusal_lines(cp: &ControlPlane) -> Vec<u64> {
+    cp.log()
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("refused ")?;
+            rest.split_once(" connections since the last report")?
+                .0
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn connections_beyond_the_limit_are_closed_and_counted() {
+async fn connections_beyond_the_limit_are_reset_counted_and_logged_once_a_second() {
+    // Started with a low soft open-file limit (children inherit this
+    // process's), it raises it to the hard one.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
     let cp = ControlPlane::start_with(ControlPlaneSpec {
         extra_args: ["--handshake-timeout", "5s", "--max-connections", "4"]
             .map(String::from)
             .to_vec(),
         ..Default::default()
     });
+    // Its soft open-file limit was raised to the hard one, and logged.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", cp.pid().unwrap())).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(
+        files[0],
+        hard.to_string(),
+        "soft limit raised to the hard one: {limits}"
+    );
+    assert_eq!(files[1], hard.to_string());
+    assert!(cp.log().contains("open-file limit"), "{}", cp.log());
+
     let open = || cp.metric("api_connections_open");
     // The readiness probes' connections are released first.
     palisade_tests::eventually("no connections open", Duration::from_secs(10), || {
@@ -156,18 +197,88 @@ async fn connections_beyond_the_limit_are_closed_and_counted() {
     palisade_tests::eventually("4 connections open", Duration::from_secs(10), || {
         (open() == 4.0).then_some(())
     });
-    let mut extra = TcpStream::connect(cp.addr()).unwrap();
-    wait_closed(&mut extra);
+    const BURST: u64 = 30;
+    for _ in 0..BURST {
+        let mut extra = TcpStream::connect(cp.addr()).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let err = extra.read(&mut [0u8; 1]).expect_err("reset, not an answer");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
     assert_eq!(
         cp.metric("api_errors_total{kind=\"connection_limit\"}"),
-        refused_before + 1.0
+        refused_before + BURST as f64
     );
+    // Every refusal is reported within a second or so, in a line or two.
+    let lines = palisade_tests::eventually("the refusals logged", Duration::from_secs(5), || {
+        let lines = refusal_lines(&cp);
+        (lines.iter().sum::<u64>() == BURST).then_some(lines)
+    });
+    assert!(lines.len() <= 3, "rate-limited: {lines:?}");
 
     // Once the hanging ones time out, the slots are free again.
     for s in &mut held {
         wait_closed(s);
     }
     assert_eq!(cp.issue_svid(API).await.1.spiffe_id, API);
+}
+
+#[test]
+fn a_sidecar_refused_at_the_limit_backs_off_and_gets_its_svid_and_policy_once_a_slot_frees() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("api.yaml"),
+        palisade_tests::policy::policy_doc("api", API, "  ingress: []\n"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start_with(ControlPlaneSpec {
+        extra_args: vec![
+            "--handshake-timeout".into(),
+            "60s".into(),
+            "--max-connections".into(),
+            "2".into(),
+            "--policy-dir".into(),
+            policies.path().display().to_string(),
+        ],
+        ..Default::default()
+    });
+    let open = || cp.metric("api_connections_open");
+    palisade_tests::eventually("no connections open", Duration::from_secs(10), || {
+        (open() == 0.0).then_some(())
+    });
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(cp.addr()).unwrap())
+        .collect();
+    palisade_tests::eventually("2 connections open", Duration::from_secs(10), || {
+        (open() == 2.0).then_some(())
+    });
+
+    let app = Echo::start();
+    let mut spec = ProxySpec::new("api", cp.addr(), &cp.bundle_path(), &cp.join_token(API));
+    spec.inbound(app.addr, false);
+    spec.extra_yaml = "policy:\n  source: control-plane\n".into();
+    let mut proxy = Proxy::start(spec);
+    palisade_tests::eventually("the sidecar refused", Duration::from_secs(10), || {
+        (proxy.metric("identity_cert_refresh_failures_total", &[]) >= 2.0).then_some(())
+    });
+    assert_eq!(proxy.get("/ready").0, 503, "no SVID while refused");
+    assert!(cp.metric("api_errors_total{kind=\"connection_limit\"}") >= 2.0);
+    palisade_tests::eventually("the refusal logged", Duration::from_secs(5), || {
+        (!refusal_lines(&cp).is_empty()).then_some(())
+    });
+
+    drop(held.pop());
+    proxy.wait_ready();
+    palisade_tests::eventually(
+        "the control plane's policy",
+        Duration::from_secs(20),
+        || {
+            let dump = proxy.config_dump();
+            (dump["policy"]["source"]["kind"] == "control-plane" && dump["policy"]["policies"] == 1)
+                .then_some(())
+        },
+    );
 }
 
 #[tokio::test]

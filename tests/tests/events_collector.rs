@@ -150,7 +150,7 @@ async fn the_proxys_control_plane_sink_delivers_its_events_to_the_collector() {
     // The proxy's own identity flow: a join token, then the SVID in the cell.
     let client = || {
         palisade_proxy::identity::ControlPlane::new(
-            cp.addr().to_string(),
+            cp.addr(),
             cp.trust_domain(),
             cp.bundle(),
             Duration::from_secs(10),

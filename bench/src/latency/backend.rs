@@ -1,5 +1,6 @@
-//! The servers at the far end of every path: an HTTP/1.1 echo server for the
-//! request load, and a TCP sink for bulk transfers and connection churn. They run
+//! The servers at the far end of every path: an echo server for the request
+//! load (HTTP/1.1, or HTTP/2 with prior knowledge for the direct path's h2
+//! client), and a TCP sink for bulk transfers and connection churn. They run
 //! on their own thread and runtime so they never compete with the load loop's.
 
 use std::net::SocketAddr;
@@ -12,7 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -96,7 +98,7 @@ pub async fn serve_echo(listener: TcpListener, stall: Option<Stall>) -> anyhow::
         let served = served.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| echo(req, stall, served.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::client::{HttpConn, Reconnecting, RequestTemplate};
+use super::client::{Reconnecting, RequestTemplate};
 use super::load::{LoadOutcome, LoadSpec};
 
 /// Ceiling on requests per connection, so even an absurdly fast path stops.
@@ -14,10 +14,7 @@ const MAX_REQUESTS_PER_CONNECTION: u64 = 50_000_000;
 /// is ignored). Latency here is service time: there is no schedule to miss.
 pub async fn max_throughput(spec: &LoadSpec) -> anyhow::Result<LoadOutcome> {
     let template = RequestTemplate::new(spec.body_bytes);
-    let mut conns = Vec::with_capacity(spec.connections.max(1));
-    for _ in 0..spec.connections.max(1) {
-        conns.push(HttpConn::connect(spec.target).await?);
-    }
+    let conns = spec.lanes().await?;
     let t0 = Instant::now();
     let end = t0 + spec.duration;
     let tasks: Vec<_> = conns
@@ -72,6 +69,8 @@ mod tests {
             target,
             rps: 0,
             connections: 2,
+            http: crate::latency::client::ClientHttp::Http1,
+            h2_connections: 1,
             body_bytes: 1024,
             duration: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::client::{HttpConn, Reconnecting, RequestTemplate};
+use super::client::{connect_lanes, ClientHttp, Reconnecting, RequestTemplate};
 use super::hist::LatencyHistogram;
 
 /// One load run: how hard, how long, over how many connections.
@@ -16,7 +16,11 @@ use super::hist::LatencyHistogram;
 pub struct LoadSpec {
     pub target: SocketAddr,
     pub rps: u32,
+    /// Requests in flight at most: HTTP/1.1 connections, or HTTP/2 streams.
     pub connections: usize,
+    pub http: ClientHttp,
+    /// TCP connections the HTTP/2 streams share.
+    pub h2_connections: usize,
     pub body_bytes: usize,
     pub duration: Duration,
     /// A request slower than this is an error.
@@ -24,6 +28,17 @@ pub struct LoadSpec {
 }
 
 impl LoadSpec {
+    /// The spec's request slots, connected.
+    pub(super) async fn lanes(&self) -> anyhow::Result<Vec<super::client::HttpConn>> {
+        connect_lanes(
+            self.target,
+            self.http,
+            self.connections,
+            self.h2_connections,
+        )
+        .await
+    }
+
     /// Requests in the schedule; the run stops after these.
     pub fn total_requests(&self) -> u64 {
         (self.rps as f64 * self.duration.as_secs_f64())
@@ -77,12 +92,9 @@ impl LoadOutcome {
 /// Run the schedule to the end, or until `duration + request_timeout` has
 /// passed; requests not answered by then are errors, so the run always stops.
 pub async fn open_loop(spec: &LoadSpec) -> anyhow::Result<LoadOutcome> {
-    let connections = spec.connections.max(1);
     let template = RequestTemplate::new(spec.body_bytes);
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(HttpConn::connect(spec.target).await?);
-    }
+    let conns = spec.lanes().await?;
+    let connections = conns.len();
     // Start a moment from now, so the first requests are not already late.
     let t0 = Instant::now() + Duration::from_millis(20);
     let deadline = t0 + spec.duration + spec.request_timeout;
@@ -196,6 +208,8 @@ mod tests {
             target,
             rps: 1000,
             connections: 1,
+            http: ClientHttp::Http1,
+            h2_connections: 1,
             body_bytes: 1024,
             duration: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
@@ -229,6 +243,8 @@ mod tests {
             target,
             rps: 400,
             connections: 4,
+            http: ClientHttp::Http1,
+            h2_connections: 1,
             body_bytes: 1024,
             duration: Duration::from_millis(500),
             request_timeout: Duration::from_secs(10),
@@ -240,6 +256,30 @@ mod tests {
         assert!(out.achieved_rps() > 0.0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http2_lanes_share_connections_and_every_request_is_answered() {
+        let target = stalling_echo(Stall {
+            nth: u64::MAX,
+            pause: Duration::ZERO,
+        })
+        .await;
+        let spec = LoadSpec {
+            target,
+            rps: 400,
+            connections: 8,
+            http: ClientHttp::Http2,
+            h2_connections: 2,
+            body_bytes: 1024,
+            duration: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
+        };
+        let lanes = spec.lanes().await.unwrap();
+        assert_eq!(lanes.len(), 8);
+        let out = open_loop(&spec).await.unwrap();
+        assert_eq!(out.errors, 0, "first error: {:?}", out.first_error);
+        assert_eq!(out.ok, spec.total_requests());
+    }
+
     #[tokio::test]
     async fn unreachable_target_fails_instead_of_reporting_numbers() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -249,6 +289,8 @@ mod tests {
             target,
             rps: 100,
             connections: 1,
+            http: ClientHttp::Http1,
+            h2_connections: 1,
             body_bytes: 16,
             duration: Duration::from_millis(100),
             request_timeout: Duration::from_secs(1),

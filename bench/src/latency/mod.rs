@@ -3,16 +3,22 @@
 
 mod backend;
 pub mod certs;
+mod cgroup;
 mod client;
 mod closed_loop;
+mod conditions;
 mod hist;
 mod load;
 pub(crate) mod machine;
+mod neighbour;
+mod perf;
 mod plot;
 pub(crate) mod procstat;
 mod report;
 mod run;
+mod stage;
 mod stats;
+pub mod sweep;
 mod tcp;
 pub(crate) mod tools;
 mod topology;
@@ -21,14 +27,16 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+pub use conditions::ConditionArgs;
 pub use run::run;
 pub use topology::{BaselineRun, PathKind};
 
 /// Where results go unless `--out` says otherwise: `bench/results/`.
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
 
+/// Which paths to start and with what: shared by `latency` and `sweep`.
 #[derive(Debug, Clone, Args)]
-pub struct LatencyArgs {
+pub struct PathArgs {
     /// Paths to measure, in this order within each round.
     #[arg(
         long,
@@ -43,6 +51,42 @@ pub struct LatencyArgs {
     /// the same rounds (`palisade`, `palisade+learn`, `palisade+monitor`).
     #[arg(long, value_delimiter = ',', default_value = "off")]
     pub baseline: Vec<BaselineRun>,
+    /// Worker threads for Envoy (--concurrency) and HAProxy (nbthread). The
+    /// default matches palisade-proxy, which always runs two.
+    #[arg(long, default_value_t = 2)]
+    pub proxy_workers: usize,
+    /// A request slower than this counts as an error.
+    #[arg(long, default_value_t = 5.0)]
+    pub request_timeout: f64,
+    /// Where the SPIFFE SVIDs come from.
+    #[arg(long, value_enum, default_value_t = certs::CertSource::Auto)]
+    pub certs: certs::CertSource,
+    #[arg(long, env = "ENVOY_BIN")]
+    pub envoy_bin: Option<PathBuf>,
+    #[arg(long, env = "HAPROXY_BIN")]
+    pub haproxy_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADE_PROXY_BIN")]
+    pub palisade_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADE_CONTROL_PLANE_BIN")]
+    pub control_plane_bin: Option<PathBuf>,
+    #[arg(long, env = "PALISADECTL_BIN")]
+    pub palisadectl_bin: Option<PathBuf>,
+}
+
+impl PathArgs {
+    /// `--smoke` runs only the paths CI cares about.
+    fn smoke(&mut self) {
+        self.paths
+            .retain(|p| matches!(p, PathKind::Direct | PathKind::Palisade));
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub setup: PathArgs,
+    #[command(flatten)]
+    pub conditions: ConditionArgs,
     /// Target request rate of the open-loop load.
     #[arg(long, default_value_t = 1000)]
     pub rps: u32,
@@ -76,26 +120,6 @@ pub struct LatencyArgs {
     /// Rounds of new-connection trials (0 skips them).
     #[arg(long, default_value_t = 3)]
     pub churn_trials: usize,
-    /// Worker threads for Envoy (--concurrency) and HAProxy (nbthread). The
-    /// default matches palisade-proxy, which always runs two.
-    #[arg(long, default_value_t = 2)]
-    pub proxy_workers: usize,
-    /// A request slower than this counts as an error.
-    #[arg(long, default_value_t = 5.0)]
-    pub request_timeout: f64,
-    /// Where the SPIFFE SVIDs come from.
-    #[arg(long, value_enum, default_value_t = certs::CertSource::Auto)]
-    pub certs: certs::CertSource,
-    #[arg(long, env = "ENVOY_BIN")]
-    pub envoy_bin: Option<PathBuf>,
-    #[arg(long, env = "HAPROXY_BIN")]
-    pub haproxy_bin: Option<PathBuf>,
-    #[arg(long, env = "PALISADE_PROXY_BIN")]
-    pub palisade_bin: Option<PathBuf>,
-    #[arg(long, env = "PALISADE_CONTROL_PLANE_BIN")]
-    pub control_plane_bin: Option<PathBuf>,
-    #[arg(long, env = "PALISADECTL_BIN")]
-    pub palisadectl_bin: Option<PathBuf>,
     /// Directory for JSON, Markdown and SVG results.
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
@@ -108,8 +132,7 @@ impl LatencyArgs {
     /// Apply `--smoke`: everything short, only the paths CI cares about.
     pub fn effective(mut self) -> LatencyArgs {
         if self.smoke {
-            self.paths
-                .retain(|p| matches!(p, PathKind::Direct | PathKind::Palisade));
+            self.setup.smoke();
             self.rps = self.rps.min(200);
             self.duration = 1.0;
             self.warmup = 0.5;

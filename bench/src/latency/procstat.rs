@@ -1,5 +1,6 @@
 //! What a proxy process costs, read from /proc: CPU time from
-//! `/proc/<pid>/stat` and resident memory from `/proc/<pid>/status`.
+//! `/proc/<pid>/stat`, resident memory from `/proc/<pid>/status`, context
+//! switches from each thread's status, and the host's steal time from `/proc/stat`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -61,6 +62,95 @@ fn parse_schedstat(text: &str) -> Option<SchedTimes> {
 
 pub use palisadectl::local::{peak_rss_kib, rss_kib};
 
+/// Context switches of a process, summed over its threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtxSwitches {
+    /// The thread blocked (waited for I/O, a lock, a timer).
+    pub voluntary: u64,
+    /// The scheduler took the CPU away (time slice over, quota spent).
+    pub nonvoluntary: u64,
+}
+
+impl CtxSwitches {
+    /// `/proc/<pid>/status` counts only the main thread, so this sums
+    /// `/proc/<pid>/task/*/status`. A thread that exits takes its counts along.
+    pub fn of(pid: u32) -> anyhow::Result<CtxSwitches> {
+        let dir = format!("/proc/{pid}/task");
+        let mut sum = CtxSwitches::default();
+        for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let status = match std::fs::read_to_string(task?.path().join("status")) {
+                Ok(s) => s,
+                // The thread exited between the listing and the read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading a thread of {pid}")),
+            };
+            let t = parse_ctx_switches(&status)
+                .ok_or_else(|| anyhow!("no context switch counts in {dir}/*/status"))?;
+            sum.voluntary += t.voluntary;
+            sum.nonvoluntary += t.nonvoluntary;
+        }
+        Ok(sum)
+    }
+
+    pub fn since(self, before: CtxSwitches) -> CtxSwitches {
+        CtxSwitches {
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            nonvoluntary: self.nonvoluntary.saturating_sub(before.nonvoluntary),
+        }
+    }
+}
+
+fn parse_ctx_switches(status: &str) -> Option<CtxSwitches> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().parse().ok()
+    };
+    Some(CtxSwitches {
+        voluntary: field("voluntary_ctxt_switches:")?,
+        nonvoluntary: field("nonvoluntary_ctxt_switches:")?,
+    })
+}
+
+/// The host's CPU time so far, from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostCpu {
+    /// Every state's ticks: user, nice, system, idle, iowait, irq, softirq, steal.
+    total: u64,
+    /// Ticks the hypervisor ran something else while this guest wanted the CPU.
+    steal: u64,
+}
+
+impl HostCpu {
+    pub fn read() -> anyhow::Result<HostCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        parse_host_cpu(&stat).ok_or_else(|| anyhow!("no `cpu` line in /proc/stat"))
+    }
+
+    /// Steal as a percentage of all CPU time since `before` (0 when no time passed).
+    pub fn steal_percent_since(self, before: HostCpu) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * self.steal.saturating_sub(before.steal) as f64 / total as f64
+    }
+}
+
+fn parse_host_cpu(stat: &str) -> Option<HostCpu> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // guest and guest_nice (fields 9 and 10) are already inside user and nice.
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (ticks.len() == 8).then(|| HostCpu {
+        total: ticks.iter().sum(),
+        steal: ticks[7],
+    })
+}
+
 /// Samples the RSS of a set of processes every 100 ms while load runs, keeping
 /// each one's highest; stop it with [`RssSampler::finish`].
 pub struct RssSampler {
@@ -101,6 +191,7 @@ impl RssSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
@@ -119,6 +210,55 @@ mod tests {
             }
         );
         assert!(sched_seconds(std::process::id()).unwrap().on_cpu > 0.0);
+    }
+
+    #[test]
+    fn steal_is_a_share_of_all_cpu_time_between_two_reads() {
+        let before = parse_host_cpu("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3\n").unwrap();
+        let after = parse_host_cpu("cpu  160 0 70 880 10 0 5 75 9 0\n").unwrap();
+        assert_eq!(after.steal_percent_since(before), 20.0);
+        assert_eq!(before.steal_percent_since(before), 0.0);
+        assert!(HostCpu::read().is_ok());
+    }
+
+    #[test]
+    fn context_switches_are_summed_over_threads() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(
+            parse_ctx_switches(status),
+            Some(CtxSwitches {
+                voluntary: 12,
+                nonvoluntary: 3
+            })
+        );
+        // A second thread blocks a few times, then stays alive: the process
+        // sum holds its switches as well as the main thread's.
+        let me = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let task = std::fs::read_link("/proc/thread-self").unwrap();
+            tx.send(task).unwrap();
+            let _ = done_rx.recv();
+        });
+        let thread_status = |task: &std::path::Path| {
+            let status = std::fs::read_to_string(Path::new("/proc").join(task).join("status"));
+            parse_ctx_switches(&status.unwrap()).unwrap()
+        };
+        let task = rx.recv().unwrap();
+        let worker_counts = thread_status(&task);
+        let main_counts = thread_status(Path::new(&format!("{me}/task/{me}")));
+        let sum = CtxSwitches::of(me).unwrap();
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+        assert!(worker_counts.voluntary >= 5, "{worker_counts:?}");
+        assert!(
+            sum.voluntary >= worker_counts.voluntary + main_counts.voluntary,
+            "sum {sum:?}, worker {worker_counts:?}, main {main_counts:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::conditions::{Conditions, SchedRate, TrialCost};
 use super::hist::Percentiles;
+use super::load::LoadOutcome;
 use super::machine::Machine;
 use super::stats::{PercentileSpread, Spread};
 use super::topology::BaselineRun;
@@ -12,6 +14,7 @@ use super::topology::BaselineRun;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
+    pub conditions: Conditions,
     pub config: serde_json::Value,
     /// "open-loop" or "max-throughput".
     pub mode: &'static str,
@@ -80,6 +83,72 @@ pub struct Trial {
     /// CPU time of the path's proxies during the trial, per 1,000 requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_cpu_ms_per_1000_requests: Option<f64>,
+    /// The host's steal over the trial, % of all CPU time.
+    pub steal_percent: f64,
+    /// Each proxy's context switches (and perf counts) per 1,000 requests.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_sched_per_1000_requests: Vec<SchedRate>,
+}
+
+impl Trial {
+    pub fn new(outcome: &LoadOutcome, cost: &TrialCost) -> Trial {
+        let per_1000 = cost
+            .proxy_cpu_s
+            .filter(|_| outcome.ok > 0)
+            .map(|s| s * 1000.0 * 1000.0 / outcome.ok as f64);
+        Trial {
+            latency_ms: outcome.latency.summary(),
+            service_ms: outcome.service.summary(),
+            requests_ok: outcome.ok,
+            errors: outcome.errors,
+            achieved_rps: outcome.achieved_rps(),
+            proxy_cpu_ms_per_1000_requests: per_1000,
+            steal_percent: cost.steal_percent,
+            proxy_sched_per_1000_requests: cost.sched_per_1000(outcome.ok),
+        }
+    }
+}
+
+/// One proxy's scheduling per 1,000 requests, median across trials.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedSummary {
+    pub proxy: String,
+    pub voluntary_ctxt_switches: Spread,
+    pub nonvoluntary_ctxt_switches: Spread,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perf_context_switches: Option<Spread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perf_cpu_migrations: Option<Spread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perf_wakeups: Option<Spread>,
+}
+
+impl SchedSummary {
+    /// Per proxy, in the order the trials list them.
+    pub fn of(trials: &[Trial]) -> Vec<SchedSummary> {
+        let Some(first) = trials.first() else {
+            return Vec::new();
+        };
+        (0..first.proxy_sched_per_1000_requests.len())
+            .filter_map(|i| {
+                let rates: Vec<&SchedRate> = trials
+                    .iter()
+                    .filter_map(|t| t.proxy_sched_per_1000_requests.get(i))
+                    .collect();
+                let spread = |f: fn(&SchedRate) -> Option<f64>| {
+                    Spread::of(&rates.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+                };
+                Some(SchedSummary {
+                    proxy: rates.first()?.proxy.clone(),
+                    voluntary_ctxt_switches: spread(|r| Some(r.voluntary_ctxt_switches))?,
+                    nonvoluntary_ctxt_switches: spread(|r| Some(r.nonvoluntary_ctxt_switches))?,
+                    perf_context_switches: spread(|r| r.perf_context_switches),
+                    perf_cpu_migrations: spread(|r| r.perf_cpu_migrations),
+                    perf_wakeups: spread(|r| r.perf_wakeups),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +161,8 @@ pub struct LatencyReport {
     pub achieved_rps: Spread,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_cpu_ms_per_1000_requests: Option<Spread>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_sched_per_1000_requests: Vec<SchedSummary>,
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -134,9 +205,11 @@ impl Report {
         let mut md = String::new();
         let _ = writeln!(md, "Machine: {}\n", self.machine.line());
         let _ = writeln!(md, "Run: {}\n", run_line(&self.config, self.mode));
+        let _ = writeln!(md, "{}", self.conditions.markdown());
         self.latency_table(&mut md);
         self.added_table(&mut md);
         self.cost_table(&mut md);
+        self.sched_table(&mut md);
         for (p, b) in self
             .paths
             .iter()
@@ -258,6 +331,41 @@ impl Report {
             let _ = writeln!(md, "RSS is the sum of the path's two proxies.\n");
         }
     }
+
+    /// One row per proxy of every path, when any had proxies.
+    fn sched_table(&self, md: &mut String) {
+        let rows: Vec<_> = self
+            .paths
+            .iter()
+            .filter_map(|p| Some((p.path, &p.latency.as_ref()?.proxy_sched_per_1000_requests)))
+            .flat_map(|(path, proxies)| proxies.iter().map(move |s| (path, s)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "Scheduling per 1,000 requests, median of trials (context switches summed over each proxy's threads from /proc; perf where available):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| path | proxy | voluntary ctx sw | involuntary ctx sw | perf context-switches | perf cpu-migrations | perf sched_wakeup |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for (path, s) in rows {
+            let _ = writeln!(
+                md,
+                "| {path} | {} | {:.1} | {:.1} | {} | {} | {} |",
+                s.proxy,
+                s.voluntary_ctxt_switches.median,
+                s.nonvoluntary_ctxt_switches.median,
+                opt(s.perf_context_switches.map(|s| s.median), 1),
+                opt(s.perf_cpu_migrations.map(|s| s.median), 1),
+                opt(s.perf_wakeups.map(|s| s.median), 1),
+            );
+        }
+        md.push('\n');
+    }
 }
 
 fn cells(s: &PercentileSpread) -> Vec<String> {
@@ -271,12 +379,22 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
-fn run_line(config: &serde_json::Value, mode: &str) -> String {
-    let get = |k: &str| match config.get(k) {
+/// A config value as the Markdown shows it: strings bare, lists comma-separated.
+pub fn config_value(config: &serde_json::Value, key: &str) -> String {
+    match config.get(key) {
         Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(", "),
         Some(v) => v.to_string(),
         None => String::new(),
-    };
+    }
+}
+
+fn run_line(config: &serde_json::Value, mode: &str) -> String {
+    let get = |k: &str| config_value(config, k);
     let load = if mode == "open-loop" {
         format!("open loop at {} RPS", get("rps"))
     } else {

@@ -1,6 +1,7 @@
-//! One bench run from start to finish: credentials, backends and proxies up,
-//! warm-up, interleaved rounds of each measurement, then the results written
-//! out. Any failed request makes the run fail after the results are written.
+//! One `latency` run from start to finish: the stage set (credentials,
+//! backends, conditions, paths), warm-up, interleaved rounds of each
+//! measurement, then the results written out. Any failed request makes the
+//! run fail after the results are written.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,19 +10,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use tracing::{info, warn};
 
-use super::backend::Backends;
+use super::client::ClientHttp;
+use super::conditions::{total_cpu, Conditions, TrialCost};
 use super::hist::LatencyHistogram;
 use super::load::{LoadOutcome, LoadSpec};
 use super::machine::Machine;
-use super::procstat::{cpu_seconds, peak_rss_kib, rss_kib, RssSampler};
+use super::procstat::{peak_rss_kib, rss_kib, RssSampler};
 use super::report::{
     BaselineReport, BulkReport, ChurnReport, LatencyReport, PathReport, ProxyResources, Report,
-    Trial,
+    SchedSummary, Trial,
 };
+use super::stage::Stage;
 use super::stats::{added_over, PercentileSpread, Spread};
-use super::tools::{envoy_version, Tools};
-use super::topology::{self, BaselineRun, PathKind, RunningPath, Setup, StartError};
-use super::{certs, client, closed_loop, load, plot, tcp, LatencyArgs};
+use super::topology::{BaselineRun, PathKind, RunningPath};
+use super::{certs, closed_loop, load, plot, tcp, LatencyArgs};
 
 /// Everything measured on one path over the run.
 struct Measured {
@@ -39,61 +41,10 @@ struct Measured {
 
 pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     let args = args.effective();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let work = tempfile::Builder::new()
-        .prefix("palisade-bench-")
-        .tempdir()?;
-    let tools = Tools::find(&args);
-    let (creds, mut control_plane) = rt.block_on(certs::obtain(args.certs, &tools, work.path()))?;
-    info!(certs = ?creds.source, "SVIDs ready");
-    let backends = Backends::start()?;
-    let setup = Setup {
-        backends: &backends,
-        creds: &creds,
-        control_plane: control_plane.as_ref(),
-        work_dir: work.path(),
-        tools: &tools,
-        proxy_workers: args.proxy_workers,
-    };
-
-    let mut measured = Vec::new();
-    let mut skipped = Vec::new();
-    for (kind, baseline) in variants(&args) {
-        let label = match kind {
-            PathKind::Palisade => baseline.label(),
-            _ => kind.name(),
-        };
-        match topology::start(kind, baseline, &setup) {
-            Ok(path) => measured.push(Measured::new(path)),
-            Err(StartError::Unavailable(reason)) => {
-                warn!(path = label, %reason, "skipping path");
-                skipped.push(PathReport::skipped(label, reason));
-            }
-            Err(StartError::Failed(e)) => {
-                return Err(e.context(format!("starting the {label} path")))
-            }
-        }
-    }
-    anyhow::ensure!(!measured.is_empty(), "no path could be started");
-
+    let mut stage = Stage::open(&args.setup, &args.conditions)?;
+    let (paths, skipped) = stage.start_paths(ClientHttp::Http1)?;
+    let mut measured: Vec<Measured> = paths.into_iter().map(Measured::new).collect();
     for m in &mut measured {
-        rt.block_on(client::probe(m.path.http, Duration::from_secs(10)))
-            .with_context(|| format!("{} path does not answer HTTP", m.path.label))?;
-        if m.path.kind.enforces_http_rule() {
-            rt.block_on(client::expect_denied(m.path.http))
-                .with_context(|| format!("{} path", m.path.label))?;
-        }
-        if m.path.baseline != BaselineRun::Off {
-            // The probe taught the HTTP flow; one transfer makes sure of the
-            // TCP sink's (the listener check's connect does not carry data),
-            // right away, so that every flow the trials use is learned
-            // before a monitor sidecar can promote itself.
-            let timeout = Duration::from_secs_f64(args.request_timeout);
-            rt.block_on(tcp::bulk(m.path.tcp, 64 << 10, timeout))
-                .with_context(|| format!("{} path: teaching the TCP flow", m.path.label))?;
-        }
         m.rss_idle = m
             .path
             .pids()
@@ -101,14 +52,18 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
             .map(|&p| rss_kib(p).unwrap_or(0))
             .collect();
     }
+    let rt = &stage.rt;
 
+    let request_timeout = Duration::from_secs_f64(args.setup.request_timeout);
     let spec = |m: &Measured, seconds: f64| LoadSpec {
         target: m.path.http,
         rps: args.rps,
         connections: args.connections,
+        http: ClientHttp::Http1,
+        h2_connections: 1,
         body_bytes: args.body_bytes,
         duration: Duration::from_secs_f64(seconds),
-        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        request_timeout,
     };
     let load = |spec: &LoadSpec| {
         if args.max_throughput {
@@ -129,11 +84,10 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
     for round in 0..args.trials {
         for m in &mut measured {
             info!(path = m.path.label, round, "latency trial");
-            let pids = m.path.pids();
-            let sampler = RssSampler::start(pids.clone())?;
-            let cpu_before = total_cpu(&pids);
-            let outcome = load(&spec(m, args.duration))?;
-            let cpu = total_cpu(&pids).zip(cpu_before).map(|(a, b)| a - b);
+            let sampler = RssSampler::start(m.path.pids())?;
+            let (outcome, cost) = stage
+                .contention
+                .trial(&m.path, || load(&spec(m, args.duration)))?;
             let rss = sampler.finish();
             m.rss_load = m
                 .rss_load
@@ -141,11 +95,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
                 .zip(&rss)
                 .map(|(a, b)| *a.max(b))
                 .collect();
-            m.record_trial(outcome, cpu);
+            m.record_trial(outcome, &cost);
             m.path.ensure_running()?;
-        }
-        if let Some(cp) = control_plane.as_mut() {
-            cp.ensure_running()?;
         }
     }
     for round in 0..args.bulk_trials {
@@ -157,9 +108,12 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
                 "bulk transfer"
             );
             let pids = m.path.pids();
+            let neighbours = stage.contention.neighbours()?;
             let cpu_before = total_cpu(&pids);
             let timeout = Duration::from_secs(120);
-            match rt.block_on(tcp::bulk(m.path.tcp, args.bulk_bytes, timeout)) {
+            let result = rt.block_on(tcp::bulk(m.path.tcp, args.bulk_bytes, timeout));
+            drop(neighbours);
+            match result {
                 Ok(took) => {
                     let gb = args.bulk_bytes as f64 / 1e9;
                     let cpu = total_cpu(&pids).zip(cpu_before).map(|(a, b)| (a - b) / gb);
@@ -174,9 +128,14 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         for m in &mut measured {
             info!(path = m.path.label, round, "new-connection trial");
             let duration = Duration::from_secs_f64(args.churn_duration);
-            let timeout = Duration::from_secs_f64(args.request_timeout);
-            let (out, first) =
-                rt.block_on(tcp::churn(m.path.tcp, args.connections, duration, timeout))?;
+            let neighbours = stage.contention.neighbours()?;
+            let (out, first) = rt.block_on(tcp::churn(
+                m.path.tcp,
+                args.connections,
+                duration,
+                request_timeout,
+            ))?;
+            drop(neighbours);
             m.churn.push(out.per_second());
             note(&mut m.churn_errors, out.errors, first);
             m.path.ensure_running()?;
@@ -198,11 +157,28 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         baselines.push(report);
     }
 
-    let mut machine = Machine::probe();
-    if measured.iter().any(|m| m.path.kind == PathKind::Envoy) {
-        machine.envoy = tools.envoy.as_deref().and_then(envoy_version);
-    }
-    let report = build_report(&args, creds.source, machine, &measured, baselines, skipped);
+    stage.ensure_control_plane()?;
+    let machine = stage.machine(measured.iter().any(|m| m.path.kind == PathKind::Envoy));
+    let steal: Vec<_> = measured
+        .iter()
+        .flat_map(|m| {
+            let label = m.path.label;
+            m.trials
+                .iter()
+                .enumerate()
+                .map(move |(i, t)| (label.to_owned(), i, t.steal_percent))
+        })
+        .collect();
+    let conditions = stage.contention.report(&steal);
+    let report = build_report(
+        &args,
+        stage.cert_source,
+        machine,
+        conditions,
+        &measured,
+        baselines,
+        skipped,
+    );
     write_outputs(&args.out, &report, &measured)?;
     print!("{}", report.markdown());
     if report.total_errors > 0 {
@@ -222,20 +198,6 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Each path in `--paths` order; the Palisade path once per `--baseline` mode.
-fn variants(args: &LatencyArgs) -> Vec<(PathKind, BaselineRun)> {
-    let mut out = Vec::new();
-    for &kind in &args.paths {
-        match kind {
-            PathKind::Palisade => out.extend(args.baseline.iter().map(|&b| (kind, b))),
-            _ => out.push((kind, BaselineRun::Off)),
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|v| seen.insert(*v));
-    out
 }
 
 impl Measured {
@@ -263,20 +225,10 @@ impl Measured {
         );
     }
 
-    fn record_trial(&mut self, outcome: LoadOutcome, proxy_cpu_s: Option<f64>) {
+    fn record_trial(&mut self, outcome: LoadOutcome, cost: &TrialCost) {
         self.count_load_errors(&outcome);
         self.merged.merge(&outcome.latency);
-        let per_1000 = proxy_cpu_s
-            .filter(|_| outcome.ok > 0)
-            .map(|s| s * 1000.0 * 1000.0 / outcome.ok as f64);
-        self.trials.push(Trial {
-            latency_ms: outcome.latency.summary(),
-            service_ms: outcome.service.summary(),
-            requests_ok: outcome.ok,
-            errors: outcome.errors,
-            achieved_rps: outcome.achieved_rps(),
-            proxy_cpu_ms_per_1000_requests: per_1000,
-        });
+        self.trials.push(Trial::new(&outcome, cost));
     }
 }
 
@@ -287,18 +239,11 @@ fn note(errors: &mut (u64, Option<String>), count: u64, first: Option<String>) {
     }
 }
 
-/// Summed CPU seconds of the proxies; `None` for a path without any.
-fn total_cpu(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&p| cpu_seconds(p).ok()).sum()
-}
-
 fn build_report(
     args: &LatencyArgs,
     cert_source: certs::CertSource,
     machine: Machine,
+    conditions: Conditions,
     measured: &[Measured],
     baselines: Vec<Option<BaselineReport>>,
     skipped: Vec<PathReport>,
@@ -333,6 +278,7 @@ fn build_report(
                         .flatten(),
                     achieved_rps: Spread::of(&rps).unwrap_or_default(),
                     proxy_cpu_ms_per_1000_requests: Spread::of(&cpu),
+                    proxy_sched_per_1000_requests: SchedSummary::of(&m.trials),
                     errors: m.load_errors.0,
                     first_error: m.load_errors.1.clone(),
                 }),
@@ -371,9 +317,10 @@ fn build_report(
         .sum();
     Report {
         machine,
+        conditions,
         config: serde_json::json!({
-            "paths": args.paths,
-            "baseline": args.baseline,
+            "paths": args.setup.paths,
+            "baseline": args.setup.baseline,
             "rps": args.rps,
             "connections": args.connections,
             "body_bytes": args.body_bytes,
@@ -384,8 +331,8 @@ fn build_report(
             "bulk_trials": args.bulk_trials,
             "churn_seconds": args.churn_duration,
             "churn_trials": args.churn_trials,
-            "proxy_workers": args.proxy_workers,
-            "request_timeout_seconds": args.request_timeout,
+            "proxy_workers": args.setup.proxy_workers,
+            "request_timeout_seconds": args.setup.request_timeout,
             "certs": cert_source,
             "smoke": args.smoke,
         }),

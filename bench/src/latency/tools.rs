@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::LatencyArgs;
+use super::PathArgs;
 
 /// Where each binary is, if anywhere.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +19,7 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn find(args: &LatencyArgs) -> Tools {
+    pub fn find(args: &PathArgs) -> Tools {
         let envoy = args
             .envoy_bin
             .clone()

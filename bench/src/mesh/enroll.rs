@@ -1,5 +1,5 @@
 //! Setting the mesh up the way sidecars join: a single-use join token per
-//! sidecar from the admin socket, then a fresh key and CSR each, redeemed
+//! sidecar, minted in batches over the admin socket, then a fresh key and CSR each, redeemed
 //! for the first SVID at `POST /v1/svid`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{StreamExt, TryStreamExt};
-use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::api::{Attestation, JoinTokenBatchEntry, SvidRequest};
 use palisade_identity::client::{AdminClient, ApiClient};
 use palisade_policy::TrustDomain;
 use rustls::pki_types::CertificateDer;
@@ -42,19 +41,25 @@ pub async fn enroll(
     concurrency: usize,
 ) -> anyhow::Result<(Vec<ApiClient>, SetupTimes)> {
     let started = Instant::now();
-    let tokens: Vec<String> = futures_util::stream::iter(0..n)
-        .map(|i| async move {
-            let id = sidecar_id(i);
-            target
-                .admin
-                .create_join_token(&id, Duration::from_secs(3600))
-                .await
-                .map(|t| t.token)
-                .with_context(|| format!("join token for {id}"))
+    let identities: Vec<JoinTokenBatchEntry> = (0..n)
+        .map(|i| JoinTokenBatchEntry {
+            spiffe_id: sidecar_id(i),
+            count: 1,
         })
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+        .collect();
+    let tokens: Vec<String> = target
+        .admin
+        .create_join_tokens(&identities, Duration::from_secs(3600))
+        .await
+        .context("minting the join tokens")?
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    anyhow::ensure!(
+        tokens.len() == n,
+        "asked for {n} join tokens, got {}",
+        tokens.len()
+    );
     let tokens_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

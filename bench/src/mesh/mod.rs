@@ -52,7 +52,7 @@ pub struct MeshArgs {
     /// Entries in the endpoint map the control plane serves.
     #[arg(long, default_value_t = 100)]
     pub endpoints: usize,
-    /// Join tokens, first SVIDs and first connections in flight at once
+    /// First SVIDs and first connections in flight at once
     /// while the mesh is set up.
     #[arg(long, default_value_t = 64)]
     pub setup_concurrency: usize,

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use palisade_identity::client::ControlPlaneAddrs;
 use serde_json::{json, Value};
 
 pub const INJECTED_ANNOTATION: &str = "palisade.dev/injected";
@@ -25,12 +26,15 @@ pub struct InjectArgs {
     /// Image of the init program (deploy/init/palisade-init).
     #[arg(long, default_value = "ghcr.io/palisade/palisade-init:0.1.0")]
     pub init_image: String,
-    /// The control plane's workload API, as the pods reach it.
+    /// The control plane's workload API, as the pods reach it: `host:port`,
+    /// or several replicas comma-separated (a name that resolves to every
+    /// replica, such as a headless Service, works too).
     #[arg(
         long,
-        default_value = "palisade-control-plane.palisade-system.svc:8443"
+        default_value = "palisade-control-plane.palisade-system.svc:8443",
+        value_parser = ControlPlaneAddrs::parse
     )]
-    pub control_plane: String,
+    pub control_plane: ControlPlaneAddrs,
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     /// Put the proxy in `containers` instead of as a native sidecar
@@ -169,9 +173,10 @@ pub fn inject_doc(doc: &mut Value, args: &InjectArgs) -> bool {
 }
 
 fn proxy_container(args: &InjectArgs) -> Value {
+    let control_plane = args.control_plane.to_string();
     let env = [
         ("PALISADE_MODE", "transparent"),
-        ("PALISADE_CONTROL_PLANE", args.control_plane.as_str()),
+        ("PALISADE_CONTROL_PLANE", control_plane.as_str()),
         ("PALISADE_TRUST_DOMAIN", args.trust_domain.as_str()),
         (
             "PALISADE_BOOTSTRAP_BUNDLE",
@@ -219,7 +224,7 @@ mod tests {
             file: "-".into(),
             proxy_image: "proxy:test".into(),
             init_image: "init:test".into(),
-            control_plane: "cp:8443".into(),
+            control_plane: ControlPlaneAddrs::parse("cp:8443").unwrap(),
             trust_domain: "cluster.local".into(),
             legacy_sidecar: false,
         }
@@ -283,6 +288,34 @@ spec: {ports: [{port: 80}]}
         assert_eq!(token["audience"], "palisade");
         assert_eq!(docs[1]["kind"], "Service");
         assert!(docs[1].get("spec").unwrap().get("template").is_none());
+    }
+
+    #[test]
+    fn the_sidecar_is_given_every_control_plane_replica() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            inject: InjectArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "inject",
+            "--control-plane=cp-0.cp:8443, cp-1.cp:8443",
+            "-",
+        ])
+        .unwrap();
+        let out = inject_yaml(DEPLOYMENT, &cli.inject).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_str_multiple(&out).unwrap();
+        let env = &docs[0]["spec"]["template"]["spec"]["initContainers"][1]["env"];
+        let cp = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "PALISADE_CONTROL_PLANE")
+            .unwrap();
+        assert_eq!(cp["value"], "cp-0.cp:8443,cp-1.cp:8443");
+        let err = <Cli as clap::Parser>::try_parse_from(["inject", "--control-plane=cp", "-"])
+            .unwrap_err();
+        assert!(err.to_string().contains("host:port"), "{err}");
     }
 
     #[test]

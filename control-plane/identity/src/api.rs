@@ -75,6 +75,38 @@ pub struct JoinTokenResponse {
     pub expires_at: i64,
 }
 
+/// Most tokens one `POST /v1/join-tokens/batch` mints; palisadectl sends a
+/// larger batch as several requests over one connection.
+pub const MAX_JOIN_TOKEN_BATCH: u32 = 10_000;
+/// Largest `POST /v1/join-tokens/batch` body the admin API reads.
+pub const MAX_JOIN_TOKEN_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// `POST /v1/join-tokens/batch`: `count` tokens for each identity, all
+/// with the same TTL, answered in the same order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenBatchRequest {
+    pub ttl_seconds: u64,
+    pub identities: Vec<JoinTokenBatchEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenBatchEntry {
+    pub spiffe_id: String,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenBatchResponse {
+    pub tokens: Vec<JoinTokenResponse>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateResponse {
     pub active_ca_serial: String,

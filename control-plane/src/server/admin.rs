@@ -14,9 +14,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use palisade_policy::SpiffeId;
 use tokio::net::UnixListener;
 
-use super::http::{json, parse_json, read_body, Failure, Resp};
+use super::http::{json, parse_json, read_body, read_body_max, Failure, Resp};
 use super::State;
-use palisade_identity::api::{JoinTokenRequest, JoinTokenResponse, RotateResponse};
+use palisade_identity::api::{
+    JoinTokenBatchRequest, JoinTokenBatchResponse, JoinTokenRequest, JoinTokenResponse,
+    RotateResponse, MAX_JOIN_TOKEN_BATCH, MAX_JOIN_TOKEN_BATCH_BYTES,
+};
 
 pub async fn serve(listener: UnixListener, state: Arc<State>) {
     loop {
@@ -48,6 +51,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let result = match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/join-tokens") => create_token(state, req).await,
+        (&Method::POST, "/v1/join-tokens/batch") => create_tokens(state, req).await,
         (&Method::POST, "/v1/ca/rotate") => rotate(state),
         (&Method::GET, "/v1/events") => super::events::get(state, req.uri().query()),
         (&Method::GET, "/v1/baselines") => super::baselines::get(state, req.uri().query()),
@@ -66,8 +70,58 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
 async fn create_token(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
     let body = read_body(req, Duration::from_secs(10)).await?;
     let r: JoinTokenRequest = parse_json(&body)?;
+    let id = workload_id(state, &r.spiffe_id)?;
+    let token = mint(state, id.clone(), r.ttl_seconds)?;
+    state.metrics.join_tokens_created.inc();
+    tracing::info!(spiffe_id = %id, expires_at = token.expires_at, "join token created");
+    Ok(json(StatusCode::OK, &token))
+}
+
+/// Many tokens in one request: every identity is checked before any token
+/// is minted, and the answer keeps the request's order.
+async fn create_tokens(state: &State, req: Request<Incoming>) -> Result<Resp, Failure> {
+    let body = read_body_max(req, Duration::from_secs(30), MAX_JOIN_TOKEN_BATCH_BYTES).await?;
+    let r: JoinTokenBatchRequest = parse_json(&body)?;
+    let total: u64 = r.identities.iter().map(|e| u64::from(e.count)).sum();
+    if total == 0 || total > u64::from(MAX_JOIN_TOKEN_BATCH) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_token_request",
+            format!("a batch mints 1 to {MAX_JOIN_TOKEN_BATCH} tokens, not {total}"),
+        ));
+    }
+    let ids = r
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            workload_id(state, &e.spiffe_id).map_err(|mut f| {
+                f.message = format!("identities[{i}]: {}", f.message);
+                f
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tokens = Vec::with_capacity(total as usize);
+    for (id, e) in ids.iter().zip(&r.identities) {
+        for _ in 0..e.count {
+            tokens.push(mint(state, id.clone(), r.ttl_seconds)?);
+            state.metrics.join_tokens_created.inc();
+        }
+    }
+    tracing::info!(
+        tokens = tokens.len(),
+        identities = ids.len(),
+        expires_at = tokens[0].expires_at,
+        "join tokens created"
+    );
+    Ok(json(StatusCode::OK, &JoinTokenBatchResponse { tokens }))
+}
+
+/// A SPIFFE ID a join token may attest: in this trust domain, with a path,
+/// not the control plane's own.
+fn workload_id(state: &State, text: &str) -> Result<SpiffeId, Failure> {
     let bad = |m: String| Failure::new(StatusCode::BAD_REQUEST, "bad_spiffe_id", m);
-    let id = SpiffeId::parse(&r.spiffe_id).map_err(|e| bad(format!("{:?}: {e}", r.spiffe_id)))?;
+    let id = SpiffeId::parse(text).map_err(|e| bad(format!("{text:?}: {e}")))?;
     let td = state.authority.trust_domain();
     if !id.is_member_of(td) {
         return Err(bad(format!(
@@ -79,20 +133,20 @@ async fn create_token(state: &State, req: Request<Incoming>) -> Result<Resp, Fai
             "{id} is reserved; a workload identity needs a path such as /ns/<ns>/sa/<sa>"
         )));
     }
+    Ok(id)
+}
+
+fn mint(state: &State, id: SpiffeId, ttl_seconds: u64) -> Result<JoinTokenResponse, Failure> {
+    let spiffe_id = id.to_string();
     let (token, expires_at) = state
         .tokens
-        .create(id.clone(), Duration::from_secs(r.ttl_seconds))
+        .create(id, Duration::from_secs(ttl_seconds))
         .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "bad_token_request", e.to_string()))?;
-    state.metrics.join_tokens_created.inc();
-    tracing::info!(spiffe_id = %id, expires_at, "join token created");
-    Ok(json(
-        StatusCode::OK,
-        &JoinTokenResponse {
-            token,
-            spiffe_id: id.to_string(),
-            expires_at,
-        },
-    ))
+    Ok(JoinTokenResponse {
+        token,
+        spiffe_id,
+        expires_at,
+    })
 }
 
 fn rotate(state: &State) -> Result<Resp, Failure> {

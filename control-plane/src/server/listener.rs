@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,9 +22,19 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves the HTTPS workload API until the process exits.
 pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let max = state.config.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let mut refused = Refusals::default();
+    let mut report = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let (tcp, _peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = report.tick() => {
+                refused.log_if_due(max);
+                continue;
+            }
+        };
+        let (tcp, _peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -35,10 +46,86 @@ pub async fn serve_api(listener: TcpListener, state: Arc<State>) {
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             state.metrics.api_error("connection_limit");
-            drop(tcp);
+            refuse(tcp);
+            refused.count += 1;
+            refused.log_if_due(max);
             continue;
         };
         tokio::spawn(serve_conn(state.clone(), tcp, permit));
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, since each connection
+/// is a descriptor, and says what it got and whether `max_connections` fits.
+pub fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // The state directory, the admin socket, watchers, logs.
+    const RESERVED: u64 = 64;
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    if (max_connections as u64).saturating_add(RESERVED) > soft {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit is below --max-connections: accepts past it fail; raise the hard limit (LimitNOFILE, ulimit -Hn) or lower --max-connections"
+        );
+    } else {
+        tracing::info!(open_files = soft, max_connections, "open-file limit");
+    }
+}
+
+/// At most one log line per this long about refused connections.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Closes a connection over the cap with a reset: answering in TLS would
+/// cost a handshake per refusal, and a reset is what clients already treat
+/// as "this replica is unavailable" (the sidecar tries the next address,
+/// then backs off with jitter).
+fn refuse(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+}
+
+/// Refusals since the last log line.
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    /// One line for the refusals so far, unless a line went out less than
+    /// `REFUSAL_LOG_INTERVAL` ago (the accept loop's tick catches up).
+    fn log_if_due(&mut self, max: usize) {
+        let due = self
+            .logged_at
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if self.count == 0 || !due {
+            return;
+        }
+        tracing::warn!(
+            refused = self.count,
+            max_connections = max,
+            "workload API at its connection limit: refused {} connections since the last report (raise --max-connections, or add replicas)",
+            self.count
+        );
+        self.count = 0;
+        self.logged_at = Some(Instant::now());
     }
 }
 

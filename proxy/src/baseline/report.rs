@@ -199,7 +199,7 @@ mod tests {
         let mut rt = Runtime::without_identity();
         rt.baseline = crate::baseline::Live::new(&cfg);
         let cp = Arc::new(ControlPlane::new(
-            "127.0.0.1:1".into(),
+            "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap(),
             TrustDomain::new("cluster.local").unwrap(),
             Vec::new(),
             Duration::from_secs(1),

@@ -119,6 +119,7 @@ mod tests {
                 ("PALISADE_JOIN_TOKEN", "12345"),
                 ("PALISADE_ACCEPTED_TRUST_DOMAINS", "a.org,b.org"),
                 ("PALISADE_POLICY_PATH", ""),
+                ("PALISADE_CONTROL_PLANE", "cp-0:8443, cp-1:8443"),
             ]))
             .unwrap();
         assert_eq!(c.admin.bind, "0.0.0.0:4191".parse().unwrap());
@@ -131,12 +132,14 @@ mod tests {
         assert_eq!(c.identity.join_token.as_deref(), Some("12345"));
         assert_eq!(c.identity.accepted_trust_domains.len(), 2);
         assert_eq!(c.policy.path, None);
+        assert_eq!(c.identity.control_plane.to_string(), "cp-0:8443,cp-1:8443");
 
         for (var, value) in [
             ("PALISADE_MAX_CONNECTIONS", "lots"),
             ("PALISADE_TIMEOUT_IDLE", "forever"),
             ("PALISADE_POLICY_DEFAULT", "open"),
             ("PALISADE_MODE", "sideways"),
+            ("PALISADE_CONTROL_PLANE", "cp-0"),
         ] {
             let err = c.clone().with_env(env_of(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_identity::client::ControlPlaneAddrs;
 use palisade_identity::duration;
 use palisade_policy::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
@@ -129,8 +130,10 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
-    /// `host:port` of the control plane's workload API.
-    pub control_plane: String,
+    /// The control plane's workload API: `host:port`, or several (a list,
+    /// or comma-separated); a name may resolve to several replicas. Requests
+    /// go to the one that answered last and move on when it is down.
+    pub control_plane: ControlPlaneAddrs,
     /// The workload's own trust domain.
     pub trust_domain: TrustDomain,
     /// PEM bundle used to verify the control plane before the first SVID.
@@ -145,7 +148,7 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
-            control_plane: "127.0.0.1:8443".to_owned(),
+            control_plane: ControlPlaneAddrs::parse("127.0.0.1:8443").expect("valid default"),
             trust_domain: TrustDomain::new("cluster.local").expect("valid default trust domain"),
             bootstrap_bundle: PathBuf::from("/var/run/palisade/bundle.pem"),
             join_token: None,
@@ -340,7 +343,7 @@ pub(super) mod tests {
         );
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.drain_grace_period, Duration::from_secs(30));
-        assert_eq!(c.identity.control_plane, "127.0.0.1:8443");
+        assert_eq!(c.identity.control_plane.to_string(), "127.0.0.1:8443");
         assert_eq!(
             c.identity.bootstrap_bundle,
             Path::new("/var/run/palisade/bundle.pem")

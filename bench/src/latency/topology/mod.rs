@@ -15,6 +15,8 @@ use serde::Serialize;
 
 use super::backend::Backends;
 use super::certs::Credentials;
+use super::cgroup::Cgroup;
+use super::client::ClientHttp;
 use super::report::BaselineReport;
 use super::tools::Tools;
 
@@ -80,6 +82,8 @@ pub struct Setup<'a> {
     pub tools: &'a Tools,
     /// Worker threads per proxy, the same for every proxy so the comparison is fair.
     pub proxy_workers: usize,
+    /// What the load client speaks to the HTTP entry.
+    pub http: ClientHttp,
 }
 
 /// A started path; its proxies stop when it is dropped.
@@ -94,6 +98,9 @@ pub struct RunningPath {
     pub http: SocketAddr,
     pub tcp: SocketAddr,
     pub proxies: Vec<Process>,
+    /// The proxies' CPU-limit groups; after `proxies`, so the processes are
+    /// gone before their groups are removed.
+    pub cgroups: Vec<Cgroup>,
 }
 
 impl PathKind {
@@ -203,6 +210,7 @@ pub fn start(
             http: setup.backends.http,
             tcp: setup.backends.tcp,
             proxies: Vec::new(),
+            cgroups: Vec::new(),
         }),
         PathKind::Palisade => palisade::start(baseline, setup),
         PathKind::Envoy => envoy::start(setup),
@@ -230,6 +238,7 @@ fn sidecar_pair(
         http: entry[0],
         tcp: entry[1],
         proxies: vec![outbound, inbound],
+        cgroups: Vec::new(),
     })
 }
 

@@ -12,7 +12,7 @@ use palisadectl::local::{ControlPlane, Process, Protocol, Sidecar, SidecarSpec};
 
 use super::{sidecar_pair, BaselineRun, PathKind, RunningPath, Setup, StartError};
 use crate::latency::certs::{CLIENT_ID, SERVER_ID};
-use crate::latency::client::ECHO_PATH;
+use crate::latency::client::{ClientHttp, ECHO_PATH};
 
 pub fn start(baseline: BaselineRun, setup: &Setup<'_>) -> Result<RunningPath, StartError> {
     if !setup.tools.palisade_enabled {
@@ -41,7 +41,8 @@ pub fn start(baseline: BaselineRun, setup: &Setup<'_>) -> Result<RunningPath, St
     )
     .map_err(anyhow::Error::from)?;
 
-    // Protocols are fixed rather than detected, as Envoy's listeners are.
+    // Protocols are fixed rather than detected: the app speaks the load
+    // client's HTTP version to the outbound side, HTTP/1.1 comes out inbound.
     let name = |side: &str| match baseline {
         BaselineRun::Off => format!("palisade-{side}"),
         _ => format!("{}-{side}", baseline.label().replace('+', "-")),
@@ -56,7 +57,10 @@ pub fn start(baseline: BaselineRun, setup: &Setup<'_>) -> Result<RunningPath, St
     outbound.extra_yaml = baseline_yaml(baseline, &setup.work_dir.join(name("outbound")));
     let out_http = outbound.route(in_http, SERVER_ID)?;
     let out_tcp = outbound.route(in_tcp, SERVER_ID)?;
-    outbound.routes[0].protocol = Protocol::Http1;
+    outbound.routes[0].protocol = match setup.http {
+        ClientHttp::Http1 => Protocol::Http1,
+        ClientHttp::Http2 => Protocol::Http2,
+    };
     outbound.routes[1].protocol = Protocol::Opaque;
 
     let admins = [outbound.admin, inbound.admin];

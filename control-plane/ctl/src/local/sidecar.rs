@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_identity::client::ControlPlaneAddrs;
 use palisade_policy::{SpiffeId, TrustDomain};
 use palisade_proxy::config::{
     self, Config, ExplicitInbound, ExplicitOutbound, PortMapping, Protocol, Route,
@@ -34,8 +35,9 @@ pub struct SidecarSpec {
     pub inbound: Vec<PortMapping>,
     pub routes: Vec<Route>,
     pub admin: SocketAddr,
-    /// The control plane's workload API.
-    pub control_plane: SocketAddr,
+    /// The control plane's workload API: one replica's address or several,
+    /// tried in this order.
+    pub control_plane: Vec<SocketAddr>,
     pub trust_domain: String,
     pub bootstrap_bundle: PathBuf,
     pub join_token: String,
@@ -64,7 +66,7 @@ impl SidecarSpec {
             inbound: Vec::new(),
             routes: Vec::new(),
             admin: free_addr()?,
-            control_plane,
+            control_plane: vec![control_plane],
             trust_domain: "cluster.local".to_owned(),
             bootstrap_bundle: bootstrap_bundle.to_owned(),
             join_token: join_token.to_owned(),
@@ -121,7 +123,9 @@ impl SidecarSpec {
             ..Config::default()
         };
         c.admin.bind = self.admin;
-        c.identity.control_plane = self.control_plane.to_string();
+        c.identity.control_plane =
+            ControlPlaneAddrs::new(self.control_plane.iter().map(ToString::to_string))
+                .map_err(anyhow::Error::msg)?;
         c.identity.trust_domain = TrustDomain::new(&self.trust_domain)?;
         c.identity.bootstrap_bundle = self.bootstrap_bundle.clone();
         c.identity.join_token = Some(self.join_token.clone());
@@ -253,7 +257,7 @@ mod tests {
         assert!(inbound.ports[0].permissive);
         assert_eq!(outbound.routes, s.routes);
         assert_eq!(c.identity.join_token.as_deref(), Some("tok"));
-        assert_eq!(c.identity.control_plane, "127.0.0.1:8443");
+        assert_eq!(c.identity.control_plane.to_string(), "127.0.0.1:8443");
         assert_eq!(c.policy.path.as_deref(), Some(Path::new("/policies")));
         assert_eq!(c.drain_grace_period, Duration::from_millis(1500));
     }

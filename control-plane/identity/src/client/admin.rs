@@ -13,7 +13,10 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use super::ClientError;
-use crate::api::{ApiError, JoinTokenRequest, JoinTokenResponse, RotateResponse};
+use crate::api::{
+    ApiError, JoinTokenBatchEntry, JoinTokenBatchRequest, JoinTokenBatchResponse, JoinTokenRequest,
+    JoinTokenResponse, RotateResponse, MAX_JOIN_TOKEN_BATCH, MAX_JOIN_TOKEN_BATCH_BYTES,
+};
 
 pub struct AdminClient {
     socket: PathBuf,
@@ -37,6 +40,28 @@ impl AdminClient {
             ttl_seconds: ttl.as_secs(),
         };
         self.post("/v1/join-tokens", Some(&req)).await
+    }
+
+    /// Creates `count` tokens for each identity (in order, with one TTL),
+    /// over one connection: as few requests as the batch limits allow.
+    pub async fn create_join_tokens(
+        &self,
+        identities: &[JoinTokenBatchEntry],
+        ttl: Duration,
+    ) -> Result<Vec<JoinTokenResponse>, ClientError> {
+        let mut conn = self.connect().await?;
+        let mut out = Vec::new();
+        for identities in batches(identities) {
+            let req = JoinTokenBatchRequest {
+                ttl_seconds: ttl.as_secs(),
+                identities,
+            };
+            let resp: JoinTokenBatchResponse = conn
+                .send(Method::POST, "/v1/join-tokens/batch", Some(&req))
+                .await?;
+            out.extend(resp.tokens);
+        }
+        Ok(out)
     }
 
     /// Rotates the signing CA now.
@@ -75,12 +100,32 @@ impl AdminClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<R, ClientError> {
+        self.connect().await?.send(method, path, body).await
+    }
+
+    async fn connect(&self) -> Result<AdminConnection, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| ClientError::Connect(self.socket.display().to_string(), e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
+        Ok(AdminConnection { sender })
+    }
+}
+
+/// One keep-alive connection to the admin socket.
+struct AdminConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl AdminConnection {
+    async fn send<B: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        self.sender.ready().await?;
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).expect("API types serialize"),
             None => Vec::new(),
@@ -92,11 +137,42 @@ impl AdminClient {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .expect("valid request parts");
-        let resp = sender.send_request(req).await?;
+        let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         decode(status, &body)
     }
+}
+
+/// Splits a batch into requests within the admin API's limits: at most
+/// `MAX_JOIN_TOKEN_BATCH` tokens and about half the body limit each (an
+/// identity asked for many times is split across requests).
+fn batches(identities: &[JoinTokenBatchEntry]) -> Vec<Vec<JoinTokenBatchEntry>> {
+    // JSON around each SPIFFE ID: `{"spiffe_id":"","count":4294967295},`.
+    const ENTRY_OVERHEAD: usize = 40;
+    let mut out = vec![Vec::new()];
+    let (mut tokens, mut bytes) = (0u32, 0usize);
+    for entry in identities {
+        let mut left = entry.count;
+        let size = entry.spiffe_id.len() + ENTRY_OVERHEAD;
+        while left > 0 {
+            if tokens == MAX_JOIN_TOKEN_BATCH || bytes + size > MAX_JOIN_TOKEN_BATCH_BYTES / 2 {
+                out.push(Vec::new());
+                (tokens, bytes) = (0, 0);
+            }
+            let take = left.min(MAX_JOIN_TOKEN_BATCH - tokens);
+            out.last_mut()
+                .expect("one batch at least")
+                .push(JoinTokenBatchEntry {
+                    spiffe_id: entry.spiffe_id.clone(),
+                    count: take,
+                });
+            (tokens, bytes) = (tokens + take, bytes + size);
+            left -= take;
+        }
+    }
+    out.retain(|b| !b.is_empty());
+    out
 }
 
 /// Decodes a JSON answer, or turns an error answer into `ClientError::Status`.
@@ -119,4 +195,48 @@ pub(super) fn decode<R: DeserializeOwned>(
         });
     }
     serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, count: u32) -> JoinTokenBatchEntry {
+        JoinTokenBatchEntry {
+            spiffe_id: id.to_owned(),
+            count,
+        }
+    }
+
+    #[test]
+    fn a_large_batch_is_split_within_the_limits_keeping_its_order() {
+        let ids = [entry("spiffe://td/a", 25_000), entry("spiffe://td/b", 1)];
+        let split = batches(&ids);
+        let counts: Vec<Vec<(&str, u32)>> = split
+            .iter()
+            .map(|b| b.iter().map(|e| (&e.spiffe_id[12..], e.count)).collect())
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                vec![("a", 10_000)],
+                vec![("a", 10_000)],
+                vec![("a", 5_000), ("b", 1)]
+            ]
+        );
+        let long = "spiffe://td/".to_owned() + &"x".repeat(2000);
+        let many: Vec<_> = (0..2_000).map(|_| entry(&long, 1)).collect();
+        let split = batches(&many);
+        assert!(split.len() > 1);
+        for b in &split {
+            let body = serde_json::to_vec(&JoinTokenBatchRequest {
+                ttl_seconds: 600,
+                identities: b.clone(),
+            })
+            .unwrap();
+            assert!(body.len() <= MAX_JOIN_TOKEN_BATCH_BYTES, "{}", body.len());
+        }
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 2_000);
+        assert!(batches(&[]).is_empty());
+    }
 }

@@ -72,6 +72,14 @@ impl ApiClient {
         })
     }
 
+    /// The same client (trust, identity) for another address.
+    pub fn at(&self, addr: impl ToString) -> ApiClient {
+        ApiClient {
+            addr: addr.to_string(),
+            connector: self.connector.clone(),
+        }
+    }
+
     /// A verified TLS connection with no HTTP on it yet.
     pub async fn connect_tls(&self) -> Result<TlsStream<TcpStream>, ClientError> {
         let tcp = TcpStream::connect(&self.addr)
@@ -120,7 +128,7 @@ impl ApiConnection {
         &mut self,
         method: Method,
         path: &str,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         self.sender.ready().await?;
         let req = Request::builder()
@@ -128,7 +136,7 @@ impl ApiConnection {
             .uri(path)
             .header(http::header::HOST, SERVER_NAME)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.into()))
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
@@ -151,7 +159,10 @@ impl ApiConnection {
     }
 
     /// `POST /v1/events` with a JSON array of security events.
-    pub async fn post_events(&mut self, body: Vec<u8>) -> Result<EventsAccepted, ClientError> {
+    pub async fn post_events(
+        &mut self,
+        body: impl Into<Bytes>,
+    ) -> Result<EventsAccepted, ClientError> {
         let (status, bytes) = self.request(Method::POST, "/v1/events", body).await?;
         decode(status, &bytes)
     }
@@ -160,7 +171,7 @@ impl ApiConnection {
     pub async fn post_baseline(
         &mut self,
         instance: &str,
-        snapshot_json: Vec<u8>,
+        snapshot_json: impl Into<Bytes>,
     ) -> Result<BaselineAccepted, ClientError> {
         let path = format!("/v1/baselines?instance={instance}");
         let (status, bytes) = self.request(Method::POST, &path, snapshot_json).await?;

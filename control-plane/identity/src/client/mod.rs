@@ -3,11 +3,13 @@
 
 pub mod admin;
 pub mod api;
+pub mod failover;
 pub mod workload;
 
 pub use crate::verify::SpiffeServerVerifier;
 pub use admin::AdminClient;
 pub use api::{ApiClient, ApiConnection, ClientIdentity};
+pub use failover::ControlPlaneAddrs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -27,4 +29,17 @@ pub enum ClientError {
     },
     #[error("cannot decode the answer: {0}")]
     Decode(String),
+}
+
+impl ClientError {
+    /// Whether another control-plane replica might answer: the connection
+    /// failed (refused, reset, handshake cut) or the server failed (5xx).
+    /// A 4xx is an answer about the request, the same from every replica.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Connect(..) | ClientError::Http(_) => true,
+            ClientError::Status { status, .. } => *status >= 500,
+            ClientError::Tls(_) | ClientError::Config(_) | ClientError::Decode(_) => false,
+        }
+    }
 }

@@ -1,13 +1,17 @@
 //! A workload's view of the control plane (the proxy's SVID client): the
 //! SPIFFE-ID-checked API client, built per call from the current state (trust
 //! = bootstrap bundle plus the current bundle, so a CA rotation does not lock
-//! the workload out; mTLS with the current SVID for renewals), with a deadline.
+//! the workload out; mTLS with the current SVID for renewals), with a deadline,
+//! through whichever of the control plane's addresses answers.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 
+use super::failover::{ControlPlaneAddrs, Failover, OnSwitch};
 use super::{ApiClient, ClientError, ClientIdentity};
 use crate::api::{
     Attestation, BaselineAccepted, EndpointsResponse, EventsAccepted, PoliciesResponse,
@@ -31,25 +35,39 @@ pub enum CpError {
 }
 
 pub struct ControlPlane {
-    addr: String,
+    failover: Failover,
     trust_domain: TrustDomain,
     bootstrap: Vec<CertificateDer<'static>>,
     timeout: Duration,
 }
 
 impl ControlPlane {
+    /// A client of the replicas at `addrs`; each request gets `timeout`
+    /// per address (a long poll its wait on top).
     pub fn new(
-        addr: String,
+        addrs: impl Into<ControlPlaneAddrs>,
         trust_domain: TrustDomain,
         bootstrap: Vec<CertificateDer<'static>>,
         timeout: Duration,
     ) -> Self {
         ControlPlane {
-            addr,
+            failover: Failover::new(addrs.into()),
             trust_domain,
             bootstrap,
             timeout,
         }
+    }
+
+    /// Calls `f` each time requests move to another address (the first
+    /// answer included).
+    pub fn on_switch(mut self, f: OnSwitch) -> Self {
+        self.failover.set_on_switch(f);
+        self
+    }
+
+    /// The address that answered last.
+    pub fn in_use(&self) -> Option<SocketAddr> {
+        self.failover.in_use()
     }
 
     fn client(&self, current: Option<&impl Current>) -> Result<ApiClient, ClientError> {
@@ -64,16 +82,23 @@ impl ControlPlane {
             );
             identity = Some(c.identity());
         }
-        ApiClient::new(&self.addr, &self.trust_domain, &trust, identity)
+        ApiClient::new(self.failover.first(), &self.trust_domain, &trust, identity)
     }
 
-    async fn deadline<T>(
+    /// One request through whichever address answers, each try within
+    /// `deadline`.
+    async fn call<T, Fut>(
         &self,
-        f: impl Future<Output = Result<T, ClientError>>,
-    ) -> Result<T, CpError> {
-        Ok(tokio::time::timeout(self.timeout, f)
+        client: &ApiClient,
+        deadline: Duration,
+        request: impl Fn(ApiClient) -> Fut,
+    ) -> Result<T, CpError>
+    where
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        self.failover
+            .call(self.timeout, deadline, |addr| request(client.at(addr)))
             .await
-            .map_err(|_| CpError::Timeout(self.timeout))??)
     }
 
     /// First issuance, authenticated by an attestation credential.
@@ -83,30 +108,40 @@ impl ControlPlane {
         attestation: Attestation,
     ) -> Result<SvidResponse, CpError> {
         let client = self.client(None::<&NoSvid>)?;
-        self.deadline(client.issue(&SvidRequest { csr, attestation }))
+        let req = &SvidRequest { csr, attestation };
+        self.call(&client, self.timeout, |c| async move { c.issue(req).await })
             .await
     }
 
     /// Renewal over mTLS with the SVID being replaced.
     pub async fn renew(&self, csr: &str, current: &impl Current) -> Result<SvidResponse, CpError> {
         let client = self.client(Some(current))?;
-        self.deadline(client.renew(csr)).await
+        self.call(&client, self.timeout, |c| async move { c.renew(csr).await })
+            .await
     }
 
     pub async fn endpoints(&self, current: &impl Current) -> Result<EndpointsResponse, CpError> {
         let client = self.client(Some(current))?;
-        self.deadline(client.endpoints()).await
+        self.call(
+            &client,
+            self.timeout,
+            |c| async move { c.endpoints().await },
+        )
+        .await
     }
 
     /// Sends security events (a JSON array) to the control plane's collector.
     pub async fn post_events(
         &self,
         current: &impl Current,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
     ) -> Result<EventsAccepted, CpError> {
         let client = self.client(Some(current))?;
-        self.deadline(async { client.connect().await?.post_events(body).await })
-            .await
+        let body = &body.into();
+        self.call(&client, self.timeout, |c| async move {
+            c.connect().await?.post_events(body.clone()).await
+        })
+        .await
     }
 
     /// Reports this workload's cumulative baseline (a snapshot's JSON) as
@@ -116,14 +151,14 @@ impl ControlPlane {
         &self,
         current: &impl Current,
         instance: &str,
-        snapshot_json: Vec<u8>,
+        snapshot_json: impl Into<Bytes>,
     ) -> Result<BaselineAccepted, CpError> {
         let client = self.client(Some(current))?;
-        self.deadline(async {
-            client
-                .connect()
+        let body = &snapshot_json.into();
+        self.call(&client, self.timeout, |c| async move {
+            c.connect()
                 .await?
-                .post_baseline(instance, snapshot_json)
+                .post_baseline(instance, body.clone())
                 .await
         })
         .await
@@ -142,12 +177,11 @@ impl ControlPlane {
             Some(v) => format!("/v1/policies?version={v}&wait={}", wait.as_secs()),
             None => "/v1/policies".to_owned(),
         };
-        let deadline = wait + self.timeout;
-        let fetch = async { client.connect().await?.get_json(&path).await };
-        tokio::time::timeout(deadline, fetch)
-            .await
-            .map_err(|_| CpError::Timeout(deadline))?
-            .map_err(CpError::from)
+        let path = path.as_str();
+        self.call(&client, wait + self.timeout, |c| async move {
+            c.connect().await?.get_json(path).await
+        })
+        .await
     }
 }
 
