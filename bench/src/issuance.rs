@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use palisade_identity::api::{Attestation, SvidRequest};
+use palisade_identity::api::{Attestation, SvidRequest, SvidResponse};
 use palisade_identity::client::{AdminClient, ApiClient};
 use palisade_identity::csr::new_key_and_csr;
 use palisade_identity::svid::{certs_from_pem, private_key_from_pem};
 use palisade_policy::TrustDomain;
 use palisadectl::local::{ControlPlane, ControlPlaneSpec};
+use rcgen::KeyPair;
+use rustls::pki_types::CertificateDer;
 
 use crate::latency::procstat::cpu_seconds;
 
@@ -40,7 +42,8 @@ pub struct IssuanceArgs {
     pub csrs: Option<usize>,
 }
 
-fn default_bin() -> anyhow::Result<PathBuf> {
+/// `palisade-control-plane` next to this binary.
+pub(crate) fn default_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("palisade-control-plane");
     if !bin.exists() {
@@ -54,6 +57,11 @@ fn default_bin() -> anyhow::Result<PathBuf> {
 
 /// CSRs over fresh P-256 keys, generated on every core before the run.
 fn make_csrs(n: usize) -> Vec<String> {
+    keys_and_csrs(n).into_iter().map(|(_, csr)| csr).collect()
+}
+
+/// `n` fresh P-256 keys, each with its CSR, generated on every core.
+pub(crate) fn keys_and_csrs(n: usize) -> Vec<(KeyPair, String)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -62,7 +70,7 @@ fn make_csrs(n: usize) -> Vec<String> {
         .map(|_| {
             std::thread::spawn(move || {
                 (0..per)
-                    .map(|_| new_key_and_csr().expect("key and CSR").1)
+                    .map(|_| new_key_and_csr().expect("key and CSR"))
                     .collect::<Vec<_>>()
             })
         })
@@ -72,6 +80,19 @@ fn make_csrs(n: usize) -> Vec<String> {
         .flat_map(|h| h.join().expect("csr thread"))
         .take(n)
         .collect()
+}
+
+/// A workload API client that authenticates with `svid` and its `key`.
+pub(crate) fn client_with_svid(
+    addr: &str,
+    td: &TrustDomain,
+    bundle: &[CertificateDer<'static>],
+    svid: &SvidResponse,
+    key: &KeyPair,
+) -> anyhow::Result<ApiClient> {
+    let chain = certs_from_pem(svid.svid_chain.as_bytes())?;
+    let private = private_key_from_pem(key.serialize_pem().as_bytes())?;
+    Ok(ApiClient::new(addr, td, bundle, Some((chain, private)))?)
 }
 
 struct WorkerResult {
@@ -133,9 +154,7 @@ async fn drive(
                 attestation: Attestation::JoinToken(token),
             })
             .await?;
-        let chain = certs_from_pem(svid.svid_chain.as_bytes())?;
-        let private = private_key_from_pem(key.serialize_pem().as_bytes())?;
-        clients.push(ApiClient::new(&addr, &td, &bundle, Some((chain, private)))?);
+        clients.push(client_with_svid(&addr, &td, &bundle, &svid, &key)?);
     }
 
     let next = Arc::new(AtomicUsize::new(0));

@@ -4,5 +4,6 @@
 
 pub mod issuance;
 pub mod latency;
+pub mod mesh;
 pub mod policy_load;
 pub mod policy_shapes;

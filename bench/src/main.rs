@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use palisade_bench::{issuance, latency, policy_load};
+use palisade_bench::{issuance, latency, mesh, policy_load};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,10 @@ enum Cmd {
     /// Parse and compile time of a large policy set of each shape, and the
     /// memory a real proxy gains holding it.
     PolicyLoad(policy_load::PolicyLoadArgs),
+    /// Thousands of simulated sidecars against one control plane: how fast a
+    /// policy change reaches them under SVID renewal churn, and what the
+    /// control plane spends.
+    Mesh(mesh::MeshArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Cmd::Sweep(args) => latency::sweep::run(args),
         Cmd::Issuance(args) => issuance::run(args),
         Cmd::PolicyLoad(args) => policy_load::run(args),
+        Cmd::Mesh(args) => mesh::run(args),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,7 @@ mod closed_loop;
 mod conditions;
 mod hist;
 mod load;
-mod machine;
+pub(crate) mod machine;
 mod neighbour;
 mod perf;
 mod plot;

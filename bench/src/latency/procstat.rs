@@ -29,6 +29,37 @@ fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// Seconds all of `pid`'s threads have spent on a CPU and waiting for one
+/// (runnable on a run queue: time lost to other processes), from
+/// `/proc/<pid>/task/*/schedstat`. Threads that ended are not counted.
+pub fn sched_seconds(pid: u32) -> anyhow::Result<SchedTimes> {
+    let mut total = SchedTimes::default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let t = parse_schedstat(&text).ok_or_else(|| anyhow!("unexpected schedstat {text:?}"))?;
+        total.on_cpu += t.on_cpu;
+        total.waiting += t.waiting;
+    }
+    Ok(total)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SchedTimes {
+    pub on_cpu: f64,
+    pub waiting: f64,
+}
+
+fn parse_schedstat(text: &str) -> Option<SchedTimes> {
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let (on_cpu, waiting) = (f.next()??, f.next()??);
+    Some(SchedTimes {
+        on_cpu: on_cpu as f64 / 1e9,
+        waiting: waiting as f64 / 1e9,
+    })
+}
+
 pub use palisadectl::local::{peak_rss_kib, rss_kib};
 
 /// Context switches of a process, summed over its threads.
@@ -166,6 +197,19 @@ mod tests {
     fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
         let stat = "42 (my (odd) proxy) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
         assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+    }
+
+    #[test]
+    fn schedstat_gives_time_on_cpu_and_waiting_in_seconds() {
+        let t = parse_schedstat("2500000000 500000000 42\n").unwrap();
+        assert_eq!(
+            t,
+            SchedTimes {
+                on_cpu: 2.5,
+                waiting: 0.5
+            }
+        );
+        assert!(sched_seconds(std::process::id()).unwrap().on_cpu > 0.0);
     }
 
     #[test]
