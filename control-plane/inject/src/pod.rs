@@ -184,7 +184,7 @@ fn init_container(settings: &Settings, skip_in: Option<String>, skip_out: Option
 }
 
 fn proxy_container(settings: &Settings, spiffe: bool) -> Value {
-    let env = [
+    let mut env = vec![
         ("PALISADE_MODE", "transparent"),
         ("PALISADE_CONTROL_PLANE", settings.control_plane.as_str()),
         ("PALISADE_TRUST_DOMAIN", settings.trust_domain.as_str()),
@@ -199,6 +199,10 @@ fn proxy_container(settings: &Settings, spiffe: bool) -> Value {
         ("PALISADE_ADMIN_BIND", "0.0.0.0:4191"),
         ("PALISADE_LOG_JSON", "true"),
     ];
+    if spiffe {
+        // The sidecar serves the Workload API only when asked to.
+        env.push(("PALISADE_WORKLOAD_API_SOCKET", SPIFFE_SOCKET_PATH));
+    }
     let mut mounts = vec![
         json!({"name": "palisade-trust-bundle", "mountPath": "/var/run/palisade/bundle", "readOnly": true}),
         json!({"name": "palisade-token", "mountPath": "/var/run/palisade/token", "readOnly": true}),
@@ -293,6 +297,9 @@ pub(crate) mod tests {
             .as_array()
             .unwrap()
             .contains(&json!({"name": "palisade-spiffe", "mountPath": "/run/palisade/spiffe"})));
+        assert!(proxy["env"].as_array().unwrap().contains(
+            &json!({"name": "PALISADE_WORKLOAD_API_SOCKET", "value": "/run/palisade/spiffe/workload.sock"})
+        ));
         for c in spec["containers"].as_array().unwrap() {
             assert_eq!(c["volumeMounts"][0]["mountPath"], "/run/palisade/spiffe");
             assert_eq!(c["volumeMounts"][0]["readOnly"], true);
@@ -313,6 +320,10 @@ pub(crate) mod tests {
         assert_eq!(inject_doc(&mut p, &settings()), Injection::Injected);
         assert_eq!(p["spec"]["containers"], before);
         assert!(!names(&p["spec"]["volumes"]).contains(&"palisade-spiffe"));
+        let proxy_env = p["spec"]["initContainers"][1]["env"].as_array().unwrap();
+        assert!(!proxy_env
+            .iter()
+            .any(|e| e["name"] == "PALISADE_WORKLOAD_API_SOCKET"));
     }
 
     #[test]
