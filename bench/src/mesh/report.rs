@@ -214,9 +214,14 @@ impl MeshReport {
         }
         let _ = writeln!(
             md,
-            "\nPush times are the slowest of the {} pushes at each percentile, from just before the \
-             policy file is replaced (or applied through a replica) to the sidecar's answer (the control plane's 100 ms debounce included).\n",
-            self.pushes_per_size
+            "\nPush times are the slowest of the {} pushes at each percentile, from just before {} \
+             to the sidecar's answer.\n",
+            self.pushes_per_size,
+            if self.replicas == 1 {
+                "the policy file is replaced (the control plane's 100 ms debounce included)"
+            } else {
+                "the policy is applied through the first replica"
+            }
         );
         if self.replicas == 1 {
             let _ = writeln!(md, "{}\n", self.goal());
