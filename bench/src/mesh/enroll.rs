@@ -29,12 +29,14 @@ pub struct SetupTimes {
 /// Where the sidecars enroll.
 pub struct Target<'a> {
     pub admin: &'a AdminClient,
-    pub addr: &'a str,
+    /// Every replica's API address: sidecar `i` stays on replica `i` mod
+    /// their count, and the first SVIDs are redeemed across all of them.
+    pub addrs: &'a [String],
     pub trust_domain: &'a TrustDomain,
     pub bundle: &'a [CertificateDer<'static>],
 }
 
-/// One mTLS client per sidecar, holding its first SVID.
+/// One mTLS client per sidecar, holding its first SVID, for its replica.
 pub async fn enroll(
     target: &Target<'_>,
     n: usize,
@@ -87,16 +89,16 @@ async fn issue_all(
     concurrency: usize,
 ) -> anyhow::Result<Vec<ApiClient>> {
     let n = tokens.len();
-    let bootstrap = ApiClient::new(target.addr, target.trust_domain, target.bundle, None)?;
+    let bootstrap = ApiClient::new(&target.addrs[0], target.trust_domain, target.bundle, None)?;
     let work = Arc::new((tokens, keys));
     let next = Arc::new(AtomicUsize::new(0));
     let out: Arc<Mutex<Vec<Option<ApiClient>>>> = Arc::new(Mutex::new(vec![None; n]));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.min(n).max(1) {
-        let (bootstrap, work, next, out) =
-            (bootstrap.clone(), work.clone(), next.clone(), out.clone());
-        let (addr, td, bundle) = (
-            target.addr.to_owned(),
+    for w in 0..concurrency.min(n).max(1) {
+        let bootstrap = bootstrap.at(&target.addrs[w % target.addrs.len()]);
+        let (work, next, out) = (work.clone(), next.clone(), out.clone());
+        let (addrs, td, bundle) = (
+            target.addrs.to_vec(),
             target.trust_domain.clone(),
             target.bundle.to_vec(),
         );
@@ -115,7 +117,8 @@ async fn issue_all(
                     })
                     .await
                     .with_context(|| format!("first SVID of {}", sidecar_id(i)))?;
-                let client = client_with_svid(&addr, &td, &bundle, &svid, key)?;
+                let addr = &addrs[i % addrs.len()];
+                let client = client_with_svid(addr, &td, &bundle, &svid, key)?;
                 out.lock().expect("enroll lock")[i] = Some(client);
             }
         });

@@ -4,6 +4,7 @@
 //! SVIDs renew at a steady rate; the bench times how long one policy change
 //! takes to reach them and reads the control plane's CPU and memory.
 
+mod cluster;
 mod enroll;
 mod plot;
 mod push;
@@ -28,7 +29,8 @@ pub struct MeshArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     pub sidecars: Vec<usize>,
     /// Control-plane replicas the sidecars spread over, round-robin. More
-    /// than one needs a control plane with a shared state store.
+    /// than one run on a 3-member etcd cluster (`--store etcd`) the bench
+    /// starts, from Debian's `etcd-server`.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
     /// SVID renewals per second across the whole mesh, from the steady
@@ -58,7 +60,8 @@ pub struct MeshArgs {
     pub setup_concurrency: usize,
     #[arg(long, env = "PALISADE_CONTROL_PLANE_BIN")]
     pub control_plane_bin: Option<PathBuf>,
-    /// Directory for `mesh.json`, `mesh.md` and `mesh.svg`.
+    /// Directory for `mesh.json`, `mesh.md` and `mesh.svg` (with several
+    /// replicas `mesh-replicas<N>.*`).
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
     /// How the machine was used during the run, copied into the report

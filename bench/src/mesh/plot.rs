@@ -45,7 +45,11 @@ pub fn against_size(out: &Path, sizes: &[SizeResult]) -> anyhow::Result<()> {
         &push,
     )
     .map_err(draw)?;
-    panel(&panels[1], "Control-plane memory", "RSS (MiB)", &rss).map_err(draw)?;
+    let memory = match sizes.first().map_or(1, |s| s.replicas) {
+        1 => "Control-plane memory".to_owned(),
+        n => format!("Control-plane memory, {n} replicas summed"),
+    };
+    panel(&panels[1], &memory, "RSS (MiB)", &rss).map_err(draw)?;
     root.present().map_err(draw)?;
     Ok(())
 }

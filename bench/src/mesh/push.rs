@@ -1,8 +1,8 @@
 //! One policy change and how long it takes to reach the mesh: the policy
 //! file in the control plane's `--policy-dir` is replaced (written aside,
-//! then renamed over, as a ConfigMap update or an editor does), and each
-//! sidecar's first answer that carries the new rule is timed from just
-//! before the write.
+//! then renamed over, as a ConfigMap update or an editor does), or with
+//! several replicas applied through one of them, and each sidecar's first
+//! answer that carries the new rule is timed from just before the change.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -13,11 +13,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::cluster::Cluster;
 use super::sidecar::{marker, Mesh};
-use crate::latency::procstat::sched_seconds;
+use crate::latency::procstat::{sched_seconds, SchedTimes};
 
 /// The policy file's name in the policy directory.
-const FILE: &str = "mesh.yaml";
+pub const FILE: &str = "mesh.yaml";
 
 /// One push: when it reached half, 99% and all of the sidecars.
 #[derive(Debug, Clone, Serialize)]
@@ -28,9 +29,9 @@ pub struct PushResult {
     pub p99_ms: Option<f64>,
     /// When the last sidecar got it; `None` if some never did.
     pub all_ms: Option<f64>,
-    /// What the control plane spent from the write until the last answer
-    /// (or the timeout): CPU time, and time its threads were runnable but
-    /// waiting for a CPU that other processes held.
+    /// What the control plane (every replica, summed) spent from the
+    /// change until the last answer (or the timeout): CPU time, and time its
+    /// threads were runnable but waiting for a CPU that other processes held.
     pub cp_cpu_ms: f64,
     pub cp_waiting_ms: f64,
     /// The same for the bench process, where the sidecars run.
@@ -67,18 +68,18 @@ pub fn write_policy(dir: &Path, k: u32) -> anyhow::Result<()> {
 /// Pushes change `k` and waits until every one of `n` sidecars has it or
 /// `timeout` passes.
 pub async fn push(
-    cp_pid: u32,
+    cluster: &Cluster,
     mesh: &Mesh,
     reached: &mut mpsc::UnboundedReceiver<(u32, usize, Instant)>,
-    dir: &Path,
     k: u32,
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<PushResult> {
     mesh.push.store(k, Ordering::Relaxed);
-    let (cp0, own0) = (sched_seconds(cp_pid)?, sched_seconds(std::process::id())?);
+    let pids = cluster.pids()?;
+    let (cp0, own0) = (sched_summed(&pids)?, sched_seconds(std::process::id())?);
     let t0 = Instant::now();
-    write_policy(dir, k)?;
+    cluster.apply(k).await?;
     let deadline = t0 + timeout;
     let mut got = vec![false; n];
     let mut latencies = Vec::with_capacity(n);
@@ -91,7 +92,7 @@ pub async fn push(
             latencies.push((at - t0).as_secs_f64() * 1000.0);
         }
     }
-    let (cp1, own1) = (sched_seconds(cp_pid)?, sched_seconds(std::process::id())?);
+    let (cp1, own1) = (sched_summed(&pids)?, sched_seconds(std::process::id())?);
     latencies.sort_by(f64::total_cmp);
     // The time by which a fraction q of all n sidecars had it.
     let by = |q: f64| {
@@ -108,6 +109,17 @@ pub async fn push(
         cp_waiting_ms: (cp1.waiting - cp0.waiting) * 1000.0,
         sidecars_cpu_ms: (own1.on_cpu - own0.on_cpu) * 1000.0,
         sidecars_waiting_ms: (own1.waiting - own0.waiting) * 1000.0,
+    })
+}
+
+/// [`sched_seconds`] summed over `pids`.
+fn sched_summed(pids: &[u32]) -> anyhow::Result<SchedTimes> {
+    pids.iter().try_fold(SchedTimes::default(), |sum, &pid| {
+        let s = sched_seconds(pid)?;
+        Ok(SchedTimes {
+            on_cpu: sum.on_cpu + s.on_cpu,
+            waiting: sum.waiting + s.waiting,
+        })
     })
 }
 

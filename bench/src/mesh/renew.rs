@@ -24,7 +24,8 @@ const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where renewals go and with which trust.
 #[derive(Clone)]
 pub struct Issuer {
-    pub addr: String,
+    /// Every replica's API address; sidecar `i` renews at `i` mod their count.
+    pub addrs: Vec<String>,
     pub trust_domain: TrustDomain,
     pub bundle: Vec<CertificateDer<'static>>,
 }
@@ -162,7 +163,7 @@ async fn renew_one(
         sidecar_id(i)
     );
     let next = client_with_svid(
-        &issuer.addr,
+        &issuer.addrs[i % issuer.addrs.len()],
         &issuer.trust_domain,
         &issuer.bundle,
         &resp,

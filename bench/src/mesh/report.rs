@@ -13,8 +13,14 @@ use super::renew::RenewalStats;
 use super::MeshArgs;
 use crate::latency::machine::Machine;
 
-/// `mesh.json`, `mesh.md`, `mesh.svg` under `--out`.
-pub const BASENAME: &str = "mesh.md";
+/// `mesh.{json,md,svg}` under `--out` for one replica, `mesh-replicas<N>.*`
+/// for several, so each keeps its own figures.
+pub fn basename(replicas: usize) -> String {
+    match replicas {
+        1 => "mesh".to_owned(),
+        n => format!("mesh-replicas{n}"),
+    }
+}
 
 /// The issue's goal for one replica.
 const GOAL_SIDECARS: usize = 10_000;
@@ -36,7 +42,7 @@ pub struct MeshReport {
 }
 
 /// What the control plane used, read from /proc.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ControlPlaneCost {
     /// Over the steady window: parked polls, endpoint refreshes, renewals.
     pub cpu_cores_steady: f64,
@@ -57,7 +63,10 @@ pub struct SizeResult {
     pub connect_secs: f64,
     pub pushes: Vec<PushResult>,
     pub renewals: RenewalStats,
+    /// Summed over the replicas.
     pub control_plane: ControlPlaneCost,
+    /// Each replica's own.
+    pub per_replica: Vec<ControlPlaneCost>,
     pub polls: u64,
     pub endpoint_fetches: u64,
     pub connects: u64,
@@ -70,6 +79,20 @@ pub struct SizeResult {
     /// The control plane's own count of refused connections and requests
     /// (`api_errors_total`, `svid_rejected_total` by label), at the end.
     pub control_plane_errors: std::collections::BTreeMap<String, u64>,
+}
+
+impl ControlPlaneCost {
+    /// What `replicas` used together (peak RSS: the sum of each one's peak).
+    pub fn sum(replicas: &[ControlPlaneCost]) -> ControlPlaneCost {
+        replicas
+            .iter()
+            .fold(ControlPlaneCost::default(), |a, c| ControlPlaneCost {
+                cpu_cores_steady: a.cpu_cores_steady + c.cpu_cores_steady,
+                cpu_cores_pushes: a.cpu_cores_pushes + c.cpu_cores_pushes,
+                rss_mib_steady: a.rss_mib_steady + c.rss_mib_steady,
+                rss_mib_peak: a.rss_mib_peak + c.rss_mib_peak,
+            })
+    }
 }
 
 impl SizeResult {
@@ -121,12 +144,19 @@ impl MeshReport {
             .all(SizeResult::every_push_reached_everyone)
     }
 
-    /// Writes `mesh.json`, `mesh.md` and `mesh.svg` into `out`.
-    pub fn write(&self, out: &Path) -> anyhow::Result<()> {
+    /// Writes the report's `.json`, `.md` and `.svg` into `out`; the path of
+    /// the Markdown.
+    pub fn write(&self, out: &Path) -> anyhow::Result<std::path::PathBuf> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        std::fs::write(out.join("mesh.json"), serde_json::to_string_pretty(self)?)?;
-        std::fs::write(out.join(BASENAME), self.markdown())?;
-        super::plot::against_size(&out.join("mesh.svg"), &self.sizes)
+        let base = out.join(basename(self.replicas));
+        let md = base.with_extension("md");
+        std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(self)?,
+        )?;
+        std::fs::write(&md, self.markdown())?;
+        super::plot::against_size(&base.with_extension("svg"), &self.sizes)?;
+        Ok(md)
     }
 
     pub fn markdown(&self) -> String {
@@ -138,11 +168,18 @@ impl MeshReport {
         }
         let _ = writeln!(
             md,
-            "Run: {} replica; {} SVID renewals/s across the mesh; each sidecar long-polls its policies \
+            "Run: {} replica(s){}; {} SVID renewals/s across the mesh; each sidecar long-polls its policies \
              and fetches an endpoint map of {} entries every {} s on one keep-alive mTLS connection; \
              {} policy pushes per size after a {} s steady window. Simulated sidecars and control plane \
              share the machine.\n",
             self.replicas,
+            if self.replicas > 1 {
+                " on a 3-member etcd cluster, sidecar i on replica i mod replicas, each push \
+                 applied through the first replica (`PUT /v1/policies`); CPU and RSS summed over \
+                 the replicas"
+            } else {
+                ""
+            },
             self.renewals_per_sec,
             self.endpoint_map_entries,
             self.endpoints_refresh_secs,
@@ -177,11 +214,20 @@ impl MeshReport {
         }
         let _ = writeln!(
             md,
-            "\nPush times are the slowest of the {} pushes at each percentile, from just before the \
-             policy file is replaced to the sidecar's answer (the control plane's 100 ms debounce included).\n",
-            self.pushes_per_size
+            "\nPush times are the slowest of the {} pushes at each percentile, from just before {} \
+             to the sidecar's answer.\n",
+            self.pushes_per_size,
+            if self.replicas == 1 {
+                "the policy file is replaced (the control plane's 100 ms debounce included)"
+            } else {
+                "the policy is applied through the first replica"
+            }
         );
-        let _ = writeln!(md, "{}\n", self.goal());
+        if self.replicas == 1 {
+            let _ = writeln!(md, "{}\n", self.goal());
+        } else {
+            self.per_replica_table(&mut md);
+        }
         let _ = writeln!(md, "Each push:\n");
         let _ = writeln!(
             md,
@@ -228,6 +274,30 @@ impl MeshReport {
             );
         }
         md
+    }
+
+    /// Each replica's CPU and RSS.
+    fn per_replica_table(&self, md: &mut String) {
+        let _ = writeln!(md, "Each replica:\n");
+        let _ = writeln!(
+            md,
+            "| sidecars | replica | CPU parked | during pushes | RSS parked | RSS peak |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for s in &self.sizes {
+            for (r, c) in s.per_replica.iter().enumerate() {
+                let _ = writeln!(
+                    md,
+                    "| {} | {r} | {:.2} cores | {:.2} cores | {:.0} MiB | {:.0} MiB |",
+                    s.sidecars,
+                    c.cpu_cores_steady,
+                    c.cpu_cores_pushes,
+                    c.rss_mib_steady,
+                    c.rss_mib_peak,
+                );
+            }
+        }
+        let _ = writeln!(md);
     }
 
     /// Whether the run meets the issue's goal for one replica.

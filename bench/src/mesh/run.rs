@@ -1,9 +1,8 @@
-//! One mesh size end to end: a fresh control plane with a policy directory
-//! and an endpoint map, the sidecars enrolled and parked, a steady window of
-//! renewals, then the pushes; the control plane's CPU and memory read from
-//! /proc around each phase.
+//! One mesh size end to end: fresh control-plane replicas with the policy
+//! and an endpoint map, the sidecars enrolled and parked (sidecar i on
+//! replica i mod replicas), a steady window of renewals, then the pushes;
+//! each replica's CPU and memory read from /proc around each phase.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -14,11 +13,12 @@ use anyhow::{bail, Context};
 use palisade_identity::client::AdminClient;
 use palisade_identity::svid::certs_from_pem;
 use palisade_policy::TrustDomain;
-use palisadectl::local::{http_request, peak_rss_kib, rss_kib, ControlPlane, ControlPlaneSpec};
+use palisadectl::local::{peak_rss_kib, rss_kib};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::cluster::Cluster;
 use super::enroll::{enroll, Target};
-use super::push::{push, write_policy};
+use super::push::push;
 use super::renew::{Churn, Issuer};
 use super::report::{ms, ControlPlaneCost, MeshReport, SizeResult};
 use super::sidecar::{self, Counters, Mesh};
@@ -38,8 +38,8 @@ pub fn run(args: MeshArgs) -> anyhow::Result<ExitCode> {
         Some(b) => b.clone(),
         None => crate::issuance::default_bin()?,
     };
-    if args.replicas != 1 {
-        replicas_supported(&bin, args.replicas)?;
+    if args.replicas == 0 {
+        bail!("--replicas takes at least 1");
     }
     let largest = *args.sidecars.iter().max().expect("not empty");
     raise_fd_limit(largest)?;
@@ -54,28 +54,13 @@ pub fn run(args: MeshArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", result.summary());
         report.sizes.push(result);
     }
-    report.write(&args.out)?;
-    eprintln!("wrote {}", args.out.join(super::report::BASENAME).display());
+    let md = report.write(&args.out)?;
+    eprintln!("wrote {}", md.display());
     Ok(if report.every_push_reached_everyone() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Several replicas share their state through a store the control plane
-/// must offer (`--store`); refuse clearly rather than measure replicas that
-/// do not share policies or tokens.
-fn replicas_supported(bin: &Path, replicas: usize) -> anyhow::Result<()> {
-    let help = std::process::Command::new(bin).arg("--help").output()?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--store") {
-        bail!(
-            "--replicas {replicas}: replicas share policies, tokens and the CA through a shared \
-             state store (`--store etcd`), which {} does not offer; run with --replicas 1",
-            bin.display()
-        );
-    }
-    bail!("--replicas {replicas}: running several replicas against etcd is not wired into the bench yet")
 }
 
 /// Every sidecar holds a socket here and one in the control plane, which
@@ -104,34 +89,13 @@ fn run_size(
     let dir = tempfile::Builder::new()
         .prefix("palisade-bench-mesh-")
         .tempdir()?;
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies)?;
-    write_policy(&policies, 0)?;
-    let endpoints = dir.path().join("endpoints.yaml");
-    std::fs::write(&endpoints, endpoint_map(args.endpoints))?;
-    let spec = ControlPlaneSpec {
-        extra_args: vec![
-            "--policy-dir".into(),
-            policies.display().to_string(),
-            "--endpoints".into(),
-            endpoints.display().to_string(),
-            "--max-connections".into(),
-            (n + 4096).to_string(),
-        ],
-        log_filter: "warn".into(),
-        ..ControlPlaneSpec::default()
-    };
-    let cp = ControlPlane::start(bin, &bin.with_file_name("palisadectl"), dir.path(), spec)?;
-    let result = rt.block_on(measure(&cp, args, n, &policies));
+    let map = endpoint_map(args.endpoints);
+    let cluster = rt.block_on(Cluster::start(bin, dir.path(), args.replicas, n, &map))?;
+    let result = rt.block_on(measure(&cluster, args, n));
     if result.is_err() {
-        eprintln!("control plane log:\n{}", tail(&cp.log(), 30));
+        eprintln!("{}", cluster.log_tails(30));
     }
     result
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `count` meshed destinations, each with its SPIFFE ID.
@@ -149,20 +113,16 @@ fn endpoint_map(count: usize) -> String {
         .collect()
 }
 
-async fn measure(
-    cp: &ControlPlane,
-    args: &MeshArgs,
-    n: usize,
-    policies: &Path,
-) -> anyhow::Result<SizeResult> {
-    let pid = cp.pid().context("the control plane is stopped")?;
-    let td = TrustDomain::new(cp.trust_domain())?;
-    let bundle = certs_from_pem(&std::fs::read(cp.bundle_path())?)?;
-    let addr = cp.addr().to_string();
-    let admin = AdminClient::new(&cp.admin_socket());
+async fn measure(cluster: &Cluster, args: &MeshArgs, n: usize) -> anyhow::Result<SizeResult> {
+    let pids = cluster.pids()?;
+    let first = &cluster.replicas[0];
+    let td = TrustDomain::new(first.trust_domain())?;
+    let bundle = certs_from_pem(&std::fs::read(first.bundle_path())?)?;
+    let addrs = cluster.addrs();
+    let admin = AdminClient::new(&first.admin_socket());
     let target = Target {
         admin: &admin,
-        addr: &addr,
+        addrs: &addrs,
         trust_domain: &td,
         bundle: &bundle,
     };
@@ -204,20 +164,23 @@ async fn measure(
     eprintln!("  parked: {n} sidecars long-polling after {connect_secs:.1} s");
 
     let issuer = Issuer {
-        addr: addr.clone(),
+        addrs: addrs.clone(),
         trust_domain: td.clone(),
         bundle: bundle.clone(),
     };
     let churn = Churn::start(issuer, Arc::new(svids), args.renewals_per_sec);
-    let cpu0 = cpu_seconds(pid)?;
+    let cpu0 = cpu_seconds_each(&pids)?;
     tokio::time::sleep(args.steady).await;
-    let cpu1 = cpu_seconds(pid)?;
-    let rss_steady = rss_kib(pid)?;
+    let cpu1 = cpu_seconds_each(&pids)?;
+    let rss_steady = pids
+        .iter()
+        .map(|&p| rss_kib(p))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut pushes = Vec::new();
     let pushes_started = Instant::now();
     for k in 1..=args.pushes {
-        let r = push(pid, &mesh, &mut reached, policies, k, n, args.push_timeout).await?;
+        let r = push(cluster, &mesh, &mut reached, k, n, args.push_timeout).await?;
         eprintln!(
             "  push {k}: {} of {n}, 50% {} ms, 99% {} ms, 100% {} ms; control plane {:.0} ms on CPU, {:.0} ms waiting for one",
             r.received,
@@ -231,27 +194,32 @@ async fn measure(
         tokio::time::sleep(BETWEEN_PUSHES).await;
     }
     let push_secs = pushes_started.elapsed().as_secs_f64();
-    let cpu2 = cpu_seconds(pid)?;
+    let cpu2 = cpu_seconds_each(&pids)?;
     let renewals = churn.stop().await;
-    let cost = ControlPlaneCost {
-        cpu_cores_steady: (cpu1 - cpu0) / args.steady.as_secs_f64(),
-        cpu_cores_pushes: (cpu2 - cpu1) / push_secs,
-        rss_mib_steady: rss_steady as f64 / 1024.0,
-        rss_mib_peak: peak_rss_kib(pid)? as f64 / 1024.0,
-    };
-    let control_plane_errors = control_plane_errors(cp).await;
+    let per_replica = (0..pids.len())
+        .map(|r| {
+            Ok(ControlPlaneCost {
+                cpu_cores_steady: (cpu1[r] - cpu0[r]) / args.steady.as_secs_f64(),
+                cpu_cores_pushes: (cpu2[r] - cpu1[r]) / push_secs,
+                rss_mib_steady: rss_steady[r] as f64 / 1024.0,
+                rss_mib_peak: peak_rss_kib(pids[r])? as f64 / 1024.0,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let control_plane_errors = cluster.errors().await;
     sidecars.abort_all();
     while sidecars.join_next().await.is_some() {}
     let c = &mesh.counters;
     let sidecar_first_failures = c.first_failures.lock().expect("failures lock").clone();
     Ok(SizeResult {
         sidecars: n,
-        replicas: 1,
+        replicas: pids.len(),
         setup,
         connect_secs,
         pushes,
         renewals,
-        control_plane: cost,
+        control_plane: ControlPlaneCost::sum(&per_replica),
+        per_replica,
         polls: c.polls.load(Ordering::Relaxed),
         endpoint_fetches: c.endpoint_fetches.load(Ordering::Relaxed),
         connects: c.connects.load(Ordering::Relaxed),
@@ -262,19 +230,7 @@ async fn measure(
     })
 }
 
-/// The error counters on the control plane's metrics port, keyed by metric
-/// and label (`api_errors_total{kind="handshake_timeout"}`).
-async fn control_plane_errors(cp: &ControlPlane) -> BTreeMap<String, u64> {
-    let addr = cp.metrics_addr();
-    let scraped = tokio::task::spawn_blocking(move || http_request(addr, "GET", "/metrics")).await;
-    let Ok(Ok((200, text))) = scraped else {
-        return BTreeMap::new();
-    };
-    text.lines()
-        .filter(|l| l.starts_with("api_errors_total{") || l.starts_with("svid_rejected_total{"))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+/// [`cpu_seconds`] of each of `pids`.
+fn cpu_seconds_each(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
+    pids.iter().map(|&p| cpu_seconds(p)).collect()
 }

@@ -1,8 +1,10 @@
 //! A local Palisade on loopback, as `palisadectl up`, the end-to-end tests and
 //! the bench run it: a control plane and sidecars as child processes, the one
-//! free-port picker, and a child's resident memory.
+//! etcd cluster they keep their state in, the one free-port picker, and a
+//! child's resident memory.
 
 mod control_plane;
+mod etcd;
 mod process;
 mod sidecar;
 
@@ -11,6 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 pub use control_plane::{ControlPlane, ControlPlaneSpec, EtcdStoreSpec};
+pub use etcd::EtcdCluster;
 pub use palisade_proxy::config::Protocol;
 pub use process::Process;
 pub use sidecar::{Interception, Sidecar, SidecarSpec};
